@@ -1,0 +1,25 @@
+"""Event handlers: plain functions ``handle(event, ctx) -> Outcome``, one module per kind of change.
+
+Each is idempotent: handling the same event twice leaves the catalog and the vector store as handling
+it once did. Each writes the catalog before and after touching the vector store in an order that a
+crash at any point leaves either the old state or a ``pending`` row that the next run finishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from handlers import image_changed, image_deleted, image_moved
+from watcher.context import Context
+from watcher.events import ImageCreated, ImageDeleted, ImageEvent, ImageModified, ImageMoved, Outcome
+
+Handler = Callable[[Any, Context], Outcome]
+
+#: Which handler takes which event type (exact types, as APScheduler's ``subscribe`` does).
+HANDLERS: Mapping[type[ImageEvent], Handler] = {
+    ImageCreated: image_changed.handle,
+    ImageModified: image_changed.handle,
+    ImageDeleted: image_deleted.handle,
+    ImageMoved: image_moved.handle,
+}

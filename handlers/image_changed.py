@@ -1,0 +1,80 @@
+"""A file appeared or changed: make its vector current, running the model only when nothing else can.
+
+Order of effects: catalog row ``pending`` -> vector upserted under the row id -> row ``indexed``.
+A crash in between leaves a pending row whose redo upserts the same id again: no duplicate.
+"""
+
+from __future__ import annotations
+
+from watcher.context import Context
+from watcher.errors import ImageError
+from watcher.events import ImageCreated, ImageModified, Outcome
+from watcher.services.abc import FileBlob, FileRecord, FileState, Vector
+
+
+def handle(event: ImageCreated | ImageModified, ctx: Context) -> Outcome:
+    path = event.path
+    existing = ctx.catalog.get(path)
+    stat = ctx.files.stat(path)
+    if existing is not None and stat is not None and _is_current(existing, stat, ctx):
+        return Outcome.UNCHANGED
+
+    size, mtime_ns = stat or (0, 0)
+    record = ctx.catalog.mark_pending(path, size, mtime_ns)
+    try:
+        blob = ctx.files.read(path)
+    except ImageError as e:
+        return _fail(ctx, record, size, mtime_ns, None, e.reason)
+
+    if (
+        existing is not None
+        and existing.content_hash == blob.content_hash
+        and _vector_is_current(existing, ctx)
+    ):
+        # Touched, not changed (same bytes): keep the vector, remember the new mtime.
+        ctx.catalog.touch(record.id, blob.size, blob.mtime_ns)
+        return Outcome.UNCHANGED
+
+    vector = _vector_of_twin(blob, ctx)
+    if vector is None:
+        try:
+            vector = ctx.extractor.embed(blob.data)
+        except ImageError as e:
+            return _fail(ctx, record, blob.size, blob.mtime_ns, blob.content_hash, e.reason)
+    _store(ctx, record, blob, vector)
+    was_indexed = existing is not None and existing.state is FileState.INDEXED
+    return Outcome.UPDATED if was_indexed else Outcome.ADDED
+
+
+def _is_current(record: FileRecord, stat: tuple[int, int], ctx: Context) -> bool:
+    return (
+        record.state is FileState.INDEXED
+        and (record.size, record.mtime_ns) == stat
+        and _vector_is_current(record, ctx)
+    )
+
+
+def _vector_is_current(record: FileRecord, ctx: Context) -> bool:
+    return record.has_vector and record.signature == ctx.signature_key
+
+
+def _vector_of_twin(blob: FileBlob, ctx: Context) -> Vector | None:
+    """The stored vector of another file with the same bytes, made by the current extractor."""
+    twin = ctx.catalog.find_by_hash(blob.content_hash, exclude_path=blob.path, signature=ctx.signature_key)
+    if twin is None:
+        return None
+    return ctx.vectors.get_vectors([twin.id]).get(twin.id)
+
+
+def _store(ctx: Context, record: FileRecord, blob: FileBlob, vector: Vector) -> None:
+    ctx.vectors.upsert([(record.id, blob.path, vector)])
+    ctx.catalog.mark_indexed(record.id, blob, ctx.signature_key)
+
+
+def _fail(
+    ctx: Context, record: FileRecord, size: int, mtime_ns: int, content_hash: str | None, reason: str
+) -> Outcome:
+    # A vector of the file's previous content would answer searches for content that is gone.
+    ctx.vectors.delete([record.id])
+    ctx.catalog.mark_failed(record.id, size, mtime_ns, content_hash, reason)
+    return Outcome.FAILED

@@ -1,0 +1,15 @@
+"""A file is gone: remove its vector, then its catalog row (a crash in between is redone safely)."""
+
+from __future__ import annotations
+
+from watcher.context import Context
+from watcher.events import ImageDeleted, Outcome
+
+
+def handle(event: ImageDeleted, ctx: Context) -> Outcome:
+    record = ctx.catalog.get(event.path)
+    if record is None:
+        return Outcome.UNCHANGED
+    ctx.vectors.delete([record.id])
+    ctx.catalog.delete(record.id)
+    return Outcome.REMOVED

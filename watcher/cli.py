@@ -1,0 +1,264 @@
+"""The ``imgwatch`` command line. The only place that prints, and that picks exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from watcher import __version__
+from watcher.config import (
+    DEVICES,
+    ENV_CONFIG,
+    ENV_DATA_DIR,
+    ENV_MILVUS_URI,
+    ENV_WEIGHTS,
+    Settings,
+    load_settings,
+)
+from watcher.errors import ImgwatchError
+
+log = logging.getLogger("imgwatch")
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_QUERY_FAILED = 3
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("settings (flag > environment > config file > default)")
+    group.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"where the catalog and the Milvus Lite file live (env {ENV_DATA_DIR}; "
+        "default: the XDG data dir, ~/.local/share/imgwatch)",
+    )
+    group.add_argument(
+        "--weights",
+        default=None,
+        help="VGG16 weights: 'imagenet' (default, torchvision's download cache), a path to a "
+        f"state-dict file, or 'random:SEED' for tests/offline demos (env {ENV_WEIGHTS})",
+    )
+    group.add_argument(
+        "--milvus-uri",
+        default=None,
+        help="a Milvus server, e.g. http://localhost:19530 (env "
+        f"{ENV_MILVUS_URI}; token in IMGWATCH_MILVUS_TOKEN); default: Milvus Lite in the "
+        "data dir",
+    )
+    group.add_argument("--device", choices=DEVICES, default=None, help="where the model runs (default: auto)")
+    group.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"TOML config file (env {ENV_CONFIG}; default: ~/.config/imgwatch/config.toml)",
+    )
+    group.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity on stderr",
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="imgwatch",
+        description="Reverse image search over your folders: VGG16 features kept in Milvus.",
+    )
+    parser.add_argument("--version", action="version", version=f"imgwatch {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    index = commands.add_parser(
+        "index",
+        parents=[common],
+        help="bring the index in line with folders: add, update, move, remove",
+        description="Walk ROOTs recursively and bring the index in line with them: index new and changed "
+        "images, follow renames without re-running the model, drop vanished files. Per-file "
+        "failures are reported and do not change the exit code.",
+    )
+    index.add_argument("roots", nargs="+", metavar="ROOT", help="a folder to index")
+    index.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
+    index.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="drop every vector and extract all files again (after changing the extractor)",
+    )
+    index.add_argument("--batch-size", type=int, default=None, help="images per model batch (default 16)")
+
+    search = commands.add_parser(
+        "search",
+        parents=[common],
+        help="find the indexed images most similar to image files",
+        description="Find the indexed images most similar to each QUERY image, best first. The model "
+        "loads once for all queries.",
+    )
+    search.add_argument("queries", nargs="+", metavar="QUERY", help="an image file")
+    search.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    search.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object per query and line: {"query": ..., "results": [{"path", "score"}]}',
+    )
+
+    status = commands.add_parser(
+        "status",
+        parents=[common],
+        help="what is indexed, what failed and why, where the data lives",
+        description="Report file counts by state, vectors in Milvus, the index's extractor, the data dir, "
+        "and whether a daemon serves it.",
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.add_argument("--failed", action="store_true", help="list failed files with their errors")
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if level != "debug":
+        # pymilvus logs every failed RPC with a traceback before raising, and Milvus Lite's in-process
+        # gRPC server logs the optional RPCs it does not implement; we report the errors that matter.
+        for noisy in ("pymilvus", "grpc._server", "milvus_lite"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        {
+            "data_dir": args.data_dir,
+            "weights": args.weights,
+            "milvus_uri": args.milvus_uri,
+            "device": args.device,
+            "batch_size": getattr(args, "batch_size", None),
+        },
+        config_file=args.config,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Non-UTF-8 file names travel as surrogate escapes; print them back as the original bytes.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level)
+    try:
+        settings = _settings(args)
+        handler = {"index": _index, "search": _search, "status": _status}[args.command]
+        return handler(args, settings)
+    except ImgwatchError as e:
+        print(f"imgwatch: error: {e}", file=sys.stderr)
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        print("imgwatch: interrupted", file=sys.stderr)
+        return 130
+
+
+def _index(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from watcher.indexer import normalise_root, plan, run_plan
+    from watcher.scan import ScanRules
+    from watcher.services.build import open_context
+
+    roots = [normalise_root(root) for root in args.roots]
+    rules = ScanRules(settings.include, settings.exclude, settings.include_hidden, settings.follow_symlinks)
+    with open_context(settings, command="index", rebuild=args.rebuild) as ctx:
+        work = plan(roots, rules, ctx)
+        with tqdm(
+            total=work.total - work.unchanged,
+            unit="img",
+            file=sys.stderr,
+            delay=0.5,
+            disable=not sys.stderr.isatty(),
+        ) as bar:
+            summary = run_plan(
+                work, ctx, workers=settings.batch_size + 4, on_handled=lambda _event, _outcome: bar.update()
+            )
+    for path, reason in summary.failures:
+        print(f"imgwatch: failed: {path}: {reason}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary.as_dict()))
+    else:
+        counts = ", ".join(f"{n} {name}" for name, n in summary.as_dict().items() if name != "failures")
+        print(f"{counts} ({', '.join(roots)})")
+    return EXIT_OK
+
+
+def _search(args: argparse.Namespace, settings: Settings) -> int:
+    from watcher.search import search_files
+    from watcher.services.build import open_context
+
+    if args.k < 1:
+        raise ImgwatchError("-k must be at least 1")
+    with open_context(settings, command="search") as ctx:
+        results = search_files(list(args.queries), ctx, k=args.k)
+    for result in results:
+        if args.json:
+            line: dict[str, Any] = {
+                "query": result.query,
+                "results": [{"path": m.path, "score": m.score} for m in result.matches],
+            }
+            if result.error:
+                line["error"] = result.error
+            print(json.dumps(line), flush=True)
+            continue
+        print(f"{result.query}:")
+        if result.error:
+            print(f"  error: {result.error}")
+        elif not result.matches:
+            print("  (no indexed images)")
+        for rank, match in enumerate(result.matches, 1):
+            print(f"  {rank:>3}  {match.score:6.4f}  {match.path}")
+    failed = [r for r in results if r.error]
+    for result in failed:
+        print(f"imgwatch: cannot search with {result.query}: {result.error}", file=sys.stderr)
+    return EXIT_QUERY_FAILED if failed else EXIT_OK
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from watcher.status import gather_status
+
+    report = gather_status(settings, include_failures=args.failed)
+    if args.json:
+        print(json.dumps(report))
+        return EXIT_OK
+    files = report["files"]
+    daemon = report["daemon"]
+    extractor = report["extractor"]
+    vectors = report["vectors"]
+    unknown = "unknown (the data dir is in use by another process)"
+    lines = [
+        f"data dir:   {report['data_dir']}",
+        f"catalog:    {report['catalog']}",
+        f"vectors:    {report['milvus_uri']} (collection {report['collection']})",
+        f"daemon:     {'running, PID ' + str(daemon['pid']) if daemon['running'] else 'not running'}",
+        f"files:      {files['indexed']} indexed, {files['pending']} pending, {files['failed']} failed",
+        f"in Milvus:  {vectors if vectors is not None else unknown}",
+    ]
+    if report["busy"] and not daemon["running"]:
+        lines.append(f"in use by:  PID {report['busy']['pid']} (imgwatch {report['busy']['command']})")
+    if extractor:
+        lines.append(
+            f"extractor:  {extractor['model']} {extractor['layer']}, weights {extractor['weights']}, "
+            f"{extractor['dimension']}-d, {extractor['dtype']}, preprocessing {extractor['preprocessing']}"
+        )
+    else:
+        lines.append(f"extractor:  (nothing indexed yet; configured weights {report['configured_weights']})")
+    print("\n".join(lines))
+    if args.failed:
+        for failure in report["failed_files"]:
+            print(f"  failed: {failure['path']}: {failure['error']}")
+    elif files["failed"]:
+        print(f"({files['failed']} failed files: `imgwatch status --failed` lists them with reasons)")
+    return EXIT_OK

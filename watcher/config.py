@@ -1,0 +1,158 @@
+"""Settings: one frozen object, resolved as explicit flag > environment > config file > default."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from watcher.errors import ConfigError
+
+ENV_DATA_DIR = "IMGWATCH_DATA_DIR"
+ENV_WEIGHTS = "IMGWATCH_WEIGHTS"
+ENV_MILVUS_URI = "IMGWATCH_MILVUS_URI"
+ENV_MILVUS_TOKEN = "IMGWATCH_MILVUS_TOKEN"  # noqa: S105 - a variable name, not a secret
+ENV_CONFIG = "IMGWATCH_CONFIG"
+ENV_DEVICE = "IMGWATCH_DEVICE"
+
+#: Which setting each environment variable feeds.
+ENV_VARS: Mapping[str, str] = {
+    "data_dir": ENV_DATA_DIR,
+    "weights": ENV_WEIGHTS,
+    "milvus_uri": ENV_MILVUS_URI,
+    "milvus_token": ENV_MILVUS_TOKEN,
+    "device": ENV_DEVICE,
+}
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ", "AUTOINDEX")
+
+#: Pillow's own decompression-bomb threshold; a 48 MP photo is well inside it.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("imgwatch", appauthor=False))
+
+
+def default_config_file() -> Path:
+    return Path(platformdirs.user_config_dir("imgwatch", appauthor=False)) / "config.toml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a command needs to build the services. Immutable once resolved."""
+
+    data_dir: Path = field(default_factory=default_data_dir)
+    """Where the catalog (SQLite), the Milvus Lite file and the daemon's lock live."""
+    weights: str = "imagenet"
+    """``imagenet``, a path to a VGG16 state-dict file, or ``random:SEED`` (tests/offline demos only)."""
+    milvus_uri: str | None = None
+    """A Milvus server (``http://host:19530``); ``None`` means Milvus Lite at ``data_dir/vectors.db``."""
+    milvus_token: str | None = None
+    collection: str = "imgwatch"
+    device: str = "auto"
+    precision: str = "auto"
+    """``auto`` picks bf16 on CPUs with AMX/avx512-bf16 (after a cosine check), fp16 on CUDA, else fp32."""
+    batch_size: int = 16
+    index_type: str = "FLAT"
+    index_params: Mapping[str, Any] = field(default_factory=dict)
+    include: tuple[str, ...] = ()
+    """Glob patterns a file's path relative to its root (or its name) must match; empty means all."""
+    exclude: tuple[str, ...] = ()
+    include_hidden: bool = False
+    follow_symlinks: bool = False
+    """Descend into symlinked directories (with loop detection). Symlinked files are always indexed."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_file_bytes: int = 512 * 1024 * 1024
+    config_file: Path | None = None
+
+    @property
+    def vectors_uri(self) -> str:
+        return self.milvus_uri or str(self.data_dir / "vectors.db")
+
+    @property
+    def uses_milvus_lite(self) -> bool:
+        return self.milvus_uri is None or not self.milvus_uri.startswith(("http://", "https://", "tcp://"))
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.data_dir / "catalog.sqlite3"
+
+
+_FIELD_NAMES = {f.name for f in fields(Settings)}
+_PATH_FIELDS = {"data_dir"}
+_TUPLE_FIELDS = {"include", "exclude"}
+
+
+def load_settings(
+    explicit: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Resolve settings: ``explicit`` (flags; ``None`` values are ignored) > ``environ`` > file > default.
+
+    The config file is ``config_file``, else ``$IMGWATCH_CONFIG``, else the XDG config file if present.
+    """
+    environ = os.environ if environ is None else environ
+    explicit = {k: v for k, v in (explicit or {}).items() if v is not None}
+    unknown = set(explicit) - _FIELD_NAMES
+    if unknown:
+        raise ValueError(f"unknown settings: {sorted(unknown)}")
+
+    path = config_file or (Path(environ[ENV_CONFIG]) if environ.get(ENV_CONFIG) else None)
+    from_file: dict[str, Any] = {}
+    if path is not None:
+        from_file = _read_config_file(path, must_exist=True)
+    elif default_config_file().is_file():
+        path = default_config_file()
+        from_file = _read_config_file(path, must_exist=False)
+
+    from_env = {name: environ[var] for name, var in ENV_VARS.items() if environ.get(var)}
+    merged: dict[str, Any] = {**from_file, **from_env, **explicit}
+    merged["config_file"] = path
+    return _validated(merged, str(path) if path else "arguments")
+
+
+def _read_config_file(path: Path, *, must_exist: bool) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        if must_exist:
+            raise ConfigError(str(path), "file not found") from None
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(str(path), str(e)) from e
+    unknown = set(raw) - _FIELD_NAMES - {"config_file"}
+    if unknown:
+        raise ConfigError(str(path), f"unknown keys {sorted(unknown)}; known keys are {sorted(_FIELD_NAMES)}")
+    if "data_dir" in raw:
+        raw["data_dir"] = Path(raw["data_dir"]).expanduser()
+    return raw
+
+
+def _validated(values: dict[str, Any], source: str) -> Settings:
+    for name in _PATH_FIELDS & values.keys():
+        values[name] = Path(values[name]).expanduser().absolute()
+    for name in _TUPLE_FIELDS & values.keys():
+        value = values[name]
+        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(source, f"{name} must be a list of glob patterns")
+        values[name] = tuple(value)
+    choices = {"device": DEVICES, "precision": PRECISIONS, "index_type": INDEX_TYPES}
+    for name, allowed in choices.items():
+        if name in values:
+            values[name] = str(values[name]).lower() if name != "index_type" else str(values[name]).upper()
+            if values[name] not in allowed:
+                raise ConfigError(source, f"{name} must be one of {', '.join(allowed)}, not {values[name]!r}")
+    for name in ("batch_size", "max_pixels", "max_file_bytes"):
+        if name in values and (not isinstance(values[name], int) or values[name] < 1):
+            raise ConfigError(source, f"{name} must be a positive integer, not {values[name]!r}")
+    return Settings(**values)

@@ -1,0 +1,167 @@
+"""``imgwatch index``: compare roots on disk with the catalog, turn differences into events, handle them.
+
+This is an event source (like the daemon's watchers): it only decides *what happened*
+(created / modified / deleted / moved) and leaves *what to do* to the same handlers the daemon uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from watcher.context import Context
+from watcher.errors import ImageError, ImgwatchError
+from watcher.events import ImageCreated, ImageDeleted, ImageEvent, ImageModified, ImageMoved, Outcome
+from watcher.runtime import dispatch, dispatch_all
+from watcher.scan import ScanResult, ScanRules, scan
+from watcher.services.abc import FileRecord, FileState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexSummary:
+    added: int = 0
+    updated: int = 0
+    moved: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    """``(path, reason)`` of each file that failed in this run."""
+
+    def count(self, outcome: Outcome) -> None:
+        setattr(self, outcome.value, getattr(self, outcome.value) + 1)
+
+    def as_dict(self) -> dict[str, object]:
+        counts: dict[str, object] = {o.value: getattr(self, o.value) for o in Outcome}
+        counts["failures"] = [{"path": path, "error": reason} for path, reason in self.failures]
+        return counts
+
+
+@dataclass(frozen=True)
+class Plan:
+    moves: list[ImageMoved]
+    deletions: list[ImageDeleted]
+    changes: list[ImageEvent]
+    unchanged: int
+
+    @property
+    def total(self) -> int:
+        return len(self.moves) + len(self.deletions) + len(self.changes) + self.unchanged
+
+
+def normalise_root(root: str) -> str:
+    """Absolute, without ``..`` or a trailing slash; symlinks are kept (paths are indexed as seen)."""
+    absolute = os.path.abspath(os.fsdecode(root))
+    if not os.path.isdir(absolute):
+        reason = "does not exist" if not os.path.lexists(absolute) else "is not a directory"
+        raise ImgwatchError(f"cannot index {absolute!r}: it {reason}")
+    return absolute
+
+
+def plan(roots: Sequence[str], rules: ScanRules, ctx: Context) -> Plan:
+    """What changed under ``roots`` since the catalog last saw them."""
+    scans: list[ScanResult] = []
+    for root in roots:
+        try:
+            scans.append(scan(root, rules))
+        except OSError as e:
+            raise ImgwatchError(f"cannot read root {root!r}: {e.strerror or e}") from e
+    present: dict[str, tuple[int, int] | None] = {}
+    for result in scans:
+        present.update(result.files)
+        present.update(dict.fromkeys(result.broken))
+    known: dict[str, FileRecord] = {}
+    for root in roots:
+        known.update((record.path, record) for record in ctx.catalog.under(root))
+    blind_spots = tuple(d + os.sep for result in scans for d in result.unreadable_dirs)
+
+    unchanged = 0
+    new: list[str] = []
+    changes: list[ImageEvent] = []
+    for path, stat in present.items():
+        record = known.get(path)
+        if record is None:
+            new.append(path)
+        elif stat is not None and _is_current(record, stat, ctx):
+            unchanged += 1
+        else:
+            changes.append(ImageModified(path))
+    vanished = [r for p, r in known.items() if p not in present and not p.startswith(blind_spots)]
+    moves, new, vanished = _pair_moves(new, vanished, present, ctx)
+    changes.extend(ImageCreated(path) for path in new)
+    deletions = [ImageDeleted(record.path) for record in vanished]
+    return Plan(moves=moves, deletions=deletions, changes=changes, unchanged=unchanged)
+
+
+def _is_current(record: FileRecord, stat: tuple[int, int], ctx: Context) -> bool:
+    return (
+        record.state is FileState.INDEXED
+        and (record.size, record.mtime_ns) == stat
+        and record.has_vector
+        and record.signature == ctx.signature_key
+    )
+
+
+def _pair_moves(
+    new: list[str], vanished: list[FileRecord], present: dict[str, tuple[int, int] | None], ctx: Context
+) -> tuple[list[ImageMoved], list[str], list[FileRecord]]:
+    """Match new paths with vanished records of the same content: those are renames, not add+remove.
+
+    Only new files whose size equals a vanished file's are read (and hashed) here.
+    """
+    by_size: dict[int, list[FileRecord]] = defaultdict(list)
+    for record in vanished:
+        if record.content_hash and record.has_vector:
+            by_size[record.size].append(record)
+    if not by_size:
+        return [], new, vanished
+    moves: list[ImageMoved] = []
+    moved_from: set[int] = set()
+    still_new: list[str] = []
+    for path in new:
+        stat = present[path]
+        candidates = [r for r in by_size.get(stat[0], ()) if r.id not in moved_from] if stat else []
+        match = None
+        if candidates:
+            try:
+                digest = ctx.files.read(path).content_hash
+            except ImageError:
+                digest = None
+            match = next((r for r in candidates if r.content_hash == digest), None)
+        if match is None:
+            still_new.append(path)
+        else:
+            moved_from.add(match.id)
+            moves.append(ImageMoved(match.path, path))
+    return moves, still_new, [r for r in vanished if r.id not in moved_from]
+
+
+def run_plan(
+    work: Plan,
+    ctx: Context,
+    *,
+    workers: int,
+    on_handled: Callable[[ImageEvent, Outcome], None] | None = None,
+) -> IndexSummary:
+    """Handle the planned events: moves and deletions first (cheap, and they free paths), then the
+    rest concurrently so decoding overlaps the model."""
+    summary = IndexSummary(unchanged=work.unchanged)
+
+    def record(event: ImageEvent, outcome: Outcome) -> None:
+        summary.count(outcome)
+        if outcome is Outcome.FAILED:
+            path = event.dest_path if isinstance(event, ImageMoved) else getattr(event, "path", "")
+            row = ctx.catalog.get(path)
+            summary.failures.append((path, (row.error if row else None) or "unexpected error (see log)"))
+        if on_handled is not None:
+            on_handled(event, outcome)
+
+    for event in [*work.moves, *work.deletions]:
+        record(event, dispatch(event, ctx))
+    dispatch_all(work.changes, ctx, workers=workers, on_handled=record)
+    return summary

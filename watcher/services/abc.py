@@ -1,0 +1,197 @@
+"""Interfaces and plain data shared between handlers and services.
+
+Handlers import only this module (and ``watcher.events``): never torch, pymilvus or SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class ExtractorSignature:
+    """What made a vector. Two extractors with equal :attr:`key` produce interchangeable vectors."""
+
+    model: str
+    """Architecture, e.g. ``torchvision.vgg16``."""
+    weights: str
+    """Weights identity: ``imagenet1k_v1``, ``sha256:<hex>`` of a state-dict file, or ``random:SEED``."""
+    layer: str
+    preprocessing: str
+    """Version tag of the decode/resize/normalise pipeline; bumped whenever its output changes."""
+    dimension: int
+    dtype: str
+    """Compute precision (fp32/bf16/fp16). Recorded, but not part of :attr:`key`: the extractor only
+    uses a reduced precision when its vectors stay within cosine 0.999 of fp32."""
+
+    COMPARED = ("model", "weights", "layer", "preprocessing", "dimension")
+
+    @property
+    def key(self) -> str:
+        """Short stable id of the fields that change what a vector means."""
+        text = json.dumps({f: getattr(self, f) for f in self.COMPARED}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def differences(self, other: ExtractorSignature) -> list[str]:
+        return [
+            f"{f}: index has {getattr(self, f)!r}, configured {getattr(other, f)!r}"
+            for f in self.COMPARED
+            if getattr(self, f) != getattr(other, f)
+        ]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ExtractorSignature:
+        raw = json.loads(text)
+        return cls(**{f.name: raw[f.name] for f in fields(cls)})
+
+
+class FileState(StrEnum):
+    PENDING = "pending"
+    """Known to need work (new, changed, or interrupted); not yet reflected in the vector store."""
+    INDEXED = "indexed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One catalog row: a file as the index last saw it."""
+
+    id: int
+    """Stable row id; also the file's primary key in the vector store."""
+    path: str
+    size: int
+    mtime_ns: int
+    content_hash: str | None
+    state: FileState
+    error: str | None
+    has_vector: bool
+    signature: str | None
+    """:attr:`ExtractorSignature.key` of the extractor that made this file's vector."""
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class FileBlob:
+    """A file's bytes, read once, with the stat and hash taken from that same read."""
+
+    path: str
+    data: bytes
+    size: int
+    mtime_ns: int
+    content_hash: str
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    id: int
+    score: float
+    path: str
+
+
+class Extractor(Protocol):
+    @property
+    def signature(self) -> ExtractorSignature: ...
+
+    @property
+    def images_embedded(self) -> int:
+        """How many images went through the model since start: lets tests prove a model did not run."""
+        ...
+
+    def embed(self, data: bytes) -> Vector:
+        """Decode an encoded image and return its L2-normalised feature vector. Thread-safe; calls
+        from several threads are batched together. Raises :class:`watcher.errors.ImageError`."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class VectorStore(Protocol):
+    def upsert(self, items: Sequence[tuple[int, str, Vector]]) -> None:
+        """Insert or replace ``(id, path, vector)`` entities; replaying an upsert changes nothing."""
+        ...
+
+    def get_vectors(self, ids: Iterable[int]) -> dict[int, Vector]: ...
+
+    def delete(self, ids: Iterable[int]) -> None: ...
+
+    def search(self, queries: Sequence[Vector], k: int) -> list[list[SearchHit]]: ...
+
+    def count(self) -> int: ...
+
+    def drop(self) -> None:
+        """Remove every entity (and the collection)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Catalog(Protocol):
+    def get(self, path: str) -> FileRecord | None: ...
+
+    def get_many(self, ids: Iterable[int]) -> dict[int, FileRecord]: ...
+
+    def find_by_hash(self, content_hash: str, *, exclude_path: str, signature: str) -> FileRecord | None:
+        """An indexed file with this content (other than ``exclude_path``) whose vector was made by the
+        extractor with signature key ``signature``."""
+        ...
+
+    def under(self, root: str) -> Iterator[FileRecord]:
+        """Every record at or below the directory ``root``."""
+        ...
+
+    def mark_pending(self, path: str, size: int, mtime_ns: int) -> FileRecord:
+        """Create the row (or keep its id) and flag it as needing work, before any work starts."""
+        ...
+
+    def mark_indexed(self, record_id: int, blob: FileBlob, signature: str) -> None: ...
+
+    def mark_failed(
+        self, record_id: int, size: int, mtime_ns: int, content_hash: str | None, error: str
+    ) -> None: ...
+
+    def touch(self, record_id: int, size: int, mtime_ns: int) -> None:
+        """Record a new size/mtime for content that did not change."""
+        ...
+
+    def move(self, record_id: int, dest_path: str) -> None: ...
+
+    def delete(self, record_id: int) -> None: ...
+
+    def counts(self) -> Mapping[FileState, int]: ...
+
+    def failures(self) -> list[FileRecord]: ...
+
+    def get_meta(self, key: str) -> str | None: ...
+
+    def set_meta(self, key: str, value: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class FileReader(Protocol):
+    def stat(self, path: str) -> tuple[int, int] | None:
+        """``(size, mtime_ns)`` of a regular file (following symlinks), or ``None``."""
+        ...
+
+    def read(self, path: str) -> FileBlob:
+        """Read a whole file once; raises :class:`watcher.errors.ImageError` for files that cannot be
+        read (vanished, unreadable, too big, not a regular file)."""
+        ...

@@ -1,0 +1,282 @@
+"""The catalog: what the index knows about each file, in SQLite through SQLAlchemy 2.x.
+
+The schema belongs to the Alembic migrations in ``migrations/``; :func:`open_catalog` applies them.
+Paths are stored as their exact bytes (``os.fsencode``), so names that are not valid UTF-8 survive.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from watcher.services.abc import FileBlob, FileRecord, FileState
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class FileRow(Base):
+    """Mirror of the ``files`` table as the migrations define it (they own the schema)."""
+
+    __tablename__ = "files"
+    __table_args__ = (
+        sa.UniqueConstraint("path", name="uq_files_path"),
+        sa.CheckConstraint("state IN ('pending', 'indexed', 'failed')", name="ck_files_state"),
+        {"sqlite_autoincrement": True},  # ids are vector keys: never reuse one
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    size: Mapped[int]
+    mtime_ns: Mapped[int] = mapped_column(sa.BigInteger)
+    content_hash: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    state: Mapped[str] = mapped_column(sa.String(16), index=True)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    has_vector: Mapped[bool] = mapped_column(default=False)
+    signature: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    indexed_at: Mapped[datetime | None]
+
+
+class MetaRow(Base):
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.Text)
+
+
+FILES = cast(sa.Table, FileRow.__table__)
+META = cast(sa.Table, MetaRow.__table__)
+
+
+def _now() -> datetime:
+    # SQLite keeps naive datetimes; all of ours are UTC.
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _record(row: Any) -> FileRecord:
+    return FileRecord(
+        id=row.id,
+        path=os.fsdecode(row.path),
+        size=row.size,
+        mtime_ns=row.mtime_ns,
+        content_hash=row.content_hash,
+        state=FileState(row.state),
+        error=row.error,
+        has_vector=bool(row.has_vector),
+        signature=row.signature,
+        updated_at=row.updated_at.replace(tzinfo=UTC),
+    )
+
+
+def _under_clause(root: str) -> sa.ColumnElement[bool]:
+    prefix = os.fsencode(root.rstrip("/"))
+    if not prefix:
+        return sa.true()
+    # Byte order: everything below "prefix/" sorts between "prefix/" and "prefix0" ('0' follows '/').
+    below = sa.and_(FILES.c.path >= prefix + b"/", FILES.c.path < prefix + b"0")
+    return sa.or_(FILES.c.path == prefix, below)
+
+
+def create_sqlite_engine(path: Path) -> Engine:
+    engine = sa.create_engine(f"sqlite:///{path}")
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # WAL: readers (status, search) never block the writer; NORMAL is durable across process
+        # crashes in WAL mode, which is the failure we must survive.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine
+
+
+def open_catalog(path: Path) -> SQLiteCatalog:
+    """Open (creating if needed) the catalog at ``path`` and bring its schema to the latest revision."""
+    from migrations import upgrade
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_sqlite_engine(path)
+    upgrade(engine)
+    return SQLiteCatalog(engine)
+
+
+class SQLiteCatalog:
+    """The real catalog service (see :class:`watcher.services.abc.Catalog`). Thread-safe: every call
+    is its own short transaction on a pooled connection."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def get(self, path: str) -> FileRecord | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(FILES).where(FILES.c.path == os.fsencode(path))).first()
+        return _record(row) if row else None
+
+    def get_many(self, ids: Iterable[int]) -> dict[int, FileRecord]:
+        keys = list(ids)
+        found: dict[int, FileRecord] = {}
+        with self._engine.connect() as conn:
+            for start in range(0, len(keys), 500):
+                rows = conn.execute(sa.select(FILES).where(FILES.c.id.in_(keys[start : start + 500])))
+                found.update((row.id, _record(row)) for row in rows)
+        return found
+
+    def find_by_hash(self, content_hash: str, *, exclude_path: str, signature: str) -> FileRecord | None:
+        query = (
+            sa.select(FILES)
+            .where(
+                FILES.c.content_hash == content_hash,
+                FILES.c.path != os.fsencode(exclude_path),
+                FILES.c.state == FileState.INDEXED.value,
+                FILES.c.has_vector.is_(True),
+                FILES.c.signature == signature,
+            )
+            .order_by(FILES.c.id)
+            .limit(1)
+        )
+        with self._engine.connect() as conn:
+            row = conn.execute(query).first()
+        return _record(row) if row else None
+
+    def under(self, root: str) -> Iterator[FileRecord]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(FILES).where(_under_clause(root)).order_by(FILES.c.path)).all()
+        return iter([_record(row) for row in rows])
+
+    def mark_pending(self, path: str, size: int, mtime_ns: int) -> FileRecord:
+        raw = os.fsencode(path)
+        now = _now()
+        with self._engine.begin() as conn:
+            conn.execute(
+                sqlite_insert(FILES)
+                .values(
+                    path=raw,
+                    size=size,
+                    mtime_ns=mtime_ns,
+                    state=FileState.PENDING.value,
+                    has_vector=False,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .on_conflict_do_update(
+                    index_elements=[FILES.c.path],
+                    set_={
+                        "size": size,
+                        "mtime_ns": mtime_ns,
+                        "state": FileState.PENDING.value,
+                        "error": None,
+                        "updated_at": now,
+                    },
+                )
+            )
+            row = conn.execute(sa.select(FILES).where(FILES.c.path == raw)).one()
+        return _record(row)
+
+    def mark_indexed(self, record_id: int, blob: FileBlob, signature: str) -> None:
+        now = _now()
+        self._update(
+            record_id,
+            size=blob.size,
+            mtime_ns=blob.mtime_ns,
+            content_hash=blob.content_hash,
+            state=FileState.INDEXED.value,
+            error=None,
+            has_vector=True,
+            signature=signature,
+            updated_at=now,
+            indexed_at=now,
+        )
+
+    def mark_failed(
+        self, record_id: int, size: int, mtime_ns: int, content_hash: str | None, error: str
+    ) -> None:
+        self._update(
+            record_id,
+            size=size,
+            mtime_ns=mtime_ns,
+            content_hash=content_hash,
+            state=FileState.FAILED.value,
+            error=error,
+            has_vector=False,
+            signature=None,
+            updated_at=_now(),
+        )
+
+    def touch(self, record_id: int, size: int, mtime_ns: int) -> None:
+        self._update(
+            record_id,
+            size=size,
+            mtime_ns=mtime_ns,
+            state=FileState.INDEXED.value,
+            error=None,
+            updated_at=_now(),
+        )
+
+    def move(self, record_id: int, dest_path: str) -> None:
+        self._update(record_id, path=os.fsencode(dest_path), updated_at=_now())
+
+    def delete(self, record_id: int) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(sa.delete(FILES).where(FILES.c.id == record_id))
+
+    def _update(self, record_id: int, **values: Any) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(sa.update(FILES).where(FILES.c.id == record_id).values(**values))
+
+    def counts(self) -> Mapping[FileState, int]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(FILES.c.state, sa.func.count()).group_by(FILES.c.state))
+            found = {FileState(state): n for state, n in rows}
+        return {state: found.get(state, 0) for state in FileState}
+
+    def failures(self) -> list[FileRecord]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(FILES).where(FILES.c.state == FileState.FAILED.value).order_by(FILES.c.path)
+            )
+            return [_record(row) for row in rows]
+
+    def get_meta(self, key: str) -> str | None:
+        with self._engine.connect() as conn:
+            value = conn.execute(sa.select(META.c.value).where(META.c.key == key)).scalar()
+        return str(value) if value is not None else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                sqlite_insert(META)
+                .values(key=key, value=value)
+                .on_conflict_do_update(index_elements=[META.c.key], set_={"value": value})
+            )
+
+    def forget_vectors(self) -> None:
+        """Mark every file as needing extraction again (after the vector store was rebuilt)."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                sa.update(FILES).values(state=FileState.PENDING.value, has_vector=False, signature=None)
+            )
+
+    def close(self) -> None:
+        self._engine.dispose()

@@ -1,0 +1,332 @@
+"""VGG16 fc7 feature extractor: the classic VGG + Milvus image-search recipe, batched.
+
+Callers in many threads hand over encoded images; each decodes its own image (in its own thread), and
+one model thread runs whatever has gathered as a batch. A lone image waits at most ``max_wait``
+seconds for company, so batching never holds a single file back for long.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+import time
+import urllib.error
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torchvision
+from PIL import Image
+from torch import nn
+from torchvision.models import VGG16_Weights
+
+from watcher.errors import ImgwatchError, WeightsFileError, WeightsUnavailableError
+from watcher.services.abc import ExtractorSignature, Vector
+from watcher.services.images import PREPROCESSING_VERSION, prepare
+
+log = logging.getLogger(__name__)
+
+MODEL = "torchvision.vgg16"
+LAYER = "classifier.4 (fc7 after ReLU)"
+DIMENSION = 4096
+IMAGENET_WEIGHTS = VGG16_Weights.IMAGENET1K_V1
+IMAGENET_IDENTITY = "imagenet1k_v1"
+#: Reduced precision is used only while its vectors stay this close to fp32's (cosine).
+MIN_REDUCED_PRECISION_COSINE = 0.999
+
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """A parsed ``--weights`` value."""
+
+    kind: str
+    """``imagenet``, ``file`` or ``random``."""
+    path: Path | None = None
+    seed: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> WeightsSpec:
+        if text == "imagenet":
+            return cls("imagenet")
+        if text.startswith("random:"):
+            try:
+                return cls("random", seed=int(text.removeprefix("random:")))
+            except ValueError:
+                raise ImgwatchError(
+                    f"--weights {text!r}: random weights take an integer seed, e.g. random:0"
+                ) from None
+        return cls("file", path=Path(text).expanduser())
+
+    def identity(self) -> str:
+        """The weights part of the signature. Hashes a weights file, so callers should keep it."""
+        if self.kind == "imagenet":
+            return IMAGENET_IDENTITY
+        if self.kind == "random":
+            return f"random:{self.seed}"
+        assert self.path is not None
+        try:
+            with self.path.open("rb") as f:
+                return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError as e:
+            raise WeightsFileError(self.path, e.strerror or str(e)) from e
+
+
+def imagenet_weights_file() -> Path:
+    """Where torchvision's download cache keeps the ImageNet VGG16 weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_WEIGHTS.url).name
+
+
+def signature_for(weights: WeightsSpec, weights_identity: str, dtype: str) -> ExtractorSignature:
+    return ExtractorSignature(
+        model=MODEL,
+        weights=weights_identity,
+        layer=LAYER,
+        preprocessing=PREPROCESSING_VERSION,
+        dimension=DIMENSION,
+        dtype=dtype,
+    )
+
+
+def build_vgg16(weights: WeightsSpec) -> nn.Module:
+    """The VGG16 network with the requested weights, in eval mode, on the CPU, in fp32."""
+    if weights.kind == "random":
+        assert weights.seed is not None
+        # A private generator state: seeding must not leak into the caller's global RNG use.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(weights.seed)
+            model = torchvision.models.vgg16(weights=None)
+        return cast(nn.Module, model.eval())
+    model = torchvision.models.vgg16(weights=None)
+    if weights.kind == "imagenet":
+        state = _imagenet_state_dict()
+    else:
+        assert weights.path is not None
+        state = _load_state_file(weights.path)
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as e:
+        raise WeightsFileError(weights.path or imagenet_weights_file(), f"not a VGG16 state dict: {e}") from e
+    return cast(nn.Module, model.eval())
+
+
+def _imagenet_state_dict() -> dict[str, torch.Tensor]:
+    expected = imagenet_weights_file()
+    try:
+        state: dict[str, torch.Tensor] = IMAGENET_WEIGHTS.get_state_dict(progress=False, check_hash=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        raise WeightsUnavailableError(expected, IMAGENET_WEIGHTS.url, str(e)) from e
+    return state
+
+
+def _load_state_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsFileError(path, "no such file") from None
+    except Exception as e:
+        raise WeightsFileError(path, f"not a PyTorch state-dict file ({e})") from e
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, dict):
+        raise WeightsFileError(path, f"expected a state dict, found {type(loaded).__name__}")
+    return loaded
+
+
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with native bf16 matrix instructions (AMX or AVX512-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def choose_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ImgwatchError("--device cuda was requested but torch sees no CUDA device")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def choose_precision(requested: str, device: torch.device) -> str:
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+class FC7(nn.Module):
+    """VGG16 up to and including the ReLU after fc7: 4096 non-negative activations."""
+
+    def __init__(self, vgg: nn.Module) -> None:
+        super().__init__()
+        self.features = cast(nn.Module, vgg.features)
+        self.avgpool = cast(nn.Module, vgg.avgpool)
+        self.head = cast(nn.Sequential, vgg.classifier)[:5]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, self.head(torch.flatten(self.avgpool(self.features(x)), 1)))
+
+
+class VGG16Extractor:
+    """The real extractor service (see :class:`watcher.services.abc.Extractor`)."""
+
+    def __init__(
+        self,
+        weights: WeightsSpec,
+        *,
+        weights_identity: str | None = None,
+        device: str = "auto",
+        precision: str = "auto",
+        batch_size: int = 16,
+        max_pixels: int = 89_478_485,
+        max_wait: float = 0.01,
+    ) -> None:
+        # max_pixels is enforced per file in images.prepare, before decoding; Pillow's own global
+        # limit would otherwise warn (or fail) first with a message that names no file.
+        Image.MAX_IMAGE_PIXELS = None
+        self._device = choose_device(device)
+        self._max_pixels = max_pixels
+        self._batch_size = batch_size
+        self._max_wait = max_wait
+        self._model = FC7(build_vgg16(weights)).to(self._device)
+        self._mean = torch.tensor(_MEAN, device=self._device).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(_STD, device=self._device).view(1, 3, 1, 1) * 255.0
+        self._dtype = torch.float32
+        wanted = choose_precision(precision, self._device)
+        if wanted != "fp32":
+            self._switch_precision(wanted, required=precision != "auto")
+        self._signature = signature_for(
+            weights, weights_identity or weights.identity(), _name_of(self._dtype)
+        )
+        self._embedded = 0
+        self._count_lock = threading.Lock()
+        self._requests: queue.Queue[tuple[npt.NDArray[np.uint8], Future[Vector]] | None] = queue.Queue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve_batches, name="imgwatch-model", daemon=True)
+        self._thread.start()
+
+    @property
+    def signature(self) -> ExtractorSignature:
+        return self._signature
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def images_embedded(self) -> int:
+        return self._embedded
+
+    def embed(self, data: bytes) -> Vector:
+        return self.embed_prepared(prepare(data, self._max_pixels))
+
+    def embed_prepared(self, pixels: npt.NDArray[np.uint8]) -> Vector:
+        if self._closed:
+            raise RuntimeError("extractor is closed")
+        future: Future[Vector] = Future()
+        self._requests.put((pixels, future))
+        return future.result()
+
+    def forward(self, batch: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        """Run a ``(N, 224, 224, 3)`` uint8 batch through the model; rows are L2-normalised."""
+        vectors = self._infer(batch)
+        with self._count_lock:
+            self._embedded += len(batch)
+        return vectors
+
+    def _infer(self, batch: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self._device).permute(0, 3, 1, 2).float()
+            x = ((x - self._mean) / self._std).to(self._dtype).contiguous(memory_format=torch.channels_last)
+            features = self._model(x).float()
+            features = nn.functional.normalize(features, dim=1)
+        return features.cpu().numpy()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._requests.put(None)
+            self._thread.join()
+
+    def _serve_batches(self) -> None:
+        while True:
+            first = self._requests.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = self._gather(batch)
+            self._run(batch)
+            if stop:
+                return
+
+    def _gather(self, batch: list[tuple[npt.NDArray[np.uint8], Future[Vector]]]) -> bool:
+        """Add waiting requests to ``batch`` until it is full or ``max_wait`` passes; True on close."""
+        deadline = time.monotonic() + self._max_wait
+        while len(batch) < self._batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._requests.get(timeout=remaining) if remaining > 0 else self._requests.get_nowait()
+            except queue.Empty:
+                return False
+            if item is None:
+                return True
+            batch.append(item)
+        return False
+
+    def _run(self, batch: list[tuple[npt.NDArray[np.uint8], Future[Vector]]]) -> None:
+        try:
+            vectors = self.forward(np.stack([pixels for pixels, _ in batch]))
+        except Exception as e:  # noqa: BLE001 - hand the failure to every waiting caller
+            for _, future in batch:
+                future.set_exception(e)
+            return
+        for (_, future), vector in zip(batch, vectors, strict=True):
+            future.set_result(vector)
+
+    def _switch_precision(self, name: str, *, required: bool) -> None:
+        """Move the model to ``name`` precision if its vectors stay within cosine 0.999 of fp32."""
+        probe = _probe_batch()
+        reference = self._infer(probe)
+        self._model.to(_DTYPES[name])
+        self._dtype = _DTYPES[name]
+        try:
+            reduced = self._infer(probe)
+            cosine = float(np.min(np.sum(reference * reduced, axis=1)))
+        except RuntimeError as e:
+            cosine, reason = 0.0, str(e)
+        else:
+            reason = f"cosine to fp32 {cosine:.5f}"
+        if cosine >= MIN_REDUCED_PRECISION_COSINE:
+            log.debug("using %s on %s (%s)", name, self._device, reason)
+            return
+        if required:
+            raise ImgwatchError(f"precision {name} on {self._device} is not usable here: {reason}")
+        log.warning("staying with fp32 on %s: %s is not accurate enough (%s)", self._device, name, reason)
+        self._model.to(torch.float32)
+        self._dtype = torch.float32
+
+
+def _probe_batch() -> npt.NDArray[np.uint8]:
+    """Two fixed, textured images: enough to expose a precision problem, cheap to run."""
+    rng = np.random.default_rng(12345)
+    ys, xs = np.mgrid[0:224, 0:224]
+    smooth = (127 + 100 * np.sin(xs / 17.0)[..., None] * np.cos(ys / 23.0)[..., None]) * np.ones(3)
+    noisy = rng.integers(0, 256, size=(224, 224, 3))
+    return np.stack([smooth, noisy]).astype(np.uint8)
+
+
+def _name_of(dtype: torch.dtype) -> str:
+    return next(name for name, value in _DTYPES.items() if value == dtype)

@@ -1,0 +1,193 @@
+"""The vector store: a Milvus collection (Milvus Lite file by default, or a server by URI).
+
+Entities are ``(id INT64, path VARCHAR, vector FLOAT_VECTOR)``. Integer keys, not path keys: pymilvus
+mangles VARCHAR primary keys containing ``'`` or ``\\`` in ``get``/``delete(ids)``, and an integer
+survives renames. The path is kept as a scalar so a plain Milvus client can read results too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from watcher.errors import DataDirBusyError, ImgwatchError, StoreUnavailableError
+from watcher.services.abc import SearchHit, Vector
+
+log = logging.getLogger(__name__)
+
+METRIC = "IP"  # vectors are L2-normalised, so inner product is cosine similarity
+PATH_MAX_BYTES = 65535
+_DEFAULT_INDEX_PARAMS: Mapping[str, Mapping[str, Any]] = {
+    "HNSW": {"M": 16, "efConstruction": 200},
+    "HNSW_SQ": {"M": 16, "efConstruction": 200, "sq_type": "SQ8"},
+    "IVF_FLAT": {"nlist": 128},
+    "IVF_SQ8": {"nlist": 128},
+}
+
+
+def milvus_string(value: str) -> str:
+    """``value`` as a double-quoted Milvus expression string literal, safe for any characters."""
+    escaped = []
+    for ch in value:
+        if ch in ('"', "\\"):
+            escaped.append("\\" + ch)
+        elif ch == "\n":
+            escaped.append("\\n")
+        elif ch == "\r":
+            escaped.append("\\r")
+        elif ch == "\t":
+            escaped.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            escaped.append(f"\\u{ord(ch):04x}")
+        else:
+            escaped.append(ch)
+    return '"' + "".join(escaped) + '"'
+
+
+def stored_path(path: str) -> str:
+    """The path as Milvus can hold it: valid UTF-8, undecodable bytes shown as ``\\xNN``.
+
+    The catalog keeps the exact bytes; this copy is for readers that only have Milvus.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+class MilvusVectorStore:
+    """The real vector store service (see :class:`watcher.services.abc.VectorStore`)."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        dimension: int,
+        collection: str = "imgwatch",
+        token: str | None = None,
+        index_type: str = "FLAT",
+        index_params: Mapping[str, Any] | None = None,
+    ) -> None:
+        from pymilvus import MilvusClient
+
+        self._uri = uri
+        self._collection = collection
+        self._dimension = dimension
+        self._index_type = index_type
+        self._index_params = dict(index_params or _DEFAULT_INDEX_PARAMS.get(index_type, {}))
+        try:
+            self._client = MilvusClient(uri=uri, token=token or "")
+        except Exception as e:
+            cause = e.__cause__ or e.__context__
+            if type(cause).__name__ == "DataDirLockedError":
+                raise DataDirBusyError(Path(uri).parent, None, None) from e
+            raise StoreUnavailableError(uri, str(e)) from e
+        self._ensure_collection()
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    def _ensure_collection(self) -> None:
+        from pymilvus import DataType
+
+        client = self._client
+        if client.has_collection(self._collection):
+            fields = client.describe_collection(self._collection)["fields"]
+            dims = [f["params"].get("dim") for f in fields if f["name"] == "vector"]
+            if dims and int(dims[0]) != self._dimension:
+                raise ImgwatchError(
+                    f"Milvus collection {self._collection!r} at {self._uri} holds {dims[0]}-d vectors, "
+                    f"but the extractor makes {self._dimension}-d ones; rebuild with "
+                    "`imgwatch index --rebuild ROOT...` or choose another collection"
+                )
+            # A reopened collection starts out released; searches and gets need it loaded.
+            client.load_collection(self._collection)
+            return
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("path", DataType.VARCHAR, max_length=PATH_MAX_BYTES)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self._dimension)
+        index = client.prepare_index_params()
+        index.add_index(
+            field_name="vector", index_type=self._index_type, metric_type=METRIC, params=self._index_params
+        )
+        client.create_collection(
+            self._collection, schema=schema, index_params=index, consistency_level="Strong"
+        )
+        log.info(
+            "created Milvus collection %r (%s, %s) at %s",
+            self._collection,
+            self._index_type,
+            METRIC,
+            self._uri,
+        )
+
+    def upsert(self, items: Sequence[tuple[int, str, Vector]]) -> None:
+        if not items:
+            return
+        rows = [
+            {"id": key, "path": stored_path(path), "vector": np.asarray(vector, dtype=np.float32).tolist()}
+            for key, path, vector in items
+        ]
+        self._client.upsert(self._collection, rows)
+
+    def get_vectors(self, ids: Iterable[int]) -> dict[int, Vector]:
+        keys = list(ids)
+        if not keys:
+            return {}
+        rows = self._client.get(self._collection, ids=keys, output_fields=["vector"])
+        return {int(row["id"]): np.asarray(row["vector"], dtype=np.float32) for row in rows}
+
+    def ids_for_path(self, path: str) -> list[int]:
+        """Keys of entities whose stored path is ``path`` (for repairs when the catalog lost track)."""
+        rows = self._client.query(
+            self._collection,
+            filter=f"path == {milvus_string(stored_path(path))}",
+            output_fields=["id"],
+            consistency_level="Strong",
+        )
+        return sorted(int(row["id"]) for row in rows)
+
+    def delete(self, ids: Iterable[int]) -> None:
+        keys = list(ids)
+        if keys:
+            self._client.delete(self._collection, ids=keys)
+
+    def search(self, queries: Sequence[Vector], k: int) -> list[list[SearchHit]]:
+        if not queries:
+            return []
+        results = self._client.search(
+            self._collection,
+            data=[np.asarray(q, dtype=np.float32).tolist() for q in queries],
+            limit=k,
+            output_fields=["path"],
+            search_params={"metric_type": METRIC, "params": self._search_params(k)},
+            consistency_level="Strong",
+        )
+        return [
+            [SearchHit(int(hit["id"]), float(hit["distance"]), str(hit["entity"]["path"])) for hit in hits]
+            for hits in results
+        ]
+
+    def _search_params(self, k: int) -> dict[str, Any]:
+        if self._index_type.startswith("HNSW"):
+            return {"ef": max(64, k)}
+        if self._index_type.startswith("IVF"):
+            return {"nprobe": 16}
+        return {}
+
+    def count(self) -> int:
+        rows = self._client.query(
+            self._collection, filter="", output_fields=["count(*)"], consistency_level="Strong"
+        )
+        return int(rows[0]["count(*)"])
+
+    def drop(self) -> None:
+        self._client.drop_collection(self._collection)
+        self._ensure_collection()
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,89 @@
+"""``imgwatch status``: what is indexed, what failed and why, which extractor, where the data lives."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from watcher.config import Settings
+from watcher.errors import DataDirBusyError
+from watcher.lock import DataDirLock, lock_holder
+from watcher.services.abc import FileState
+from watcher.services.build import stored_signature
+from watcher.services.catalog import SQLiteCatalog, create_sqlite_engine
+
+
+def gather_status(settings: Settings, *, include_failures: bool = False) -> dict[str, Any]:
+    """A JSON-ready report. Reads only: it never migrates the catalog, and it opens the vector store
+    only while nobody else holds the data dir (so it cannot get in a starting daemon's way)."""
+    holder = lock_holder(settings.data_dir)
+    daemon_running = holder is not None and holder.command == "watch"
+    report: dict[str, Any] = {
+        "data_dir": str(settings.data_dir),
+        "catalog": str(settings.catalog_path),
+        "milvus_uri": settings.vectors_uri,
+        "collection": settings.collection,
+        "daemon": {"running": daemon_running, "pid": holder.pid if daemon_running and holder else None},
+        "busy": {"pid": holder.pid, "command": holder.command} if holder else None,
+        "files": {state.value: 0 for state in FileState},
+        "vectors": 0,
+        "extractor": None,
+        "configured_weights": settings.weights,
+    }
+    if include_failures:
+        report["failed_files"] = []
+    if not settings.catalog_path.exists():
+        return report
+
+    catalog = SQLiteCatalog(create_sqlite_engine(settings.catalog_path))
+    try:
+        if not _has_schema(catalog):
+            return report
+        report["files"] = {state.value: n for state, n in catalog.counts().items()}
+        signature = stored_signature(catalog)
+        report["extractor"] = dataclasses.asdict(signature) | {"key": signature.key} if signature else None
+        if include_failures:
+            report["failed_files"] = [{"path": r.path, "error": r.error} for r in catalog.failures()]
+    finally:
+        catalog.close()
+    report["vectors"] = _count_vectors(settings, signature.dimension if signature else None, busy=holder)
+    return report
+
+
+def _has_schema(catalog: SQLiteCatalog) -> bool:
+    import sqlalchemy as sa
+
+    return "files" in sa.inspect(catalog.engine).get_table_names()
+
+
+def _count_vectors(settings: Settings, dimension: int | None, *, busy: object) -> int | None:
+    """Entities in Milvus, or ``None`` when another process has the (Lite) store open."""
+    from watcher.services.vectors import MilvusVectorStore
+
+    if dimension is None:
+        return 0
+    lite = settings.uses_milvus_lite
+    if lite and (busy is not None or not Path(settings.vectors_uri).exists()):
+        return None if busy is not None else 0
+    lock = DataDirLock(settings.data_dir, "status") if lite else None
+    if lock is not None:
+        try:
+            lock.acquire(brief_wait=0)
+        except DataDirBusyError:
+            return None  # someone started between our look and our try; leave them be
+    try:
+        store = MilvusVectorStore(
+            settings.vectors_uri,
+            dimension=dimension,
+            collection=settings.collection,
+            token=settings.milvus_token,
+            index_type=settings.index_type,
+        )
+        try:
+            return store.count()
+        finally:
+            store.close()
+    finally:
+        if lock is not None:
+            lock.release()
