@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,11 @@ _DEFAULT_INDEX_PARAMS: Mapping[str, Mapping[str, Any]] = {
 
 
 def milvus_string(value: str) -> str:
-    """``value`` as a double-quoted Milvus expression string literal, safe for any characters."""
+    """``value`` as a double-quoted Milvus expression string literal, safe for any characters.
+
+    Only the escapes both Milvus Lite and the server's parser know are used (``\" \' \\ \n \r \t``);
+    other control characters are legal as they are inside a literal.
+    """
     escaped = []
     for ch in value:
         if ch in ('"', "\\"):
@@ -42,8 +47,6 @@ def milvus_string(value: str) -> str:
             escaped.append("\\r")
         elif ch == "\t":
             escaped.append("\\t")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            escaped.append(f"\\u{ord(ch):04x}")
         else:
             escaped.append(ch)
     return '"' + "".join(escaped) + '"'
@@ -73,6 +76,11 @@ class MilvusVectorStore:
         from pymilvus import MilvusClient
 
         self._uri = uri
+        # Milvus Lite's WAL opens its file lazily without a lock: two concurrent upserts can both open
+        # it, and one write then lands in a file object that is dropped (measured: ResourceWarning
+        # "unclosed file ... wal_data_*.arrow" with 12 writer threads). Writes go one at a time.
+        self._write_lock = threading.Lock()
+        self._lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
         self._collection = collection
         self._dimension = dimension
         self._index_type = index_type
@@ -132,7 +140,8 @@ class MilvusVectorStore:
             {"id": key, "path": stored_path(path), "vector": np.asarray(vector, dtype=np.float32).tolist()}
             for key, path, vector in items
         ]
-        self._client.upsert(self._collection, rows)
+        with self._write_lock:
+            self._client.upsert(self._collection, rows)
 
     def get_vectors(self, ids: Iterable[int]) -> dict[int, Vector]:
         keys = list(ids)
@@ -154,7 +163,8 @@ class MilvusVectorStore:
     def delete(self, ids: Iterable[int]) -> None:
         keys = list(ids)
         if keys:
-            self._client.delete(self._collection, ids=keys)
+            with self._write_lock:
+                self._client.delete(self._collection, ids=keys)
 
     def search(self, queries: Sequence[Vector], k: int) -> list[list[SearchHit]]:
         if not queries:
@@ -186,8 +196,15 @@ class MilvusVectorStore:
         return int(rows[0]["count(*)"])
 
     def drop(self) -> None:
-        self._client.drop_collection(self._collection)
-        self._ensure_collection()
+        with self._write_lock:
+            self._client.drop_collection(self._collection)
+            self._ensure_collection()
 
     def close(self) -> None:
         self._client.close()
+        if self._lite:
+            # Milvus Lite serves the file from a gRPC server thread in this process; closing the client
+            # leaves it running (and the file locked) until exit unless we release it.
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self._uri)

@@ -1,0 +1,107 @@
+"""The catalog on a real SQLite file, its schema owned by the Alembic migrations."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from migrations import downgrade, upgrade
+from watcher.services.abc import FileBlob, FileState
+from watcher.services.catalog import Base, create_sqlite_engine, open_catalog
+
+
+def test_migrations_create_the_schema_the_code_expects(tmp_path: Path) -> None:
+    catalog = open_catalog(tmp_path / "catalog.sqlite3")
+    try:
+        with catalog.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+            version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+            journal = conn.execute(sa.text("PRAGMA journal_mode")).scalar()
+        assert diff == []
+        assert version == "0001"
+        assert journal == "wal"
+    finally:
+        catalog.close()
+
+
+def test_migrations_go_down_and_up_again(tmp_path: Path) -> None:
+    engine = create_sqlite_engine(tmp_path / "catalog.sqlite3")
+    upgrade(engine)
+    downgrade(engine, "base")
+    assert "files" not in sa.inspect(engine).get_table_names()
+    upgrade(engine)
+    assert {"files", "meta"} <= set(sa.inspect(engine).get_table_names())
+    engine.dispose()
+
+
+def test_reopening_applies_no_migration_twice(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite3"
+    first = open_catalog(path)
+    record = first.mark_pending("/photos/a.jpg", 1, 2)
+    first.close()
+    second = open_catalog(path)
+    try:
+        assert second.get("/photos/a.jpg") == record
+    finally:
+        second.close()
+
+
+def test_row_ids_are_never_reused(tmp_path: Path) -> None:
+    catalog = open_catalog(tmp_path / "catalog.sqlite3")
+    try:
+        first = catalog.mark_pending("/p/a.jpg", 1, 1)
+        catalog.delete(first.id)
+        second = catalog.mark_pending("/p/b.jpg", 1, 1)
+        assert second.id > first.id  # the id is a Milvus key: reuse would alias an old vector
+    finally:
+        catalog.close()
+
+
+def test_under_matches_the_directory_and_not_its_lookalike_siblings(tmp_path: Path) -> None:
+    catalog = open_catalog(tmp_path / "catalog.sqlite3")
+    try:
+        for path in ["/a/b/x.jpg", "/a/b/c/y.jpg", "/a/bc/z.jpg", "/a/b.jpg", "/a/b-/w.jpg"]:
+            catalog.mark_pending(path, 0, 0)
+        assert {r.path for r in catalog.under("/a/b")} == {"/a/b/x.jpg", "/a/b/c/y.jpg"}
+        assert {r.path for r in catalog.under("/a/b/")} == {"/a/b/x.jpg", "/a/b/c/y.jpg"}
+        assert len(list(catalog.under("/"))) == 5
+    finally:
+        catalog.close()
+
+
+def test_states_and_failures_are_counted(tmp_path: Path) -> None:
+    catalog = open_catalog(tmp_path / "catalog.sqlite3")
+    try:
+        ok = catalog.mark_pending("/p/ok.jpg", 3, 4)
+        bad = catalog.mark_pending("/p/bad.jpg", 3, 4)
+        catalog.mark_pending("/p/waiting.jpg", 3, 4)
+        catalog.mark_indexed(ok.id, FileBlob("/p/ok.jpg", b"abc", 3, 4, "h"), "sig")
+        catalog.mark_failed(bad.id, 3, 4, None, "truncated")
+        assert catalog.counts() == {FileState.INDEXED: 1, FileState.FAILED: 1, FileState.PENDING: 1}
+        assert [(r.path, r.error) for r in catalog.failures()] == [("/p/bad.jpg", "truncated")]
+        assert catalog.find_by_hash("h", exclude_path="/p/other.jpg", signature="sig") == catalog.get(
+            "/p/ok.jpg"
+        )
+        assert catalog.find_by_hash("h", exclude_path="/p/other.jpg", signature="other") is None
+    finally:
+        catalog.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.binary(min_size=1, max_size=40).filter(lambda b: b"/" not in b and b"\0" not in b))
+def test_any_file_name_round_trips_exactly(tmp_path_factory: object, name: bytes) -> None:
+    catalog = open_catalog(Path(str(tmp_path_factory.mktemp("cat"))) / "c.sqlite3")  # type: ignore[attr-defined]
+    try:
+        path = os.fsdecode(b"/photos/" + name)
+        record = catalog.mark_pending(path, 1, 2)
+        assert catalog.get(path) == record
+        assert record.path == path
+        assert os.fsencode(record.path) == b"/photos/" + name
+    finally:
+        catalog.close()

@@ -1,0 +1,211 @@
+"""The real ``imgwatch`` command as a subprocess on real folders: the contract scripts rely on."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import jpeg_bytes, write_photo
+from watcher.cli import build_parser
+from watcher.config import Settings
+from watcher.samples import photo
+from watcher.status import gather_status
+
+pytestmark = pytest.mark.slow
+
+# As root, drop the capabilities that let root read any file, so an unreadable file is unreadable.
+_UNPRIVILEGED = (
+    ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    if os.geteuid() == 0 and shutil.which("setpriv")
+    else []
+)
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGWATCH_")}
+    env.update(
+        IMGWATCH_WEIGHTS="random:0",
+        IMGWATCH_DATA_DIR=str(tmp_path / "data"),
+        XDG_CONFIG_HOME=str(tmp_path / "config"),  # no stray user config file
+    )
+    return env
+
+
+def imgwatch(
+    tmp_path: Path, *args: str | bytes, unprivileged: bool = False
+) -> subprocess.CompletedProcess[bytes]:
+    prefix = _UNPRIVILEGED if unprivileged else []
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "watcher", *args],
+        env=_env(tmp_path),
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def _json(result: subprocess.CompletedProcess[bytes]) -> Any:
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return json.loads(result.stdout)
+
+
+def test_every_command_has_help_text() -> None:
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert set(commands) == {"index", "search", "status"}
+    for name, command in commands.items():
+        assert command.description, name
+        for action in command._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help"
+    result = subprocess.run(
+        [sys.executable, "-m", "watcher", "search", "--help"], capture_output=True, check=False
+    )
+    assert result.returncode == 0 and b"most similar" in result.stdout
+
+
+def test_index_search_status_contract(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    for seed in range(5):
+        write_photo(photos / f"p{seed}.jpg", seed)
+    odd = os.path.join(os.fsencode(photos), b'odd "name" \xff\n.jpg')
+    with open(odd, "wb") as f:
+        f.write(jpeg_bytes(photo(9)))
+
+    first = imgwatch(tmp_path, "index", str(photos), "--json")
+    summary = _json(first)  # exactly one JSON object on stdout: json.loads rejects anything more
+    assert {k: summary[k] for k in ("added", "updated", "moved", "removed", "unchanged", "failed")} == {
+        "added": 6,
+        "updated": 0,
+        "moved": 0,
+        "removed": 0,
+        "unchanged": 0,
+        "failed": 0,
+    }
+
+    (photos / "p1.jpg").rename(photos / "p1-renamed.jpg")
+    (photos / "p2.jpg").unlink()
+    second = _json(imgwatch(tmp_path, "index", str(photos), "--json"))
+    assert (second["moved"], second["removed"], second["unchanged"], second["added"]) == (1, 1, 4, 0)
+
+    queries = [str(photos / "p3.jpg"), str(photos / "p0.jpg")]
+    result = imgwatch(tmp_path, "search", *queries, "-k", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["query"] for line in lines] == queries
+    for query, line in zip(queries, lines, strict=True):
+        assert len(line["results"]) == 3
+        assert line["results"][0] == {"path": query, "score": pytest.approx(1.0, abs=1e-3)}
+        scores = [r["score"] for r in line["results"]]
+        assert scores == sorted(scores, reverse=True)
+    # The non-UTF-8 name comes back in os.fsdecode form and maps back to the exact bytes.
+    [odd_line] = _json_lines(imgwatch(tmp_path, "search", odd, "-k", "1", "--json"))
+    assert os.fsencode(odd_line["results"][0]["path"]) == odd
+    assert "\ufffd" not in odd_line["results"][0]["path"]
+
+    status = _json(imgwatch(tmp_path, "status", "--json"))
+    assert status["files"] == {"indexed": 5, "pending": 0, "failed": 0}
+    assert status["vectors"] == 5
+    assert status["daemon"] == {"running": False, "pid": None}
+    assert status["extractor"]["weights"] == "random:0" and status["extractor"]["dimension"] == 4096
+    assert status["data_dir"] == str(tmp_path / "data")
+    assert status["milvus_uri"] == str(tmp_path / "data" / "vectors.db")
+
+    human = imgwatch(tmp_path, "search", queries[0], "-k", "2")
+    assert human.returncode == 0
+    assert queries[0].encode() in human.stdout and b"1.0000" in human.stdout
+
+
+def _json_lines(result: subprocess.CompletedProcess[bytes]) -> list[Any]:
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_bad_files_are_reported_without_failing_the_run(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    for seed in range(3):
+        write_photo(photos / f"p{seed}.jpg", seed)
+    (photos / "empty.jpg").write_bytes(b"")
+    (photos / "text.png").write_text("not a png")
+    (photos / "cut.jpg").write_bytes(jpeg_bytes(photo(7))[:3000])
+    locked = write_photo(photos / "locked.jpg", 8)
+    locked.chmod(0)
+    if os.geteuid() == 0 and not _UNPRIVILEGED:
+        pytest.skip("running as root without setpriv: cannot make a file unreadable")
+
+    result = imgwatch(tmp_path, "index", str(photos), "--json", unprivileged=True)
+
+    summary = _json(result)
+    assert (summary["added"], summary["failed"]) == (3, 4)
+    reasons = {Path(f["path"]).name: f["error"] for f in summary["failures"]}
+    assert reasons["locked.jpg"] == "permission denied"
+    assert reasons["empty.jpg"] == "empty file (0 bytes)"
+    assert "not a supported image" in reasons["text.png"]
+    assert "cannot decode" in reasons["cut.jpg"]
+    assert b"locked.jpg: permission denied" in result.stderr
+
+    status = _json(imgwatch(tmp_path, "status", "--json", "--failed"))
+    assert status["files"]["failed"] == 4
+    assert {Path(f["path"]).name: f["error"] for f in status["failed_files"]} == reasons
+    human = imgwatch(tmp_path, "status", "--failed")
+    assert b"locked.jpg: permission denied" in human.stdout
+
+
+def test_fatal_errors_exit_non_zero_with_a_message(tmp_path: Path) -> None:
+    missing = imgwatch(tmp_path, "index", str(tmp_path / "nowhere"))
+    assert missing.returncode == 1 and b"does not exist" in missing.stderr
+
+    bad_config = tmp_path / "bad.toml"
+    bad_config.write_text("batch_size = 'many'\n")
+    config = imgwatch(tmp_path, "status", "--config", str(bad_config))
+    assert config.returncode == 1 and b"batch_size must be a positive integer" in config.stderr
+
+
+def test_changed_extractor_is_refused(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    write_photo(photos / "a.jpg", 1)
+    _json(imgwatch(tmp_path, "index", str(photos), "--json"))
+
+    refused = imgwatch(tmp_path, "index", str(photos), "--weights", "random:1")
+
+    assert refused.returncode == 1
+    assert b"different feature extractor" in refused.stderr and b"--rebuild" in refused.stderr
+
+
+def test_second_process_on_the_same_data_dir_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    with _lock_held_elsewhere(tmp_path / "data", "index") as holder:
+        result = imgwatch(tmp_path, "index", str(tmp_path))
+        assert result.returncode == 1
+        assert f"PID {holder.pid} (imgwatch index)".encode() in result.stderr
+
+
+def test_status_reports_a_running_daemon_without_touching_its_lock(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with _lock_held_elsewhere(data, "watch") as holder:
+        report = gather_status(Settings(data_dir=data, weights="random:0"))
+        assert report["daemon"] == {"running": True, "pid": holder.pid}
+        assert holder.poll() is None  # still running, still holding its lock
+
+
+@contextlib.contextmanager
+def _lock_held_elsewhere(data_dir: Path, command: str) -> Iterator[subprocess.Popen[bytes]]:
+    """Another process holding the data dir lock, as a daemon or a long index run would."""
+    code = (
+        "import sys, time; from pathlib import Path; from watcher.lock import DataDirLock; "
+        f"DataDirLock(Path(sys.argv[1]), {command!r}).acquire(); print('held', flush=True); time.sleep(120)"
+    )
+    with subprocess.Popen([sys.executable, "-c", code, str(data_dir)], stdout=subprocess.PIPE) as process:
+        assert process.stdout is not None
+        assert process.stdout.readline() == b"held\n"
+        try:
+            yield process
+        finally:
+            process.kill()
