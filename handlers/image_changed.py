@@ -16,7 +16,7 @@ def handle(event: ImageCreated | ImageModified, ctx: Context) -> Outcome:
     path = event.path
     existing = ctx.catalog.get(path)
     stat = ctx.files.stat(path)
-    if existing is not None and stat is not None and _is_current(existing, stat, ctx):
+    if existing is not None and stat is not None and existing.is_current(stat, ctx.signature_key):
         return Outcome.UNCHANGED
 
     size, mtime_ns = stat or (0, 0)
@@ -29,7 +29,7 @@ def handle(event: ImageCreated | ImageModified, ctx: Context) -> Outcome:
     if (
         existing is not None
         and existing.content_hash == blob.content_hash
-        and _vector_is_current(existing, ctx)
+        and existing.has_current_vector(ctx.signature_key)
     ):
         # Touched, not changed (same bytes): keep the vector, remember the new mtime.
         ctx.catalog.touch(record.id, blob.size, blob.mtime_ns)
@@ -44,18 +44,6 @@ def handle(event: ImageCreated | ImageModified, ctx: Context) -> Outcome:
     _store(ctx, record, blob, vector)
     was_indexed = existing is not None and existing.state is FileState.INDEXED
     return Outcome.UPDATED if was_indexed else Outcome.ADDED
-
-
-def _is_current(record: FileRecord, stat: tuple[int, int], ctx: Context) -> bool:
-    return (
-        record.state is FileState.INDEXED
-        and (record.size, record.mtime_ns) == stat
-        and _vector_is_current(record, ctx)
-    )
-
-
-def _vector_is_current(record: FileRecord, ctx: Context) -> bool:
-    return record.has_vector and record.signature == ctx.signature_key
 
 
 def _vector_of_twin(blob: FileBlob, ctx: Context) -> Vector | None:

@@ -93,3 +93,15 @@ def test_escaping_covers_the_characters_that_break_expressions() -> None:
 
 def test_undecodable_bytes_are_stored_visibly_not_replaced() -> None:
     assert stored_path("/p/caf\udce9.jpg") == "/p/caf\\xe9.jpg"
+
+
+@pytest.mark.parametrize("index_type", ["FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ", "AUTOINDEX"])
+def test_every_index_type_milvus_lite_accepts_finds_exact_copies(tmp_path: Path, index_type: str) -> None:
+    vectors = [_unit(seed, dim=32) for seed in range(300)]
+    store = MilvusVectorStore(str(tmp_path / "v.db"), dimension=32, index_type=index_type)
+    try:
+        store.upsert([(i, f"/p/{i}", v) for i, v in enumerate(vectors)])
+        results = store.search([vectors[17], vectors[250]], k=3)
+    finally:
+        store.close()
+    assert [hits[0].id for hits in results] == [17, 250]

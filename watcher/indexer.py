@@ -17,7 +17,7 @@ from watcher.errors import ImageError, ImgwatchError
 from watcher.events import ImageCreated, ImageDeleted, ImageEvent, ImageModified, ImageMoved, Outcome
 from watcher.runtime import dispatch, dispatch_all
 from watcher.scan import ScanResult, ScanRules, scan
-from watcher.services.abc import FileRecord, FileState
+from watcher.services.abc import FileRecord
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def plan(roots: Sequence[str], rules: ScanRules, ctx: Context) -> Plan:
         record = known.get(path)
         if record is None:
             new.append(path)
-        elif stat is not None and _is_current(record, stat, ctx):
+        elif stat is not None and record.is_current(stat, ctx.signature_key):
             unchanged += 1
         else:
             changes.append(ImageModified(path))
@@ -96,15 +96,6 @@ def plan(roots: Sequence[str], rules: ScanRules, ctx: Context) -> Plan:
     changes.extend(ImageCreated(path) for path in new)
     deletions = [ImageDeleted(record.path) for record in vanished]
     return Plan(moves=moves, deletions=deletions, changes=changes, unchanged=unchanged)
-
-
-def _is_current(record: FileRecord, stat: tuple[int, int], ctx: Context) -> bool:
-    return (
-        record.state is FileState.INDEXED
-        and (record.size, record.mtime_ns) == stat
-        and record.has_vector
-        and record.signature == ctx.signature_key
-    )
 
 
 def _pair_moves(

@@ -37,9 +37,14 @@ def dispatch_all(
     Worker threads do the decoding (Pillow releases the GIL), so with more workers than the model's
     batch size the model thread always finds a full batch waiting.
     """
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgwatch-handler") as pool:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgwatch-handler")
+    try:
         futures = {pool.submit(dispatch, event, ctx): event for event in events}
         for future, event in futures.items():
             outcome = future.result()
             if on_handled is not None:
                 on_handled(event, outcome)
+    finally:
+        # On Ctrl-C, let the running handlers finish (each leaves a consistent state) but start no
+        # more: the files not reached stay as they were, and the next run picks them up.
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -83,6 +83,18 @@ class FileRecord:
     """:attr:`ExtractorSignature.key` of the extractor that made this file's vector."""
     updated_at: datetime
 
+    def has_current_vector(self, signature: str) -> bool:
+        """Its vector exists and was made by the extractor with signature key ``signature``."""
+        return self.has_vector and self.signature == signature
+
+    def is_current(self, stat: tuple[int, int], signature: str) -> bool:
+        """Indexed, with the same ``(size, mtime_ns)`` and a current vector: nothing to do."""
+        return (
+            self.state is FileState.INDEXED
+            and (self.size, self.mtime_ns) == stat
+            and self.has_current_vector(signature)
+        )
+
 
 @dataclass(frozen=True)
 class FileBlob:

@@ -78,19 +78,19 @@ def open_context(
         stored = stored_signature(catalog)
         if not rebuild:
             check_signature(stored, wanted)
-        if extractor is None:
-            extractor = build_extractor(settings, wanted)
-            stack.callback(extractor.close)
-
+        # The store first: an unreachable server should fail in a second, not after loading a model.
         vectors = MilvusVectorStore(
             settings.vectors_uri,
-            dimension=extractor.signature.dimension,
+            dimension=wanted.dimension,
             collection=settings.collection,
             token=settings.milvus_token,
             index_type=settings.index_type,
             index_params=settings.index_params,
         )
         stack.callback(vectors.close)
+        if extractor is None:
+            extractor = build_extractor(settings, wanted)
+            stack.callback(extractor.close)
         if rebuild and stored is not None:
             log.warning("rebuilding: dropping every vector made by %s", stored.weights)
             vectors.drop()
