@@ -10,16 +10,28 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from handlers import image_changed, image_deleted, image_moved
+from handlers import directory_deleted, directory_moved, image_changed, image_deleted, image_moved
 from watcher.context import Context
-from watcher.events import ImageCreated, ImageDeleted, ImageEvent, ImageModified, ImageMoved, Outcome
+from watcher.events import (
+    DirectoryDeleted,
+    DirectoryMoved,
+    ImageCreated,
+    ImageDeleted,
+    ImageEvent,
+    ImageModified,
+    ImageMoved,
+    Outcome,
+)
 
 Handler = Callable[[Any, Context], Outcome]
 
 #: Which handler takes which event type (exact types, as APScheduler's ``subscribe`` does).
+#: ``DirectoryCreated`` has no handler: the runtime turns it into a scan of the new directory.
 HANDLERS: Mapping[type[ImageEvent], Handler] = {
     ImageCreated: image_changed.handle,
     ImageModified: image_changed.handle,
     ImageDeleted: image_deleted.handle,
     ImageMoved: image_moved.handle,
+    DirectoryDeleted: directory_deleted.handle,
+    DirectoryMoved: directory_moved.handle,
 }

@@ -61,7 +61,7 @@ def test_environment_data_dir_and_milvus_uri(tmp_path: Path) -> None:
         ("batch_size = 0", "batch_size must be a positive integer"),
         ("device = 'tpu'", "device must be one of auto, cpu, cuda"),
         ("colour = 'blue'", "unknown keys ['colour']"),
-        ("exclude = 'raw'", "exclude must be a list"),
+        ("exclude = 'raw'", "exclude must be a list of strings"),
         ("this is not toml", "bad configuration"),
     ],
 )

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from watcher import __version__
 from watcher.config import (
@@ -21,6 +23,10 @@ from watcher.config import (
     load_settings,
 )
 from watcher.errors import ImgwatchError
+
+if TYPE_CHECKING:
+    from watcher.ipc import DaemonClient
+    from watcher.scan import ScanRules
 
 log = logging.getLogger("imgwatch")
 
@@ -61,9 +67,9 @@ def _common_options() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--log-level",
-        default="warning",
+        default=None,
         choices=["debug", "info", "warning", "error"],
-        help="log verbosity on stderr",
+        help="log verbosity on stderr (default: info for watch, warning otherwise)",
     )
     return common
 
@@ -109,6 +115,26 @@ def build_parser() -> argparse.ArgumentParser:
         help='one JSON object per query and line: {"query": ..., "results": [{"path", "score"}]}',
     )
 
+    watch = commands.add_parser(
+        "watch",
+        parents=[common],
+        help="run the daemon: keep the index in step with folders in real time",
+        description="Watch ROOTs (or the config file's `roots`) and keep the index in step with them: new, "
+        "changed, moved and deleted images are reflected within about a second. Catches up "
+        "with changes made while it was down. Runs in the foreground and logs to stderr; "
+        "SIGTERM or Ctrl-C stops it cleanly, a second one at once. While it runs, search, "
+        "status and index go through it.",
+    )
+    watch.add_argument("roots", nargs="*", metavar="ROOT", help="a folder to watch (recursively)")
+    watch.add_argument(
+        "--poll",
+        action="store_true",
+        default=None,
+        help="poll every root instead of using inotify (network filesystems are polled anyway)",
+    )
+    watch.add_argument("--poll-interval", type=float, default=None, help="seconds between polls (default 5)")
+    watch.add_argument("--batch-size", type=int, default=None, help="images per model batch (default 16)")
+
     status = commands.add_parser(
         "status",
         parents=[common],
@@ -125,6 +151,10 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if level == "info":
+        # At info, one line per event worth logging: our own, not the libraries' start-up chatter.
+        for chatty in ("watchdog", "alembic", "faiss", "PIL", "urllib3"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     if level != "debug":
         # pymilvus logs every failed RPC with a traceback before raising, and Milvus Lite's in-process
         # gRPC server logs the optional RPCs it does not implement; we report the errors that matter.
@@ -140,6 +170,8 @@ def _settings(args: argparse.Namespace) -> Settings:
             "milvus_uri": args.milvus_uri,
             "device": args.device,
             "batch_size": getattr(args, "batch_size", None),
+            "poll": getattr(args, "poll", None),
+            "poll_interval": getattr(args, "poll_interval", None),
         },
         config_file=args.config,
     )
@@ -151,10 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="surrogateescape")
     args = build_parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level or ("info" if args.command == "watch" else "warning"))
     try:
         settings = _settings(args)
-        handler = {"index": _index, "search": _search, "status": _status}[args.command]
+        handler = {"index": _index, "search": _search, "status": _status, "watch": _watch}[args.command]
         return handler(args, settings)
     except ImgwatchError as e:
         print(f"imgwatch: error: {e}", file=sys.stderr)
@@ -168,41 +200,103 @@ def _index(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from watcher.indexer import normalise_root, plan, run_plan
-    from watcher.scan import ScanRules
     from watcher.services.build import open_context
 
     roots = [normalise_root(root) for root in args.roots]
-    rules = ScanRules(settings.include, settings.exclude, settings.include_hidden, settings.follow_symlinks)
-    with open_context(settings, command="index", rebuild=args.rebuild) as ctx:
-        work = plan(roots, rules, ctx)
-        with tqdm(
-            total=work.total - work.unchanged,
-            unit="img",
-            file=sys.stderr,
-            delay=0.5,
-            disable=not sys.stderr.isatty(),
-        ) as bar:
-            summary = run_plan(
-                work, ctx, workers=settings.batch_size + 4, on_handled=lambda _event, _outcome: bar.update()
-            )
-    for path, reason in summary.failures:
-        print(f"imgwatch: failed: {path}: {reason}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(summary.as_dict()))
+    daemon = _running_daemon(settings)
+    if daemon is not None and args.rebuild:
+        raise ImgwatchError("stop the daemon (imgwatch watch) before `index --rebuild`")
+    if daemon is not None:
+        result = daemon.index(roots)
     else:
-        counts = ", ".join(f"{n} {name}" for name, n in summary.as_dict().items() if name != "failures")
+        with open_context(settings, command="index", rebuild=args.rebuild) as ctx:
+            work = plan(roots, _rules(settings), ctx)
+            with tqdm(
+                total=work.total - work.unchanged,
+                unit="img",
+                file=sys.stderr,
+                delay=0.5,
+                disable=not sys.stderr.isatty(),
+            ) as bar:
+                summary = run_plan(
+                    work,
+                    ctx,
+                    workers=settings.batch_size + 4,
+                    on_handled=lambda _event, _outcome: bar.update(),
+                )
+        result = summary.as_dict()
+    for failure in result["failures"]:
+        print(f"imgwatch: failed: {failure['path']}: {failure['error']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        counts = ", ".join(f"{n} {name}" for name, n in result.items() if name != "failures")
         print(f"{counts} ({', '.join(roots)})")
     return EXIT_OK
 
 
-def _search(args: argparse.Namespace, settings: Settings) -> int:
-    from watcher.search import search_files
+def _rules(settings: Settings) -> ScanRules:
+    from watcher.scan import ScanRules
+
+    return ScanRules(settings.include, settings.exclude, settings.include_hidden, settings.follow_symlinks)
+
+
+def _running_daemon(settings: Settings, wait: float = 120.0) -> DaemonClient | None:
+    """A client for the daemon serving this data dir, or None when no daemon runs.
+
+    A daemon that holds the data dir but does not answer yet is starting (loading the model):
+    wait for it rather than fail on the lock.
+    """
+    from watcher.ipc import DaemonClient, DaemonUnavailableError
+    from watcher.lock import lock_holder
+
+    deadline = time.monotonic() + wait
+    while True:
+        holder = lock_holder(settings.data_dir)
+        if holder is None or holder.command != "watch":
+            return None
+        client = DaemonClient(settings.data_dir)
+        try:
+            client.status()
+        except DaemonUnavailableError:
+            if time.monotonic() > deadline:
+                raise ImgwatchError(
+                    f"the daemon (PID {holder.pid}) holds {settings.data_dir} but does not answer "
+                    "on its socket"
+                ) from None
+            time.sleep(0.2)
+            continue
+        return client
+
+
+def _watch(args: argparse.Namespace, settings: Settings) -> int:
+    from watcher.daemon import Daemon
     from watcher.services.build import open_context
+
+    roots = [os.path.abspath(os.fsdecode(root)) for root in (args.roots or settings.roots)]
+    if not roots:
+        raise ImgwatchError("nothing to watch: give ROOT arguments or set `roots = [...]` in the config file")
+    with open_context(settings, command="watch") as ctx:
+        return Daemon(settings, ctx, roots, _rules(settings)).run()
+
+
+def _search(args: argparse.Namespace, settings: Settings) -> int:
+    from watcher.search import Match, QueryResult, read_queries, search_files
+    from watcher.services.build import open_context
+    from watcher.services.files import LocalFileReader
 
     if args.k < 1:
         raise ImgwatchError("-k must be at least 1")
-    with open_context(settings, command="search") as ctx:
-        results = search_files(list(args.queries), ctx, k=args.k)
+    daemon = _running_daemon(settings)
+    if daemon is not None:
+        queries = read_queries(list(args.queries), LocalFileReader(settings.max_file_bytes))
+        results = [
+            QueryResult(r["query"], [Match(m["path"], m["score"]) for m in r["results"]], r.get("error"))
+            for r in daemon.search(queries, args.k)
+        ]
+    else:
+        with open_context(settings, command="search") as ctx:
+            results = search_files(list(args.queries), ctx, k=args.k)
     for result in results:
         if args.json:
             line: dict[str, Any] = {
@@ -230,6 +324,16 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
     from watcher.status import gather_status
 
     report = gather_status(settings, include_failures=args.failed)
+    if report["daemon"]["running"]:
+        from watcher.ipc import DaemonClient, DaemonUnavailableError
+
+        try:
+            live = DaemonClient(settings.data_dir, timeout=10).status()
+        except DaemonUnavailableError:
+            report["daemon"]["state"] = "starting"
+        else:
+            report["vectors"] = live.pop("vectors")
+            report["daemon"].update(live, state="running")
     if args.json:
         print(json.dumps(report))
         return EXIT_OK

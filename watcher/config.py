@@ -69,6 +69,18 @@ class Settings:
     include_hidden: bool = False
     follow_symlinks: bool = False
     """Descend into symlinked directories (with loop detection). Symlinked files are always indexed."""
+    roots: tuple[str, ...] = ()
+    """Folders ``imgwatch watch`` watches when none are given on the command line."""
+    poll: bool = False
+    """Poll every root instead of using inotify (network filesystems are polled anyway)."""
+    poll_roots: tuple[str, ...] = ()
+    """Roots to poll even though inotify looks available."""
+    poll_interval: float = 5.0
+    settle_seconds: float = 1.0
+    """How long a file written without a close event must stay unchanged before it is read."""
+    mass_delete_fraction: float = 0.5
+    """Deletions of more than this share of a root's files at once are held back (see README)."""
+    mass_delete_min_files: int = 20
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_file_bytes: int = 512 * 1024 * 1024
     config_file: Path | None = None
@@ -88,7 +100,7 @@ class Settings:
 
 _FIELD_NAMES = {f.name for f in fields(Settings)}
 _PATH_FIELDS = {"data_dir"}
-_TUPLE_FIELDS = {"include", "exclude"}
+_TUPLE_FIELDS = {"include", "exclude", "roots", "poll_roots"}
 
 
 def load_settings(
@@ -144,7 +156,7 @@ def _validated(values: dict[str, Any], source: str) -> Settings:
     for name in _TUPLE_FIELDS & values.keys():
         value = values[name]
         if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(source, f"{name} must be a list of glob patterns")
+            raise ConfigError(source, f"{name} must be a list of strings")
         values[name] = tuple(value)
     choices = {"device": DEVICES, "precision": PRECISIONS, "index_type": INDEX_TYPES}
     for name, allowed in choices.items():
@@ -152,7 +164,10 @@ def _validated(values: dict[str, Any], source: str) -> Settings:
             values[name] = str(values[name]).lower() if name != "index_type" else str(values[name]).upper()
             if values[name] not in allowed:
                 raise ConfigError(source, f"{name} must be one of {', '.join(allowed)}, not {values[name]!r}")
-    for name in ("batch_size", "max_pixels", "max_file_bytes"):
+    for name in ("batch_size", "max_pixels", "max_file_bytes", "mass_delete_min_files"):
         if name in values and (not isinstance(values[name], int) or values[name] < 1):
             raise ConfigError(source, f"{name} must be a positive integer, not {values[name]!r}")
+    for name in ("poll_interval", "settle_seconds", "mass_delete_fraction"):
+        if name in values and (not isinstance(values[name], int | float) or values[name] <= 0):
+            raise ConfigError(source, f"{name} must be a positive number, not {values[name]!r}")
     return Settings(**values)

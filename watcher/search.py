@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from watcher.context import Context
 from watcher.errors import ImageError
-from watcher.services.abc import FileState, Vector
+from watcher.services.abc import FileReader, FileState, Vector
 
 #: Ask Milvus for a few more than k: entities the catalog no longer vouches for are dropped.
 _SLACK = 8
@@ -28,12 +28,34 @@ class QueryResult:
     error: str | None = None
 
 
-def search_files(queries: Sequence[str], ctx: Context, *, k: int) -> list[QueryResult]:
-    """Embed each query file (in parallel threads, so they share model batches) and search."""
-
-    def embed(query: str) -> Vector | str:
+def read_queries(queries: Sequence[str], files: FileReader) -> list[tuple[str, bytes | str]]:
+    """Each query file's bytes, or the reason it cannot be read."""
+    read: list[tuple[str, bytes | str]] = []
+    for query in queries:
         try:
-            return ctx.extractor.embed(ctx.files.read(query).data)
+            read.append((query, files.read(query).data))
+        except ImageError as e:
+            read.append((query, e.reason))
+    return read
+
+
+def search_files(queries: Sequence[str], ctx: Context, *, k: int) -> list[QueryResult]:
+    return search_images(read_queries(queries, ctx.files), ctx, k=k)
+
+
+def search_images(queries: Sequence[tuple[str, bytes | str]], ctx: Context, *, k: int) -> list[QueryResult]:
+    """Embed each query image (in parallel threads, so they share model batches) and search.
+
+    ``queries`` holds ``(name, encoded image)`` pairs, or ``(name, error)`` for queries that could
+    not be read; those are answered with their error.
+    """
+
+    def embed(item: tuple[str, bytes | str]) -> Vector | str:
+        data = item[1]
+        if isinstance(data, str):
+            return data
+        try:
+            return ctx.extractor.embed(data)
         except ImageError as e:
             return e.reason
 
@@ -43,7 +65,7 @@ def search_files(queries: Sequence[str], ctx: Context, *, k: int) -> list[QueryR
     hits = iter(search_vectors(vectors, ctx, k=k))
     return [
         QueryResult(query, [], error=v) if isinstance(v, str) else QueryResult(query, next(hits))
-        for query, v in zip(queries, embedded, strict=True)
+        for (query, _), v in zip(queries, embedded, strict=True)
     ]
 
 

@@ -11,10 +11,13 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from watcher.events import ImageEvent
 
 Vector = npt.NDArray[np.float32]
 
@@ -156,6 +159,8 @@ class VectorStore(Protocol):
 
 
 class Catalog(Protocol):
+    """What the index knows about each file, plus the daemon's journal of unfinished events."""
+
     def get(self, path: str) -> FileRecord | None: ...
 
     def get_many(self, ids: Iterable[int]) -> dict[int, FileRecord]: ...
@@ -168,6 +173,8 @@ class Catalog(Protocol):
     def under(self, root: str) -> Iterator[FileRecord]:
         """Every record at or below the directory ``root``."""
         ...
+
+    def count_under(self, root: str) -> int: ...
 
     def mark_pending(self, path: str, size: int, mtime_ns: int) -> FileRecord:
         """Create the row (or keep its id) and flag it as needing work, before any work starts."""
@@ -187,11 +194,29 @@ class Catalog(Protocol):
 
     def delete(self, record_id: int) -> None: ...
 
+    def delete_many(self, record_ids: Iterable[int]) -> None: ...
+
+    def move_many(self, moves: Iterable[tuple[int, str]]) -> None:
+        """Rename many rows at once: ``(record_id, new_path)`` pairs, in one transaction."""
+        ...
+
     def counts(self) -> Mapping[FileState, int]: ...
 
     def failures(self) -> list[FileRecord]: ...
 
     def get_meta(self, key: str) -> str | None: ...
+
+    def journal_append(self, event: ImageEvent) -> int:
+        """Record an event before anything acts on it; returns its journal id."""
+        ...
+
+    def journal_done(self, ids: Iterable[int], error: str | None = None) -> None: ...
+
+    def journal_retry(self, ids: Iterable[int], error: str) -> None: ...
+
+    def journal_pending(self) -> list[tuple[int, ImageEvent]]: ...
+
+    def journal_counts(self) -> dict[str, int]: ...
 
     def set_meta(self, key: str, value: str) -> None: ...
 

@@ -18,6 +18,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from watcher.events import EVENT_TYPES, ImageEvent, Source, paths_of
 from watcher.services.abc import FileBlob, FileRecord, FileState
 
 BUSY_TIMEOUT_MS = 30_000
@@ -58,8 +59,26 @@ class MetaRow(Base):
     value: Mapped[str] = mapped_column(sa.Text)
 
 
+class JournalRow(Base):
+    """Mirror of the ``journal`` table (migration 0002)."""
+
+    __tablename__ = "journal"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    path: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    dest_path: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    source: Mapped[str] = mapped_column(sa.String(16))
+    occurred_at: Mapped[datetime]
+    done_at: Mapped[datetime | None] = mapped_column(index=True)
+    attempts: Mapped[int] = mapped_column(server_default="0")
+    error: Mapped[str | None] = mapped_column(sa.Text)
+
+
 FILES = cast(sa.Table, FileRow.__table__)
 META = cast(sa.Table, MetaRow.__table__)
+JOURNAL = cast(sa.Table, JournalRow.__table__)
 
 
 def _now() -> datetime:
@@ -165,6 +184,11 @@ class SQLiteCatalog:
             rows = conn.execute(sa.select(FILES).where(_under_clause(root)).order_by(FILES.c.path)).all()
         return iter([_record(row) for row in rows])
 
+    def count_under(self, root: str) -> int:
+        with self._engine.connect() as conn:
+            count = conn.execute(sa.select(sa.func.count()).select_from(FILES).where(_under_clause(root)))
+            return int(count.scalar_one())
+
     def mark_pending(self, path: str, size: int, mtime_ns: int) -> FileRecord:
         raw = os.fsencode(path)
         now = _now()
@@ -238,8 +262,27 @@ class SQLiteCatalog:
         self._update(record_id, path=os.fsencode(dest_path), updated_at=_now())
 
     def delete(self, record_id: int) -> None:
+        self.delete_many([record_id])
+
+    def delete_many(self, record_ids: Iterable[int]) -> None:
+        keys = list(record_ids)
         with self._engine.begin() as conn:
-            conn.execute(sa.delete(FILES).where(FILES.c.id == record_id))
+            for start in range(0, len(keys), 500):
+                conn.execute(sa.delete(FILES).where(FILES.c.id.in_(keys[start : start + 500])))
+
+    def move_many(self, moves: Iterable[tuple[int, str]]) -> None:
+        """Rename many rows in one transaction: ``(record_id, new_path)`` pairs."""
+        now = _now()
+        rows = [{"key": key, "new_path": os.fsencode(path), "now": now} for key, path in moves]
+        if not rows:
+            return
+        statement = (
+            sa.update(FILES)
+            .where(FILES.c.id == sa.bindparam("key"))
+            .values(path=sa.bindparam("new_path"), updated_at=sa.bindparam("now"))
+        )
+        with self._engine.begin() as conn:
+            conn.execute(statement, rows)
 
     def _update(self, record_id: int, **values: Any) -> None:
         with self._engine.begin() as conn:
@@ -277,6 +320,63 @@ class SQLiteCatalog:
             conn.execute(
                 sa.update(FILES).values(state=FileState.PENDING.value, has_vector=False, signature=None)
             )
+
+    # The journal: events learnt and not yet acted on (see migration 0002).
+
+    def journal_append(self, event: ImageEvent) -> int:
+        paths = paths_of(event)
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                sa.insert(JOURNAL).values(
+                    kind=type(event).__name__,
+                    path=os.fsencode(paths[0]),
+                    dest_path=os.fsencode(paths[1]) if len(paths) > 1 else None,
+                    source=event.source.value,
+                    occurred_at=event.occurred_at.astimezone(UTC).replace(tzinfo=None),
+                )
+            )
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def journal_done(self, ids: Iterable[int], error: str | None = None) -> None:
+        keys = list(ids)
+        if keys:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    sa.update(JOURNAL).where(JOURNAL.c.id.in_(keys)).values(done_at=_now(), error=error)
+                )
+
+    def journal_retry(self, ids: Iterable[int], error: str) -> None:
+        keys = list(ids)
+        if keys:
+            with self._engine.begin() as conn:
+                conn.execute(
+                    sa.update(JOURNAL)
+                    .where(JOURNAL.c.id.in_(keys))
+                    .values(attempts=JOURNAL.c.attempts + 1, error=error)
+                )
+
+    def journal_pending(self) -> list[tuple[int, ImageEvent]]:
+        """Events not yet done, oldest first, to replay after a restart."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(JOURNAL).where(JOURNAL.c.done_at.is_(None)).order_by(JOURNAL.c.id)
+            ).all()
+        pending = []
+        for row in rows:
+            cls = EVENT_TYPES[row.kind]
+            paths = [os.fsdecode(row.path)] + ([os.fsdecode(row.dest_path)] if row.dest_path else [])
+            occurred_at = row.occurred_at.replace(tzinfo=UTC)
+            event = cls(*paths, source=Source(row.source), occurred_at=occurred_at)
+            pending.append((int(row.id), event))
+        return pending
+
+    def journal_counts(self) -> dict[str, int]:
+        with self._engine.connect() as conn:
+            pending = conn.execute(
+                sa.select(sa.func.count()).select_from(JOURNAL).where(JOURNAL.c.done_at.is_(None))
+            ).scalar_one()
+            total = conn.execute(sa.select(sa.func.count()).select_from(JOURNAL)).scalar_one()
+        return {"pending": int(pending), "done": int(total) - int(pending)}
 
     def close(self) -> None:
         self._engine.dispose()

@@ -1,0 +1,23 @@
+"""A directory is gone (deleted, or moved out of the roots): remove every file below it.
+
+Vectors first, rows second, in batches: a crash in between leaves rows whose vectors are gone,
+which a replay (or the next scan) deletes again.
+"""
+
+from __future__ import annotations
+
+from watcher.context import Context
+from watcher.events import DirectoryDeleted, Outcome
+
+BATCH = 500
+
+
+def handle(event: DirectoryDeleted, ctx: Context) -> Outcome:
+    ids = [record.id for record in ctx.catalog.under(event.path)]
+    if not ids:
+        return Outcome.UNCHANGED
+    for start in range(0, len(ids), BATCH):
+        batch = ids[start : start + BATCH]
+        ctx.vectors.delete(batch)
+        ctx.catalog.delete_many(batch)
+    return Outcome.REMOVED

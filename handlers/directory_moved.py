@@ -1,0 +1,37 @@
+"""A directory was renamed or moved within the roots: every file below it keeps its vector.
+
+For each batch: vectors re-upserted with their new paths, then the rows renamed. After a crash in
+between, the rows still carry the old paths, and a replay of this event writes the same entities.
+Files below the new location that the catalog never knew are left to the scan that follows.
+"""
+
+from __future__ import annotations
+
+import os
+
+from watcher.context import Context
+from watcher.events import DirectoryMoved, Outcome
+
+BATCH = 256
+
+
+def handle(event: DirectoryMoved, ctx: Context) -> Outcome:
+    src = event.src_path.rstrip(os.sep)
+    dest = event.dest_path.rstrip(os.sep)
+    records = list(ctx.catalog.under(src))
+    if not records:
+        return Outcome.UNCHANGED
+    for start in range(0, len(records), BATCH):
+        batch = records[start : start + BATCH]
+        renamed = {r.id: dest + r.path[len(src) :] for r in batch}
+        for new_path in renamed.values():
+            # Something already indexed at the new path (a scan got there first, or a file that the
+            # move replaced): the moved file wins, as it would on disk.
+            overwritten = ctx.catalog.get(new_path)
+            if overwritten is not None and overwritten.id not in renamed:
+                ctx.vectors.delete([overwritten.id])
+                ctx.catalog.delete(overwritten.id)
+        vectors = ctx.vectors.get_vectors(r.id for r in batch if r.has_vector)
+        ctx.vectors.upsert([(key, renamed[key], vector) for key, vector in vectors.items()])
+        ctx.catalog.move_many(renamed.items())
+    return Outcome.MOVED

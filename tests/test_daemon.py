@@ -1,0 +1,333 @@
+"""The real daemon as a subprocess on real folders: real Milvus Lite, SQLite, VGG16 (seeded weights)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import jpeg_bytes, write_photo
+from watcher.config import Settings
+from watcher.daemon import SHUTDOWN_TIMEOUT_S
+from watcher.ipc import DaemonClient, DaemonUnavailableError
+from watcher.samples import photo
+from watcher.services.abc import FileState
+from watcher.services.build import open_context
+
+pytestmark = pytest.mark.slow
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {condition}")
+        time.sleep(interval)
+
+
+@dataclass
+class RunningDaemon:
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    log: Path
+
+    @property
+    def client(self) -> DaemonClient:
+        return DaemonClient(self.data_dir, timeout=60)
+
+    def status(self) -> dict[str, Any]:
+        return self.client.status()
+
+    def model_runs(self) -> int:
+        return int(self.status()["model_runs"])
+
+    def idle(self) -> dict[str, Any]:
+        """Wait until nothing is waiting, running or journalled; returns the status then."""
+
+        def settled() -> dict[str, Any] | None:
+            status = self.status()
+            busy = any(status["queue"].values()) or status["journal"]["pending"]
+            return None if busy else status
+
+        wait_until(settled, timeout=120, interval=0.2)
+        time.sleep(0.3)  # events for the last change may still be on their way from the kernel
+        return wait_until(settled, timeout=120, interval=0.2)
+
+    def search(self, image: Path | bytes, k: int = 5) -> list[dict[str, Any]]:
+        data = image if isinstance(image, bytes) else image.read_bytes()
+        [result] = self.client.search([("query", data)], k)
+        return list(result["results"])
+
+    def paths_found(self, image: Path | bytes, k: int = 50) -> list[str]:
+        return [r["path"] for r in self.search(image, k)]
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=SHUTDOWN_TIMEOUT_S + 10)
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGWATCH_")}
+    env.update(
+        IMGWATCH_WEIGHTS="random:0", IMGWATCH_DATA_DIR=str(data_dir), XDG_CONFIG_HOME=str(data_dir / "cfg")
+    )
+    return env
+
+
+def start_daemon(data_dir: Path, *roots: Path, extra: tuple[str, ...] = ()) -> RunningDaemon:
+    log = data_dir.parent / f"daemon-{time.monotonic_ns()}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "watcher", "watch", *map(str, roots), "--log-level", "info", *extra],
+            env=_env(data_dir),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    daemon = RunningDaemon(process, data_dir, log)
+
+    def answering() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"daemon exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            daemon.status()
+        except DaemonUnavailableError:
+            return False
+        return True
+
+    wait_until(answering, timeout=120)
+    return daemon
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., RunningDaemon]]:
+    started: list[RunningDaemon] = []
+
+    def factory(*roots: Path, data_dir: Path | None = None, extra: tuple[str, ...] = ()) -> RunningDaemon:
+        daemon = start_daemon(data_dir or tmp_path / "data", *roots, extra=extra)
+        started.append(daemon)
+        return daemon
+
+    yield factory
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait()
+
+
+def _disk_images(root: Path) -> set[str]:
+    return {str(p) for p in root.rglob("*.jpg") if p.is_file()}
+
+
+def _assert_agree(data_dir: Path, root: Path) -> None:
+    """With the daemon stopped: disk, catalog and Milvus agree, one entity per file, no extras."""
+    settings = Settings(data_dir=data_dir, weights="random:0")
+    with open_context(settings, command="test") as ctx:
+        records = list(ctx.catalog.under(str(root)))
+        assert {r.path for r in records} == _disk_images(root)
+        assert all(r.state is FileState.INDEXED and r.has_vector for r in records)
+        assert ctx.vectors.count() == len(records)
+        assert set(ctx.vectors.get_vectors(r.id for r in records)) == {r.id for r in records}
+
+
+def test_files_and_directories_follow_the_disk(
+    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
+) -> None:
+    root = tmp_path / "photos"
+    write_photo(root / "start.jpg", seed=1)
+    daemon = daemon_factory(root)
+    daemon.idle()
+
+    # A dropped file becomes searchable; the CLI's search goes through the daemon.
+    dropped = write_photo(root / "dropped.jpg", seed=2)
+    wait_until(lambda: str(dropped) in daemon.paths_found(dropped, k=1), timeout=30)
+    cli = subprocess.run(
+        [sys.executable, "-m", "watcher", "search", str(dropped), "-k", "1", "--json"],
+        env=_env(daemon.data_dir),
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads(cli.stdout)["results"][0]["path"] == str(dropped)
+    status = subprocess.run(
+        [sys.executable, "-m", "watcher", "status", "--json"],
+        env=_env(daemon.data_dir),
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert json.loads(status.stdout)["daemon"]["running"] is True
+
+    # A file written slowly, in chunks, is read once, when complete.
+    runs = daemon.idle()["model_runs"]
+    data = jpeg_bytes(photo(3))
+    slow = root / "slow.jpg"
+    with slow.open("wb") as f:
+        for start in range(0, len(data), len(data) // 4 + 1):
+            f.write(data[start : start + len(data) // 4 + 1])
+            f.flush()
+            time.sleep(0.3)
+    daemon.idle()
+    assert daemon.model_runs() == runs + 1
+    assert daemon.search(data, k=1)[0] == {"path": str(slow), "score": pytest.approx(1.0, abs=1e-3)}
+
+    # "Write a temporary name, then rename into place" is one new file.
+    runs = daemon.model_runs()
+    temporary = root / "saved.jpg.part"
+    temporary.write_bytes(jpeg_bytes(photo(4)))
+    temporary.rename(root / "saved.jpg")
+    daemon.idle()
+    assert daemon.model_runs() == runs + 1
+    assert daemon.paths_found(root / "saved.jpg").count(str(root / "saved.jpg")) == 1
+
+    # Renames of files and directories keep their vectors: no model runs.
+    write_photo(root / "album" / "a.jpg", seed=5)
+    write_photo(root / "album" / "inner" / "b.jpg", seed=6)
+    daemon.idle()
+    runs = daemon.model_runs()
+    (root / "dropped.jpg").rename(root / "renamed.jpg")
+    (root / "album").rename(root / "album-2024")
+    status = daemon.idle()
+    assert status["model_runs"] == runs
+    found = daemon.paths_found(root / "album-2024" / "inner" / "b.jpg")
+    assert str(root / "album-2024" / "inner" / "b.jpg") in found
+    assert not any("/album/" in p for p in found)
+    assert daemon.paths_found(root / "renamed.jpg", k=1) == [str(root / "renamed.jpg")]
+
+    # A deleted file and a deleted directory disappear from results.
+    (root / "renamed.jpg").unlink()
+    shutil.rmtree(root / "album-2024")
+    daemon.idle()
+    found = daemon.paths_found(jpeg_bytes(photo(2)))
+    assert str(root / "renamed.jpg") not in found
+    assert not any("album" in p for p in found)
+    assert sorted(found) == sorted(_disk_images(root))
+
+    assert daemon.stop() == 0
+    _assert_agree(daemon.data_dir, root)
+
+
+def test_a_burst_of_500_files_is_indexed_exactly_once(
+    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
+) -> None:
+    root = tmp_path / "burst"
+    root.mkdir()
+    daemon = daemon_factory(root)
+    staging = tmp_path / "staging"
+    for seed in range(500):
+        write_photo(staging / f"{seed:03d}.jpg", seed=1000 + seed, size=(96, 72))
+    for path in sorted(staging.iterdir()):
+        shutil.copy(path, root / path.name)
+
+    status = daemon.idle()
+
+    assert status["model_runs"] == 500
+    assert status["vectors"] == 500
+    assert daemon.stop() == 0
+    _assert_agree(daemon.data_dir, root)
+
+
+def test_sigterm_stops_cleanly_in_bounded_time(
+    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
+) -> None:
+    root = tmp_path / "photos"
+    write_photo(root / "a.jpg", seed=1)
+    daemon = daemon_factory(root)
+    for seed in range(40):  # work in progress when the signal arrives
+        write_photo(root / f"b{seed}.jpg", seed=100 + seed, size=(96, 72))
+
+    started = time.monotonic()
+    code = daemon.stop()
+
+    assert code == 0
+    assert time.monotonic() - started < SHUTDOWN_TIMEOUT_S
+    # What it had not finished is picked up by the next start.
+    again = daemon_factory(root)
+    again.idle()
+    assert again.stop() == 0
+    _assert_agree(daemon.data_dir, root)
+
+
+def test_kill_9_during_a_burst_loses_and_duplicates_nothing(
+    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
+) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    daemon = daemon_factory(root)
+    for seed in range(60):
+        write_photo(root / f"{seed}.jpg", seed=200 + seed, size=(96, 72))
+    wait_until(lambda: daemon.status()["outcomes"].get("added", 0) >= 10, timeout=60, interval=0.05)
+    for seed in range(10):  # changes the daemon has seen only as journalled events, or not at all
+        (root / f"{seed}.jpg").rename(root / f"moved-{seed}.jpg")
+    for seed in range(10, 15):
+        (root / f"{seed}.jpg").unlink()
+    daemon.process.kill()
+    daemon.process.wait()
+    for seed in range(15, 20):  # and changes made while it was down
+        (root / f"{seed}.jpg").unlink()
+    write_photo(root / "while-down.jpg", seed=300)
+
+    again = daemon_factory(root)
+    again.idle()
+
+    assert again.stop() == 0
+    _assert_agree(daemon.data_dir, root)
+
+
+def test_a_removed_root_deletes_nothing(daemon_factory: Callable[..., RunningDaemon], tmp_path: Path) -> None:
+    root = tmp_path / "disk"
+    for seed in range(8):
+        write_photo(root / f"{seed}.jpg", seed=400 + seed, size=(96, 72))
+    daemon = daemon_factory(root)
+    before = daemon.idle()["vectors"]
+    assert before == 8
+    backup = tmp_path / "backup"
+    shutil.copytree(root, backup)
+
+    shutil.rmtree(root)  # the disk went away
+
+    status = wait_until(lambda: (s := daemon.status())["roots"][0]["guard"] and s, timeout=30)
+    time.sleep(2)
+    status = daemon.status()
+    assert status["vectors"] == 8
+    assert "missing" in status["roots"][0]["guard"]
+    assert len(daemon.paths_found(backup / "0.jpg")) == 8
+
+    shutil.copytree(backup, root)  # ...and came back
+    wait_until(lambda: daemon.status()["roots"][0]["guard"] is None, timeout=30)
+    assert daemon.idle()["vectors"] == 8
+    assert daemon.stop() == 0
+    _assert_agree(daemon.data_dir, root)
+
+
+def test_a_second_daemon_on_the_same_data_dir_is_refused(
+    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
+) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    daemon = daemon_factory(root)
+
+    second = subprocess.run(
+        [sys.executable, "-m", "watcher", "watch", str(root)],
+        env=_env(daemon.data_dir),
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+
+    assert second.returncode == 1
+    assert f"PID {daemon.process.pid} (imgwatch watch)".encode() in second.stderr
+    assert daemon.process.poll() is None

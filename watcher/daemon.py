@@ -1,0 +1,579 @@
+"""``imgwatch watch``: the runtime that keeps the index in step with the roots, in real time.
+
+Threads and what they own:
+- watchdog observers (one per root) and the webhook only *produce* events: :meth:`Daemon.submit`
+  writes each to the journal (durable first) and puts it on the inbox;
+- the main thread *dispatches*: it coalesces file events until the file has settled, keeps deletes
+  and moves in order, applies the mass-delete guard, and hands settled files to a pool of handler
+  threads (whose decoding overlaps the batched model);
+- the local endpoint thread answers ``search``/``status``/``index`` from other processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from types import FrameType
+from typing import Any
+
+from handlers import HANDLERS
+from watcher.config import Settings
+from watcher.context import Context
+from watcher.errors import ImgwatchError
+from watcher.events import (
+    DirectoryCreated,
+    DirectoryDeleted,
+    DirectoryMoved,
+    ImageCreated,
+    ImageDeleted,
+    ImageEvent,
+    ImageModified,
+    ImageMoved,
+    Outcome,
+    RescanRequested,
+    Source,
+    paths_of,
+)
+from watcher.indexer import Plan, plan, run_plan
+from watcher.ipc import LocalEndpoint
+from watcher.notify import sd_notify, watchdog_interval
+from watcher.scan import ScanRules
+from watcher.search import search_images
+from watcher.sources.fs import RootWatch, watch_root
+
+log = logging.getLogger(__name__)
+
+#: A SIGTERM is answered with exit 0 within this bound (the systemd units allow a little more).
+SHUTDOWN_TIMEOUT_S = 30.0
+#: After close-after-write, wait this long for a rename or a second close before reading.
+CLOSED_SETTLE_S = 0.05
+#: Deletions wait this long, so that a file moved to another root can take its vector along.
+DELETE_HOLD_S = 0.5
+MAX_DELETE_HOLD_S = 10.0
+ROOT_CHECK_S = 2.0
+MAX_RETRY_DELAY_S = 300.0
+SCAN_DELAY_S = 0.2
+
+_DELETIONS = (ImageDeleted, DirectoryDeleted)
+_SCANS = (DirectoryCreated, RescanRequested)
+
+
+@dataclass
+class _Pending:
+    """Work waiting for its moment: a file to settle, or a directory to scan."""
+
+    event: ImageEvent
+    journal_ids: list[int]
+    due: float
+    stat: tuple[int, int] | None = None
+    attempts: int = 0
+
+
+@dataclass
+class _Op:
+    """A delete or move, applied in arrival order."""
+
+    event: ImageEvent
+    journal_ids: list[int]
+    due: float
+    received: float
+    attempts: int = 0
+
+
+@dataclass
+class _Root:
+    path: str
+    device: int | None
+    watch: RootWatch | None = None
+    guard: str | None = None
+    """Why deletions under this root are held back (missing root, mass deletion), or None."""
+
+
+def _under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def _overlaps(paths: tuple[str, ...] | list[str], others: list[str]) -> bool:
+    return any(_under(a, b) or _under(b, a) for a in paths for b in others)
+
+
+def _backoff(attempts: int) -> float:
+    return float(min(MAX_RETRY_DELAY_S, 2 ** min(attempts, 16)))
+
+
+@dataclass
+class _Stats:
+    outcomes: Counter[str] = field(default_factory=Counter)
+    received: Counter[str] = field(default_factory=Counter)
+    retries: int = 0
+
+
+class Daemon:
+    def __init__(self, settings: Settings, ctx: Context, roots: list[str], rules: ScanRules) -> None:
+        self._settings = settings
+        self._ctx = ctx
+        self._rules = rules
+        self._roots = {root: _Root(root, _device_of(root)) for root in roots}
+        self._inbox: queue.Queue[tuple[ImageEvent, list[int]]] = queue.Queue()
+        self._pending: dict[str, _Pending] = {}
+        self._ops: deque[_Op] = deque()
+        self._in_flight: dict[str, tuple[Future[Outcome], _Pending]] = {}
+        self._scans: dict[str, tuple[Future[Plan], _Pending]] = {}
+        workers = settings.batch_size + 4
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgwatch-handler")
+        self._stop = threading.Event()
+        self._stats = _Stats()
+        self._started = time.time()
+        self._last_root_check = 0.0
+        self._last_ping = 0.0
+        self._ping_every = watchdog_interval()
+        self._endpoint: LocalEndpoint | None = None
+
+    # ---- producing ---------------------------------------------------------------------------
+
+    def submit(self, event: ImageEvent) -> None:
+        """Record ``event`` durably, then queue it. Safe from any thread."""
+        journal_id = self._ctx.catalog.journal_append(event)
+        self._stats.received[event.source.value] += 1
+        self._inbox.put((event, [journal_id]))
+
+    # ---- running -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Watch until SIGTERM/SIGINT (or :meth:`stop`); returns the exit code."""
+        self._install_signal_handlers()
+        for root in self._roots.values():
+            self._start_watch(root)
+        for journal_id, event in self._ctx.catalog.journal_pending():
+            self._inbox.put((event, [journal_id]))
+        for root in self._roots.values():
+            if root.watch is not None:
+                self._inbox.put((RescanRequested(root.path, source=Source.SCAN), []))
+        self._endpoint = LocalEndpoint(
+            self._settings.data_dir,
+            {
+                ("GET", "/status"): self._status_route,
+                ("POST", "/search"): self._search_route,
+                ("POST", "/index"): self._index_route,
+            },
+        )
+        self._endpoint.start()
+        sd_notify("READY=1", f"STATUS=watching {len(self._roots)} root(s)")
+        log.info("watching %s", ", ".join(repr(r) for r in self._roots))
+        try:
+            while not self._stop.is_set():
+                self._tick()
+        finally:
+            self._shut_down()
+        return 0
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._inbox.put((RescanRequested("", source=Source.SCAN), []))  # wake the loop
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            if self._stop.is_set():
+                # Second signal: leave now. Unfinished work is in the journal and the catalog.
+                log.warning("second %s: exiting at once", signal.Signals(signum).name)
+                os._exit(1)
+            log.info("%s: finishing current work, then stopping", signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def _tick(self) -> None:
+        try:
+            event, ids = self._inbox.get(timeout=self._wait_time())
+            self._accept(event, ids)
+            while True:
+                event, ids = self._inbox.get_nowait()
+                self._accept(event, ids)
+        except queue.Empty:
+            pass
+        if self._stop.is_set():
+            return
+        now = time.monotonic()
+        self._reap(now)
+        self._reap_scans(now)
+        self._start_due(now)
+        self._run_ops(now)
+        if now - self._last_root_check > ROOT_CHECK_S:
+            self._last_root_check = now
+            self._check_roots()
+        if self._ping_every and now - self._last_ping > self._ping_every:
+            self._last_ping = now
+            sd_notify("WATCHDOG=1")
+
+    def _wait_time(self) -> float:
+        if self._in_flight or self._scans:
+            return 0.01
+        dues = [p.due for p in self._pending.values()] + [op.due for op in self._ops]
+        wait = min(dues, default=time.monotonic() + 0.5) - time.monotonic()
+        return min(max(wait, 0.0), 0.5)
+
+    def _shut_down(self) -> None:
+        deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S - 5
+        sd_notify("STOPPING=1")
+        for root in self._roots.values():
+            if root.watch is not None:
+                root.watch.stop()
+        if self._endpoint is not None:
+            self._endpoint.stop()
+        for future, _ in list(self._in_flight.values()):
+            # Unfinished or failed work stays pending in the journal for the next start.
+            with contextlib.suppress(Exception):
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+        self._reap(time.monotonic())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        left = len(self._pending) + len(self._ops) + len(self._in_flight)
+        log.info("stopped; %d unfinished event(s) stay in the journal for the next start", left)
+
+    # ---- coalescing and ordering -------------------------------------------------------------
+
+    def _accept(self, event: ImageEvent, ids: list[int]) -> None:
+        now = time.monotonic()
+        stat = self._ctx.files.stat
+        if isinstance(event, ImageCreated | ImageModified):
+            settle = CLOSED_SETTLE_S if event.write_closed else self._settings.settle_seconds
+            waiting = self._pending.get(event.path)
+            if waiting is None:
+                self._pending[event.path] = _Pending(event, ids, now + settle, stat(event.path))
+            else:
+                waiting.journal_ids += ids
+                waiting.due = now + settle
+                waiting.stat = stat(event.path)
+        elif isinstance(event, _SCANS):
+            if not event.path:
+                return  # the wake-up call from stop()
+            key = "scan:" + event.path
+            waiting = self._pending.get(key)
+            if waiting is None:
+                self._pending[key] = _Pending(event, ids, now + SCAN_DELAY_S)
+            else:
+                waiting.journal_ids += ids
+        elif isinstance(event, ImageDeleted | DirectoryDeleted):
+            ids = ids + self._cancel_pending_under(event.path, exact=isinstance(event, ImageDeleted))
+            self._ops.append(_Op(event, ids, now + DELETE_HOLD_S, now))
+        elif isinstance(event, ImageMoved):
+            moved = self._pending.pop(event.src_path, None)
+            self._ops.append(_Op(event, ids, now, now))
+            if moved is not None:
+                self._pending[event.dest_path] = _Pending(
+                    ImageModified(event.dest_path, source=event.source),
+                    moved.journal_ids,
+                    now,
+                    stat(event.dest_path),
+                )
+        elif isinstance(event, DirectoryMoved):
+            for key in [k for k in self._pending if _under(k, event.src_path)]:
+                waiting = self._pending.pop(key)
+                new_path = event.dest_path + key[len(event.src_path) :]
+                self._pending[new_path] = _Pending(
+                    ImageModified(new_path, source=event.source), waiting.journal_ids, now, stat(new_path)
+                )
+            self._ops.append(_Op(event, ids, now, now))
+        else:  # pragma: no cover - every event type is listed above
+            raise TypeError(f"no dispatch rule for {event!r}")
+
+    def _cancel_pending_under(self, path: str, *, exact: bool) -> list[int]:
+        keys = [k for k in self._pending if (k == path if exact else _under(k, path))]
+        return [journal_id for key in keys for journal_id in self._pending.pop(key).journal_ids]
+
+    def _start_due(self, now: float) -> None:
+        for key, waiting in list(self._pending.items()):
+            if waiting.due > now or key in self._in_flight:
+                continue
+            if isinstance(waiting.event, _SCANS):
+                if _overlaps(paths_of(waiting.event), [p for op in self._ops for p in paths_of(op.event)]):
+                    continue  # a queued move or delete changes what the scan would see: after it
+                del self._pending[key]
+                self._start_scan(key, waiting)
+                continue
+            current = self._ctx.files.stat(key)
+            if current is None:
+                # Gone already; the delete event that follows (if it was ever indexed) does the rest.
+                del self._pending[key]
+                self._ctx.catalog.journal_done(waiting.journal_ids)
+                continue
+            if current != waiting.stat:
+                waiting.stat, waiting.due = current, now + self._settings.settle_seconds
+                continue
+            del self._pending[key]
+            self._in_flight[key] = (self._pool.submit(self._handle, waiting.event), waiting)
+
+    def _handle(self, event: ImageEvent) -> Outcome:
+        return HANDLERS[type(event)](event, self._ctx)
+
+    def _reap(self, now: float) -> None:
+        for key, (future, waiting) in list(self._in_flight.items()):
+            if not future.done():
+                continue
+            del self._in_flight[key]
+            try:
+                outcome = future.result()
+            except Exception as e:  # noqa: BLE001 - a store that went away, a bug: retry later
+                self._retry(waiting, e, now)
+                if key not in self._pending:
+                    self._pending[key] = waiting
+                else:
+                    self._pending[key].journal_ids += waiting.journal_ids
+                continue
+            self._stats.outcomes[outcome.value] += 1
+            self._ctx.catalog.journal_done(waiting.journal_ids)
+            if outcome is not Outcome.UNCHANGED:
+                log.info("%s %s", outcome.value, _describe(waiting.event))
+
+    def _retry(self, work: _Pending | _Op, error: Exception, now: float) -> None:
+        work.attempts += 1
+        work.due = now + _backoff(work.attempts)
+        self._stats.retries += 1
+        self._ctx.catalog.journal_retry(work.journal_ids, f"{type(error).__name__}: {error}")
+        log.warning(
+            "%s failed (%s: %s); retrying in %.0f s",
+            _describe(work.event),
+            type(error).__name__,
+            error,
+            work.due - now,
+        )
+
+    def _run_ops(self, now: float) -> None:
+        """Apply due deletes and moves. Order is kept only where it matters: an op waits for earlier
+        ops and for in-flight work on overlapping paths, and runs past unrelated ones."""
+        blocked: list[str] = list(self._in_flight)
+        for op in list(self._ops):
+            touched = paths_of(op.event)
+            if op.due > now or _overlaps(touched, blocked) or self._deletion_waits(op, now):
+                blocked.extend(touched)
+                continue
+            self._ops.remove(op)
+            if isinstance(op.event, _DELETIONS) and self._held_by_guard(op):
+                continue
+            try:
+                outcome = self._handle(op.event)
+            except Exception as e:  # noqa: BLE001 - retried later; later ops on these paths wait
+                self._retry(op, e, now)
+                self._ops.appendleft(op)
+                blocked.extend(touched)
+                continue
+            self._stats.outcomes[outcome.value] += 1
+            self._ctx.catalog.journal_done(op.journal_ids)
+            if outcome is not Outcome.UNCHANGED:
+                log.info("%s %s", outcome.value, _describe(op.event))
+
+    def _deletion_waits(self, op: _Op, now: float) -> bool:
+        """A deletion waits while new files are being read: one of them may be this file, moved to
+        another root, and can then take its vector along instead of running the model."""
+        if not isinstance(op.event, _DELETIONS) or now - op.received >= MAX_DELETE_HOLD_S:
+            return False
+        return bool(self._in_flight or self._scans) or any(
+            not isinstance(p.event, _SCANS) and p.due <= now + DELETE_HOLD_S for p in self._pending.values()
+        )
+
+    # ---- the mass-delete guard ---------------------------------------------------------------
+
+    def _root_of(self, path: str) -> _Root | None:
+        matches = [r for r in self._roots.values() if _under(path, r.path)]
+        return max(matches, key=lambda r: len(r.path), default=None)
+
+    def _held_by_guard(self, op: _Op) -> bool:
+        """True (and the deletion dropped) when it would delete a missing root's files, or a large
+        share of a root's files at once."""
+        path = paths_of(op.event)[0]
+        root = self._root_of(path)
+        if root is None:
+            return False
+        reason = None
+        if path == root.path or not self._root_present(root):
+            reason = "the root is missing or its filesystem is not mounted"
+        else:
+            queued = [
+                o
+                for o in self._ops
+                if isinstance(o.event, _DELETIONS) and self._root_of(paths_of(o.event)[0]) is root
+            ]
+            doomed = len(set().union(*(self._ids_under(paths_of(o.event)[0]) for o in [op, *queued])))
+            known = self._ctx.catalog.count_under(root.path)
+            limit = self._settings.mass_delete_fraction * known
+            if doomed >= self._settings.mass_delete_min_files and doomed > limit:
+                reason = f"{doomed} of its {known} files vanished at once"
+                for other in queued:
+                    self._ops.remove(other)
+                    self._ctx.catalog.journal_done(other.journal_ids, error="held by the mass-delete guard")
+        if reason is None:
+            return False
+        if root.guard != reason:
+            log.warning(
+                "not deleting entries under %r: %s. They stay searchable; run `imgwatch index %s` to "
+                "apply the deletions if they are real",
+                root.path,
+                reason,
+                root.path,
+            )
+        root.guard = reason
+        self._ctx.catalog.journal_done(op.journal_ids, error="held by the mass-delete guard")
+        return True
+
+    def _ids_under(self, path: str) -> set[int]:
+        return {record.id for record in self._ctx.catalog.under(path)}
+
+    def _root_present(self, root: _Root) -> bool:
+        device = _device_of(root.path)
+        return device is not None and (root.device is None or device == root.device)
+
+    def _check_roots(self) -> None:
+        """Notice roots that went away (deleted, unmounted) or came back, and rescan returners."""
+        for root in self._roots.values():
+            present = self._root_present(root)
+            if present and root.watch is None:
+                log.info("root %r is back; rescanning it", root.path)
+                root.device = root.device or _device_of(root.path)
+                root.guard = None
+                self._start_watch(root)
+                self._inbox.put((RescanRequested(root.path, source=Source.SCAN), []))
+            elif not present and root.watch is not None:
+                log.warning("root %r is gone or unmounted; keeping its entries until it is back", root.path)
+                root.guard = "the root is missing or its filesystem is not mounted"
+                root.watch.stop()
+                root.watch = None
+
+    def _start_watch(self, root: _Root) -> None:
+        if not self._root_present(root):
+            root.guard = "the root is missing or its filesystem is not mounted"
+            log.warning("root %r is missing; watching for it to come back", root.path)
+            return
+        force = self._settings.poll or root.path in self._settings.poll_roots
+        try:
+            root.watch = watch_root(
+                root.path,
+                self._rules,
+                self.submit,
+                force_poll=force,
+                poll_interval=self._settings.poll_interval,
+            )
+        except OSError as e:
+            root.guard = f"cannot watch: {e.strerror or e}"
+            log.error("cannot watch %r: %s", root.path, e)
+
+    # ---- scans -------------------------------------------------------------------------------
+
+    def _start_scan(self, key: str, waiting: _Pending) -> None:
+        """Compare a directory with the catalog in a thread of its own: a big root takes a while, and
+        the main loop must keep dispatching, answering signals and pinging systemd's watchdog."""
+        path = paths_of(waiting.event)[0]
+        root = self._root_of(path)
+        if root is None or not os.path.isdir(path) or not self._root_present(root):
+            self._ctx.catalog.journal_done(waiting.journal_ids)
+            return
+        future: Future[Plan] = Future()
+
+        def scan() -> None:
+            try:
+                future.set_result(plan([path], self._rules, self._ctx))
+            except BaseException as e:  # noqa: BLE001 - handed to the main loop
+                future.set_exception(e)
+
+        # A daemon thread: an unfinished scan must not hold up a SIGTERM; it is simply redone.
+        threading.Thread(target=scan, name="imgwatch-scan", daemon=True).start()
+        self._scans[key] = (future, waiting)
+
+    def _reap_scans(self, now: float) -> None:
+        for key, (future, waiting) in list(self._scans.items()):
+            if not future.done():
+                continue
+            del self._scans[key]
+            path = paths_of(waiting.event)[0]
+            try:
+                work = future.result()
+            except Exception as e:  # noqa: BLE001 - a vanished or unreadable directory, a bug
+                log.warning("cannot scan %r: %s", path, e)
+                self._ctx.catalog.journal_done(waiting.journal_ids, error=str(e))
+                continue
+            for event in [*work.moves, *work.deletions]:
+                self._accept(event, [])
+            for event in work.changes:
+                assert isinstance(event, ImageCreated | ImageModified)
+                self._accept(replace(event, write_closed=True), [])
+            self._ctx.catalog.journal_done(waiting.journal_ids)
+            if work.total - work.unchanged:
+                log.info(
+                    "scan of %r: %d to do, %d unchanged", path, work.total - work.unchanged, work.unchanged
+                )
+
+    # ---- the local endpoint ------------------------------------------------------------------
+
+    def _status_route(self, _body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        return 200, {
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self._started, 1),
+            "vectors": self._ctx.vectors.count(),
+            "model_runs": self._ctx.extractor.images_embedded,
+            "roots": [
+                {"path": r.path, "watch": r.watch.mode if r.watch else None, "guard": r.guard}
+                for r in self._roots.values()
+            ],
+            "queue": {
+                "waiting": len(self._pending),
+                "in_flight": len(self._in_flight),
+                "ordered": len(self._ops),
+            },
+            "journal": self._ctx.catalog.journal_counts(),
+            "events_received": dict(self._stats.received),
+            "outcomes": dict(self._stats.outcomes),
+            "retries": self._stats.retries,
+        }
+
+    def _search_route(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        import base64
+
+        queries = [
+            (q["query"], q["error"] if "error" in q else base64.b64decode(q["data"], validate=True))
+            for q in body["queries"]
+        ]
+        results = search_images(queries, self._ctx, k=int(body["k"]))
+        return 200, {
+            "results": [
+                {"query": r.query, "results": [{"path": m.path, "score": m.score} for m in r.matches]}
+                | ({"error": r.error} if r.error else {})
+                for r in results
+            ]
+        }
+
+    def _index_route(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        from watcher.indexer import normalise_root
+
+        try:
+            roots = [normalise_root(root) for root in body["roots"]]
+        except ImgwatchError as e:
+            return 400, {"error": str(e)}
+        summary = run_plan(
+            plan(roots, self._rules, self._ctx), self._ctx, workers=self._settings.batch_size + 4
+        )
+        for root in self._roots.values():
+            if any(_under(root.path, r) or _under(r, root.path) for r in roots):
+                root.guard = None  # an explicit index applied (or re-checked) the deletions
+        return 200, summary.as_dict()
+
+
+def _device_of(path: str) -> int | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev if os.path.isdir(path) else None
+
+
+def _describe(event: ImageEvent) -> str:
+    return " -> ".join(repr(p) for p in paths_of(event))

@@ -1,0 +1,35 @@
+"""systemd's notify protocol (READY, STOPPING, WATCHDOG, STATUS) without a dependency: one datagram."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+log = logging.getLogger(__name__)
+
+
+def sd_notify(*states: str) -> bool:
+    """Send ``states`` (e.g. ``"READY=1"``) to the service manager; False when not run under one."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # abstract namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall("\n".join(states).encode())
+    except OSError as e:
+        log.warning("cannot notify the service manager at %r: %s", address, e)
+        return False
+    return True
+
+
+def watchdog_interval() -> float | None:
+    """Seconds between watchdog pings the service manager expects (half its timeout), if any."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and int(pid) != os.getpid()):
+        return None
+    return int(usec) / 2_000_000
