@@ -216,6 +216,19 @@ def test_files_and_directories_follow_the_disk(
     assert not any("album" in p for p in found)
     assert sorted(found) == sorted(_disk_images(root))
 
+    # `imgwatch index` while the daemon runs hands the work to it, and reports its summary.
+    runs = daemon.model_runs()
+    index = subprocess.run(
+        [sys.executable, "-m", "watcher", "index", str(root), "--json"],
+        env=_env(daemon.data_dir),
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert index.returncode == 0, index.stderr
+    assert json.loads(index.stdout)["unchanged"] == len(_disk_images(root))
+    assert daemon.model_runs() == runs
+
     assert daemon.stop() == 0
     _assert_agree(daemon.data_dir, root)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -29,11 +30,19 @@ from watcher.events import (
     ImageEvent,
     ImageModified,
     ImageMoved,
+    RescanRequested,
     Source,
     paths_of,
 )
 from watcher.scan import ScanRules
-from watcher.sources.fs import EventTranslator, PathFilter, filesystem_type, is_network_filesystem, watch_root
+from watcher.sources.fs import (
+    EventTranslator,
+    OverflowListener,
+    PathFilter,
+    filesystem_type,
+    is_network_filesystem,
+    watch_root,
+)
 
 ROOT = "/photos"
 
@@ -179,3 +188,16 @@ def test_a_real_watch_reports_changes(tmp_path: Path, force_poll: bool) -> None:
     if not force_poll:
         assert ImageMoved(str(tmp_path / "new.jpg"), moved, source=Source.FILESYSTEM) in seen
         assert any(isinstance(e, ImageModified) and e.write_closed for e in seen)
+
+
+def test_an_inotify_queue_overflow_asks_for_a_rescan_of_every_root() -> None:
+    seen: list[ImageEvent] = []
+    listener = OverflowListener(["/a", "/b"], seen.append)
+    inotify_log = logging.getLogger("watchdog.observers.inotify_c")
+    inotify_log.addHandler(listener)
+    try:
+        inotify_log.warning("Inotify queue overflowed; filesystem events were lost")
+        inotify_log.warning("something else")
+    finally:
+        inotify_log.removeHandler(listener)
+    assert seen == [RescanRequested("/a", source=FS), RescanRequested("/b", source=FS)]

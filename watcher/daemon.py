@@ -47,7 +47,7 @@ from watcher.ipc import LocalEndpoint
 from watcher.notify import sd_notify, watchdog_interval
 from watcher.scan import ScanRules
 from watcher.search import search_images
-from watcher.sources.fs import RootWatch, watch_root
+from watcher.sources.fs import OverflowListener, RootWatch, watch_root
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,11 @@ class Daemon:
     def run(self) -> int:
         """Watch until SIGTERM/SIGINT (or :meth:`stop`); returns the exit code."""
         self._install_signal_handlers()
+        overflow = OverflowListener(list(self._roots), self.submit)
+        watchdog_log = logging.getLogger("watchdog.observers")
+        watchdog_log.addHandler(overflow)
+        if watchdog_log.getEffectiveLevel() > logging.WARNING:
+            watchdog_log.setLevel(logging.WARNING)  # the overflow warning must reach the listener
         for root in self._roots.values():
             self._start_watch(root)
         for journal_id, event in self._ctx.catalog.journal_pending():
@@ -172,6 +177,7 @@ class Daemon:
             while not self._stop.is_set():
                 self._tick()
         finally:
+            logging.getLogger("watchdog.observers").removeHandler(overflow)
             self._shut_down()
         return 0
 
