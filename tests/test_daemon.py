@@ -344,3 +344,49 @@ def test_a_second_daemon_on_the_same_data_dir_is_refused(
     assert second.returncode == 1
     assert f"PID {daemon.process.pid} (imgwatch watch)".encode() in second.stderr
     assert daemon.process.poll() is None
+
+
+def test_ten_rewrites_in_a_second_are_extracted_once(
+    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
+) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    daemon = daemon_factory(root)
+    runs = daemon.idle()["model_runs"]
+    target = root / "edited.jpg"
+
+    versions = [jpeg_bytes(photo(600 + version)) for version in range(10)]
+    for data in versions:
+        target.write_bytes(data)
+        time.sleep(0.1)
+
+    daemon.idle()
+    assert daemon.model_runs() == runs + 1
+    assert daemon.search(jpeg_bytes(photo(609)), k=1)[0] == {
+        "path": str(target),
+        "score": pytest.approx(1.0, abs=1e-3),
+    }
+
+
+def test_moves_between_two_roots_keep_their_vectors(
+    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    write_photo(first / "a.jpg", seed=700)
+    write_photo(first / "album" / "b.jpg", seed=701)
+    write_photo(first / "album" / "c.jpg", seed=702)
+    second.mkdir()
+    daemon = daemon_factory(first, second)
+    runs = daemon.idle()["model_runs"]
+    assert runs == 3
+
+    (first / "a.jpg").rename(second / "a.jpg")
+    (first / "album").rename(second / "album")
+    status = daemon.idle()
+
+    assert status["model_runs"] == runs
+    assert status["vectors"] == 3
+    assert daemon.paths_found(second / "album" / "c.jpg", k=1) == [str(second / "album" / "c.jpg")]
+    assert not any(str(first) + os.sep in p for p in daemon.paths_found(second / "a.jpg"))
+    assert daemon.stop() == 0
+    _assert_agree(daemon.data_dir, tmp_path)

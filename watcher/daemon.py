@@ -53,8 +53,11 @@ log = logging.getLogger(__name__)
 
 #: A SIGTERM is answered with exit 0 within this bound (the systemd units allow a little more).
 SHUTDOWN_TIMEOUT_S = 30.0
-#: After close-after-write, wait this long for a rename or a second close before reading.
-CLOSED_SETTLE_S = 0.05
+#: After close-after-write, wait this long for another write before reading: a burst of saves
+#: (an editor, a sync tool) is read once, with its final content.
+CLOSED_SETTLE_S = 0.15
+#: A file changed again this soon after it was read is "hot": wait for it to settle instead.
+HOT_S = 1.0
 #: Deletions wait this long, so that a file moved to another root can take its vector along.
 DELETE_HOLD_S = 0.5
 MAX_DELETE_HOLD_S = 10.0
@@ -127,6 +130,7 @@ class Daemon:
         self._ops: deque[_Op] = deque()
         self._in_flight: dict[str, tuple[Future[Outcome], _Pending]] = {}
         self._scans: dict[str, tuple[Future[Plan], _Pending]] = {}
+        self._last_read: dict[str, float] = {}
         workers = settings.batch_size + 4
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgwatch-handler")
         self._stop = threading.Event()
@@ -253,7 +257,12 @@ class Daemon:
         now = time.monotonic()
         stat = self._ctx.files.stat
         if isinstance(event, ImageCreated | ImageModified):
-            settle = CLOSED_SETTLE_S if event.write_closed else self._settings.settle_seconds
+            # Hot: read (or changed while hot) less than HOT_S ago. A burst keeps a file hot, so its
+            # saves are read once more, after the burst, rather than once per save.
+            hot = now - self._last_read.get(event.path, -HOT_S) < HOT_S
+            if hot:
+                self._last_read[event.path] = now
+            settle = CLOSED_SETTLE_S if event.write_closed and not hot else self._settings.settle_seconds
             waiting = self._pending.get(event.path)
             if waiting is None:
                 self._pending[event.path] = _Pending(event, ids, now + settle, stat(event.path))
@@ -319,6 +328,9 @@ class Daemon:
                 continue
             del self._pending[key]
             self._in_flight[key] = (self._pool.submit(self._handle, waiting.event), waiting)
+            self._last_read[key] = now
+        if len(self._last_read) > 10_000:
+            self._last_read = {k: t for k, t in self._last_read.items() if now - t < HOT_S}
 
     def _handle(self, event: ImageEvent) -> Outcome:
         return HANDLERS[type(event)](event, self._ctx)
