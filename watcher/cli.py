@@ -134,6 +134,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.add_argument("--poll-interval", type=float, default=None, help="seconds between polls (default 5)")
     watch.add_argument("--batch-size", type=int, default=None, help="images per model batch (default 16)")
+    watch.add_argument(
+        "--webhook",
+        metavar="HOST:PORT",
+        default=None,
+        help="also accept events over HTTP (POST /events; GET /healthz, /metrics); token from "
+        "IMGWATCH_WEBHOOK_TOKEN, required unless HOST is loopback",
+    )
+
+    invoke = commands.add_parser(
+        "invoke",
+        parents=[common],
+        help="run the handlers on one recorded event file (generic or S3 format)",
+        description='Read EVENT.json (a webhook body: generic {"events": [...]} or S3 {"Records": [...]}) '
+        "and act on it as the webhook would: through the daemon when one runs, else directly. Paths "
+        "must lie in the configured roots or S3 mounts when any are configured.",
+    )
+    invoke.add_argument("event_file", metavar="EVENT.json", type=Path, help="the event payload to replay")
+    invoke.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
     status = commands.add_parser(
         "status",
@@ -172,6 +190,7 @@ def _settings(args: argparse.Namespace) -> Settings:
             "batch_size": getattr(args, "batch_size", None),
             "poll": getattr(args, "poll", None),
             "poll_interval": getattr(args, "poll_interval", None),
+            "webhook": getattr(args, "webhook", None),
         },
         config_file=args.config,
     )
@@ -186,7 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.log_level or ("info" if args.command == "watch" else "warning"))
     try:
         settings = _settings(args)
-        handler = {"index": _index, "search": _search, "status": _status, "watch": _watch}[args.command]
+        handler = {"index": _index, "search": _search, "status": _status, "watch": _watch, "invoke": _invoke}[
+            args.command
+        ]
         return handler(args, settings)
     except ImgwatchError as e:
         print(f"imgwatch: error: {e}", file=sys.stderr)
@@ -269,6 +290,56 @@ def _running_daemon(settings: Settings, wait: float = 120.0) -> DaemonClient | N
         return client
 
 
+def _invoke(args: argparse.Namespace, settings: Settings) -> int:
+    from watcher.events import DirectoryCreated, Source
+    from watcher.indexer import plan, run_plan
+    from watcher.runtime import dispatch
+    from watcher.services.build import open_context
+    from watcher.sources.webhook import (
+        ForbiddenPathError,
+        InvalidEventError,
+        MalformedBodyError,
+        allowed_paths,
+        parse_body,
+    )
+
+    try:
+        body = args.event_file.read_bytes()
+    except OSError as e:
+        raise ImgwatchError(f"cannot read {args.event_file}: {e.strerror or e}") from e
+    daemon = _running_daemon(settings)
+    if daemon is not None:
+        try:
+            payload = json.loads(body)
+        except ValueError as e:
+            raise ImgwatchError(f"{args.event_file} is not JSON: {e}") from e
+        result = daemon.request("POST", "/invoke", {"payload": payload})
+    else:
+        allowed = allowed_paths(settings.roots, settings.s3_mounts)
+        try:
+            parsed = parse_body(body, allowed, Source.WEBHOOK)
+        except (MalformedBodyError, InvalidEventError, ForbiddenPathError) as e:
+            raise ImgwatchError(f"{args.event_file}: {e}") from e
+        outcomes = []
+        with open_context(settings, command="invoke") as ctx:
+            for event in parsed.events:
+                if isinstance(event, DirectoryCreated):
+                    summary = run_plan(
+                        plan([event.path], _rules(settings), ctx), ctx, workers=settings.batch_size + 4
+                    )
+                    outcomes.append({"event": repr(event), "summary": summary.as_dict()})
+                else:
+                    outcomes.append({"event": repr(event), "outcome": dispatch(event, ctx).value})
+        result = {"accepted": len(parsed.events), "ignored": parsed.ignored, "outcomes": outcomes}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for line in result.get("outcomes", []):
+            print(f"{line.get('outcome', 'scanned')}: {line['event']}")
+        print(f"{result['accepted']} event(s) accepted, {len(result['ignored'])} ignored (not images)")
+    return EXIT_OK
+
+
 def _watch(args: argparse.Namespace, settings: Settings) -> int:
     from watcher.daemon import Daemon
     from watcher.services.build import open_context
@@ -276,6 +347,12 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
     roots = [os.path.abspath(os.fsdecode(root)) for root in (args.roots or settings.roots)]
     if not roots:
         raise ImgwatchError("nothing to watch: give ROOT arguments or set `roots = [...]` in the config file")
+    if settings.webhook:
+        from watcher.sources.webhook import is_loopback, parse_bind
+
+        host, _ = parse_bind(settings.webhook)
+        if settings.webhook_token is None and not is_loopback(host):
+            raise ImgwatchError(f"refusing to listen on {host} without a token: set IMGWATCH_WEBHOOK_TOKEN")
     with open_context(settings, command="watch") as ctx:
         return Daemon(settings, ctx, roots, _rules(settings)).run()
 

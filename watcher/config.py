@@ -19,6 +19,8 @@ ENV_MILVUS_URI = "IMGWATCH_MILVUS_URI"
 ENV_MILVUS_TOKEN = "IMGWATCH_MILVUS_TOKEN"  # noqa: S105 - a variable name, not a secret
 ENV_CONFIG = "IMGWATCH_CONFIG"
 ENV_DEVICE = "IMGWATCH_DEVICE"
+ENV_WEBHOOK_TOKEN = "IMGWATCH_WEBHOOK_TOKEN"  # noqa: S105 - a variable name, not a secret
+ENV_WEBHOOK_HMAC_SECRET = "IMGWATCH_WEBHOOK_HMAC_SECRET"  # noqa: S105 - a variable name, not a secret
 
 #: Which setting each environment variable feeds.
 ENV_VARS: Mapping[str, str] = {
@@ -27,6 +29,8 @@ ENV_VARS: Mapping[str, str] = {
     "milvus_uri": ENV_MILVUS_URI,
     "milvus_token": ENV_MILVUS_TOKEN,
     "device": ENV_DEVICE,
+    "webhook_token": ENV_WEBHOOK_TOKEN,
+    "webhook_hmac_secret": ENV_WEBHOOK_HMAC_SECRET,
 }
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -81,6 +85,15 @@ class Settings:
     mass_delete_fraction: float = 0.5
     """Deletions of more than this share of a root's files at once are held back (see README)."""
     mass_delete_min_files: int = 20
+    webhook: str | None = None
+    """``HOST:PORT`` for the HTTP event endpoint of ``imgwatch watch``; off when unset."""
+    webhook_token: str | None = None
+    """Shared secret callers send as ``Authorization: Bearer TOKEN``."""
+    webhook_hmac_secret: str | None = None
+    """When set, callers must also sign each body: ``X-Imgwatch-Signature: sha256=<hex HMAC>``."""
+    webhook_max_bytes: int = 1024 * 1024
+    s3_mounts: Mapping[str, str] = field(default_factory=dict)
+    """S3/MinIO bucket name -> local directory where that bucket's objects appear."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_file_bytes: int = 512 * 1024 * 1024
     config_file: Path | None = None
@@ -164,7 +177,12 @@ def _validated(values: dict[str, Any], source: str) -> Settings:
             values[name] = str(values[name]).lower() if name != "index_type" else str(values[name]).upper()
             if values[name] not in allowed:
                 raise ConfigError(source, f"{name} must be one of {', '.join(allowed)}, not {values[name]!r}")
-    for name in ("batch_size", "max_pixels", "max_file_bytes", "mass_delete_min_files"):
+    if "s3_mounts" in values:
+        mounts = values["s3_mounts"]
+        if not isinstance(mounts, Mapping) or not all(isinstance(v, str) for v in mounts.values()):
+            raise ConfigError(source, 's3_mounts must be a table of bucket = "/local/directory"')
+        values["s3_mounts"] = {str(k): os.path.abspath(os.path.expanduser(v)) for k, v in mounts.items()}
+    for name in ("batch_size", "max_pixels", "max_file_bytes", "mass_delete_min_files", "webhook_max_bytes"):
         if name in values and (not isinstance(values[name], int) or values[name] < 1):
             raise ConfigError(source, f"{name} must be a positive integer, not {values[name]!r}")
     for name in ("poll_interval", "settle_seconds", "mass_delete_fraction"):

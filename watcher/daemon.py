@@ -12,6 +12,7 @@ Threads and what they own:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -44,10 +45,21 @@ from watcher.events import (
 )
 from watcher.indexer import Plan, plan, run_plan
 from watcher.ipc import LocalEndpoint
+from watcher.metrics import DaemonMetrics
 from watcher.notify import sd_notify, watchdog_interval
 from watcher.scan import ScanRules
 from watcher.search import search_images
 from watcher.sources.fs import OverflowListener, RootWatch, watch_root
+from watcher.sources.webhook import (
+    ForbiddenPathError,
+    InvalidEventError,
+    MalformedBodyError,
+    WebhookConfig,
+    WebhookServer,
+    allowed_paths,
+    parse_bind,
+    parse_body,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +110,8 @@ class _Root:
     watch: RootWatch | None = None
     guard: str | None = None
     """Why deletions under this root are held back (missing root, mass deletion), or None."""
+    watched: bool = True
+    """False for S3 mount directories: only the webhook reports their changes."""
 
 
 def _under(path: str, directory: str) -> bool:
@@ -125,6 +139,11 @@ class Daemon:
         self._ctx = ctx
         self._rules = rules
         self._roots = {root: _Root(root, _device_of(root)) for root in roots}
+        for mount in settings.s3_mounts.values():
+            self._roots.setdefault(mount, _Root(mount, _device_of(mount), watched=False))
+        self._allowed = allowed_paths(roots, settings.s3_mounts)
+        self._metrics = DaemonMetrics(self._queue_depths, self._file_counts)
+        self._webhook: WebhookServer | None = None
         self._inbox: queue.Queue[tuple[ImageEvent, list[int]]] = queue.Queue()
         self._pending: dict[str, _Pending] = {}
         self._ops: deque[_Op] = deque()
@@ -147,6 +166,7 @@ class Daemon:
         """Record ``event`` durably, then queue it. Safe from any thread."""
         journal_id = self._ctx.catalog.journal_append(event)
         self._stats.received[event.source.value] += 1
+        self._metrics.events_received.labels(event.source.value).inc()
         self._inbox.put((event, [journal_id]))
 
     # ---- running -----------------------------------------------------------------------------
@@ -154,34 +174,39 @@ class Daemon:
     def run(self) -> int:
         """Watch until SIGTERM/SIGINT (or :meth:`stop`); returns the exit code."""
         self._install_signal_handlers()
-        overflow = OverflowListener(list(self._roots), self.submit)
+        roots = [r for r in self._roots.values() if r.watched]
+        overflow = OverflowListener([r.path for r in roots], self.submit)
         watchdog_log = logging.getLogger("watchdog.observers")
         watchdog_log.addHandler(overflow)
         if watchdog_log.getEffectiveLevel() > logging.WARNING:
             watchdog_log.setLevel(logging.WARNING)  # the overflow warning must reach the listener
-        for root in self._roots.values():
-            self._start_watch(root)
-        for journal_id, event in self._ctx.catalog.journal_pending():
-            self._inbox.put((event, [journal_id]))
-        for root in self._roots.values():
-            if root.watch is not None:
-                self._inbox.put((RescanRequested(root.path, source=Source.SCAN), []))
-        self._endpoint = LocalEndpoint(
-            self._settings.data_dir,
-            {
-                ("GET", "/status"): self._status_route,
-                ("POST", "/search"): self._search_route,
-                ("POST", "/index"): self._index_route,
-            },
-        )
-        self._endpoint.start()
-        sd_notify("READY=1", f"STATUS=watching {len(self._roots)} root(s)")
-        log.info("watching %s", ", ".join(repr(r) for r in self._roots))
         try:
+            # The webhook binds first: a port in use or a refused address must fail before anything runs.
+            if self._settings.webhook:
+                self._webhook = self._start_webhook(self._settings.webhook)
+            for root in roots:
+                self._start_watch(root)
+            for journal_id, event in self._ctx.catalog.journal_pending():
+                self._inbox.put((event, [journal_id]))
+            for root in roots:
+                if root.watch is not None:
+                    self._inbox.put((RescanRequested(root.path, source=Source.SCAN), []))
+            self._endpoint = LocalEndpoint(
+                self._settings.data_dir,
+                {
+                    ("GET", "/status"): self._status_route,
+                    ("POST", "/search"): self._search_route,
+                    ("POST", "/index"): self._index_route,
+                    ("POST", "/invoke"): self._invoke_route,
+                },
+            )
+            self._endpoint.start()
+            sd_notify("READY=1", f"STATUS=watching {len(roots)} root(s)")
+            log.info("watching %s", ", ".join(repr(r.path) for r in roots))
             while not self._stop.is_set():
                 self._tick()
         finally:
-            logging.getLogger("watchdog.observers").removeHandler(overflow)
+            watchdog_log.removeHandler(overflow)
             self._shut_down()
         return 0
 
@@ -237,6 +262,8 @@ class Daemon:
     def _shut_down(self) -> None:
         deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S - 5
         sd_notify("STOPPING=1")
+        if self._webhook is not None:
+            self._webhook.stop()
         for root in self._roots.values():
             if root.watch is not None:
                 root.watch.stop()
@@ -333,7 +360,10 @@ class Daemon:
             self._last_read = {k: t for k, t in self._last_read.items() if now - t < HOT_S}
 
     def _handle(self, event: ImageEvent) -> Outcome:
-        return HANDLERS[type(event)](event, self._ctx)
+        if not isinstance(event, ImageCreated | ImageModified):
+            return HANDLERS[type(event)](event, self._ctx)
+        with self._metrics.handling_seconds.time():
+            return HANDLERS[type(event)](event, self._ctx)
 
     def _reap(self, now: float) -> None:
         for key, (future, waiting) in list(self._in_flight.items()):
@@ -349,15 +379,20 @@ class Daemon:
                 else:
                     self._pending[key].journal_ids += waiting.journal_ids
                 continue
-            self._stats.outcomes[outcome.value] += 1
+            self._count(outcome)
             self._ctx.catalog.journal_done(waiting.journal_ids)
             if outcome is not Outcome.UNCHANGED:
                 log.info("%s %s", outcome.value, _describe(waiting.event))
+
+    def _count(self, outcome: Outcome) -> None:
+        self._stats.outcomes[outcome.value] += 1
+        self._metrics.outcomes.labels(outcome.value).inc()
 
     def _retry(self, work: _Pending | _Op, error: Exception, now: float) -> None:
         work.attempts += 1
         work.due = now + _backoff(work.attempts)
         self._stats.retries += 1
+        self._metrics.errors.inc()
         self._ctx.catalog.journal_retry(work.journal_ids, f"{type(error).__name__}: {error}")
         log.warning(
             "%s failed (%s: %s); retrying in %.0f s",
@@ -386,7 +421,7 @@ class Daemon:
                 self._ops.appendleft(op)
                 blocked.extend(touched)
                 continue
-            self._stats.outcomes[outcome.value] += 1
+            self._count(outcome)
             self._ctx.catalog.journal_done(op.journal_ids)
             if outcome is not Outcome.UNCHANGED:
                 log.info("%s %s", outcome.value, _describe(op.event))
@@ -454,6 +489,8 @@ class Daemon:
     def _check_roots(self) -> None:
         """Notice roots that went away (deleted, unmounted) or came back, and rescan returners."""
         for root in self._roots.values():
+            if not root.watched:
+                continue
             present = self._root_present(root)
             if present and root.watch is None:
                 log.info("root %r is back; rescanning it", root.path)
@@ -530,6 +567,46 @@ class Daemon:
                     "scan of %r: %d to do, %d unchanged", path, work.total - work.unchanged, work.unchanged
                 )
 
+    # ---- the webhook and the metrics ---------------------------------------------------------
+
+    def _start_webhook(self, bind: str) -> WebhookServer:
+        host, port = parse_bind(bind)
+        config = WebhookConfig(
+            host=host,
+            port=port,
+            token=self._settings.webhook_token,
+            hmac_secret=self._settings.webhook_hmac_secret,
+            max_bytes=self._settings.webhook_max_bytes,
+            allowed=self._allowed,
+        )
+        server = WebhookServer(
+            config,
+            self.submit,
+            self._health,
+            self._metrics.render,
+            lambda method, status: self._metrics.webhook_requests.labels(method, str(status)).inc(),
+        )
+        server.start()
+        return server
+
+    def _health(self) -> tuple[int, dict[str, Any]]:
+        try:
+            vectors = self._ctx.vectors.count()
+        except Exception as e:  # noqa: BLE001 - reported, not raised: this is the health check
+            return 503, {"status": "degraded", "store": f"unreachable: {type(e).__name__}"}
+        return 200, {"status": "ok", "store": "reachable", "vectors": vectors, "queue": self._queue_depths()}
+
+    def _queue_depths(self) -> dict[str, int]:
+        return {
+            "waiting": len(self._pending),
+            "in_flight": len(self._in_flight),
+            "ordered": len(self._ops),
+            "scanning": len(self._scans),
+        }
+
+    def _file_counts(self) -> dict[str, int]:
+        return {state.value: n for state, n in self._ctx.catalog.counts().items()}
+
     # ---- the local endpoint ------------------------------------------------------------------
 
     def _status_route(self, _body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -541,7 +618,10 @@ class Daemon:
             "roots": [
                 {"path": r.path, "watch": r.watch.mode if r.watch else None, "guard": r.guard}
                 for r in self._roots.values()
+                if r.watched
             ],
+            "s3_mounts": dict(self._settings.s3_mounts),
+            "webhook": f"http://{self._settings.webhook}/events" if self._webhook else None,
             "queue": {
                 "waiting": len(self._pending),
                 "in_flight": len(self._in_flight),
@@ -568,6 +648,16 @@ class Daemon:
                 for r in results
             ]
         }
+
+    def _invoke_route(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """``imgwatch invoke`` while the daemon runs: the payload takes the webhook's path."""
+        try:
+            parsed = parse_body(json.dumps(body["payload"]).encode(), self._allowed, Source.WEBHOOK)
+        except (MalformedBodyError, InvalidEventError, ForbiddenPathError) as e:
+            return 422, {"error": str(e)}
+        for event in parsed.events:
+            self.submit(event)
+        return 200, {"accepted": len(parsed.events), "ignored": parsed.ignored}
 
     def _index_route(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         from watcher.indexer import normalise_root

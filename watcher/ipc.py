@@ -20,6 +20,8 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+from watcher.errors import ImgwatchError
+
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "imgwatch.sock"
@@ -30,8 +32,8 @@ _SUN_PATH_MAX = 100
 Route = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
 
 
-class DaemonUnavailableError(Exception):
-    """No daemon answers on the data dir's socket."""
+class DaemonUnavailableError(ImgwatchError):
+    """No daemon answers on the data dir's socket, or it refused the request."""
 
 
 def socket_path(data_dir: Path) -> Path:
