@@ -436,6 +436,18 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         )
     else:
         lines.append(f"extractor:  (nothing indexed yet; configured weights {report['configured_weights']})")
+    for root in daemon.get("roots", []):
+        guard = f"; deletions held: {root['guard']}" if root["guard"] else ""
+        lines.append(f"watching:   {root['path']} ({root['watch'] or 'not watched'}{guard})")
+    if daemon.get("queue"):
+        queue = daemon["queue"]
+        lines.append(
+            f"queue:      {queue['waiting']} waiting, {queue['in_flight']} in progress, "
+            f"{queue['ordered']} moves/deletes, {queue['scanning']} scans; "
+            f"{daemon['journal']['pending']} journalled events unfinished"
+        )
+    if daemon.get("webhook"):
+        lines.append(f"webhook:    {daemon['webhook']}")
     print("\n".join(lines))
     if args.failed:
         for failure in report["failed_files"]:
