@@ -13,7 +13,8 @@ BATCH = 500
 
 
 def handle(event: DirectoryDeleted, ctx: Context) -> Outcome:
-    ids = [record.id for record in ctx.catalog.under(event.path)]
+    # Files that exist (again) are kept: the event may be older than what is on disk now.
+    ids = [record.id for record in ctx.catalog.under(event.path) if ctx.files.stat(record.path) is None]
     if not ids:
         return Outcome.UNCHANGED
     for start in range(0, len(ids), BATCH):

@@ -62,7 +62,9 @@ def _store(ctx: Context, record: FileRecord, blob: FileBlob, vector: Vector) -> 
 def _fail(
     ctx: Context, record: FileRecord, size: int, mtime_ns: int, content_hash: str | None, reason: str
 ) -> Outcome:
-    # A vector of the file's previous content would answer searches for content that is gone.
-    ctx.vectors.delete([record.id])
+    # A vector of the file's previous content would answer searches for content that is gone. The
+    # row first: a crash in between leaves a stray entity (never reported) rather than a row that
+    # claims a vector it no longer has.
     ctx.catalog.mark_failed(record.id, size, mtime_ns, content_hash, reason)
+    ctx.vectors.delete([record.id])
     return Outcome.FAILED

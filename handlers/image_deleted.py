@@ -10,6 +10,9 @@ def handle(event: ImageDeleted, ctx: Context) -> Outcome:
     record = ctx.catalog.get(event.path)
     if record is None:
         return Outcome.UNCHANGED
+    if ctx.files.stat(event.path) is not None:
+        # There again (deleted, then written anew, before this event was handled): not a deletion.
+        return Outcome.UNCHANGED
     ctx.vectors.delete([record.id])
     ctx.catalog.delete(record.id)
     return Outcome.REMOVED

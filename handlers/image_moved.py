@@ -27,6 +27,7 @@ def handle(event: ImageMoved, ctx: Context) -> Outcome:
     if vector is None:
         # Nothing to carry over (it had failed, or its vector went missing): process it as new.
         ctx.catalog.move(source.id, event.dest_path)
+        ctx.catalog.mark_pending(event.dest_path, 0, 0)
         return image_changed.handle(ImageCreated(event.dest_path, source=event.source), ctx)
     ctx.vectors.upsert([(source.id, event.dest_path, vector)])
     ctx.catalog.move(source.id, event.dest_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -390,3 +391,54 @@ def test_moves_between_two_roots_keep_their_vectors(
     assert not any(str(first) + os.sep in p for p in daemon.paths_found(second / "a.jpg"))
     assert daemon.stop() == 0
     _assert_agree(daemon.data_dir, tmp_path)
+
+
+def test_a_mass_deletion_is_held_and_the_daemon_lives_on(
+    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
+) -> None:
+    root = tmp_path / "photos"
+    for seed in range(30):
+        write_photo(root / f"{seed}.jpg", seed=1500 + seed, size=(96, 72))
+    daemon = daemon_factory(root)
+    assert daemon.idle()["vectors"] == 30
+
+    for seed in range(25):  # 25 of 30 files vanish at once: more like a failing disk than a user
+        (root / f"{seed}.jpg").unlink()
+
+    status = wait_until(lambda: (s := daemon.status())["roots"][0]["guard"] and s, timeout=30)
+    assert re.fullmatch(r"\d+ of its 30 files vanished at once", status["roots"][0]["guard"])
+    status = daemon.idle()
+    assert status["vectors"] == 30
+    assert daemon.process.poll() is None
+    # An explicit index of the root is the confirmation: it applies the deletions.
+    index = subprocess.run(
+        [sys.executable, "-m", "watcher", "index", str(root), "--json"],
+        env=_env(daemon.data_dir),
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    assert json.loads(index.stdout)["removed"] == 25
+    assert daemon.status()["roots"][0]["guard"] is None
+    assert daemon.stop() == 0
+    _assert_agree(daemon.data_dir, root)
+
+
+def test_delete_then_write_anew_keeps_the_new_file(
+    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
+) -> None:
+    root = tmp_path / "photos"
+    target = write_photo(root / "edited.jpg", seed=1600)
+    daemon = daemon_factory(root)
+    daemon.idle()
+
+    target.rename(root / "edited.jpg.bak")  # what some editors do on save...
+    target.write_bytes(jpeg_bytes(photo(1601)))  # ...before writing the new version
+
+    daemon.idle()
+    assert daemon.search(jpeg_bytes(photo(1601)), k=1)[0] == {
+        "path": str(target),
+        "score": pytest.approx(1.0, abs=1e-3),
+    }
+    assert daemon.stop() == 0
+    _assert_agree(daemon.data_dir, root)

@@ -164,6 +164,9 @@ def _read_config_file(path: Path, *, must_exist: bool) -> dict[str, Any]:
 
 
 def _validated(values: dict[str, Any], source: str) -> Settings:
+    for name in ("webhook_token", "webhook_hmac_secret", "milvus_token", "webhook", "milvus_uri"):
+        if values.get(name) == "":
+            values[name] = None  # an empty secret is no secret: treat it as unset, never as "any"
     for name in _PATH_FIELDS & values.keys():
         values[name] = Path(values[name]).expanduser().absolute()
     for name in _TUPLE_FIELDS & values.keys():

@@ -92,7 +92,7 @@ class _Pending:
     attempts: int = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class _Op:
     """A delete or move, applied in arrival order."""
 
@@ -106,12 +106,13 @@ class _Op:
 @dataclass
 class _Root:
     path: str
-    device: int | None
     watch: RootWatch | None = None
     guard: str | None = None
     """Why deletions under this root are held back (missing root, mass deletion), or None."""
     watched: bool = True
     """False for S3 mount directories: only the webhook reports their changes."""
+    mount_point: bool = False
+    """The root was a mount point at start: while it is not one, its filesystem is unmounted."""
 
 
 def _under(path: str, directory: str) -> bool:
@@ -138,13 +139,14 @@ class Daemon:
         self._settings = settings
         self._ctx = ctx
         self._rules = rules
-        self._roots = {root: _Root(root, _device_of(root)) for root in roots}
+        self._roots = {root: _Root(root, mount_point=os.path.ismount(root)) for root in roots}
         for mount in settings.s3_mounts.values():
-            self._roots.setdefault(mount, _Root(mount, _device_of(mount), watched=False))
+            self._roots.setdefault(mount, _Root(mount, watched=False))
         self._allowed = allowed_paths(roots, settings.s3_mounts)
         self._metrics = DaemonMetrics(self._queue_depths, self._file_counts)
         self._webhook: WebhookServer | None = None
-        self._inbox: queue.Queue[tuple[ImageEvent, list[int]]] = queue.Queue()
+        # SimpleQueue: its put() is reentrant, so the signal handler may call it at any moment.
+        self._inbox: queue.SimpleQueue[tuple[ImageEvent, list[int]]] = queue.SimpleQueue()
         self._pending: dict[str, _Pending] = {}
         self._ops: deque[_Op] = deque()
         self._in_flight: dict[str, tuple[Future[Outcome], _Pending]] = {}
@@ -181,13 +183,14 @@ class Daemon:
         if watchdog_log.getEffectiveLevel() > logging.WARNING:
             watchdog_log.setLevel(logging.WARNING)  # the overflow warning must reach the listener
         try:
-            # The webhook binds first: a port in use or a refused address must fail before anything runs.
+            # Unfinished events first, so that they keep their place before anything new arrives.
+            for journal_id, event in self._ctx.catalog.journal_pending():
+                self._inbox.put((event, [journal_id]))
+            # The webhook binds next: a port in use or a refused address must fail before anything runs.
             if self._settings.webhook:
                 self._webhook = self._start_webhook(self._settings.webhook)
             for root in roots:
                 self._start_watch(root)
-            for journal_id, event in self._ctx.catalog.journal_pending():
-                self._inbox.put((event, [journal_id]))
             for root in roots:
                 if root.watch is not None:
                     self._inbox.put((RescanRequested(root.path, source=Source.SCAN), []))
@@ -204,7 +207,11 @@ class Daemon:
             sd_notify("READY=1", f"STATUS=watching {len(roots)} root(s)")
             log.info("watching %s", ", ".join(repr(r.path) for r in roots))
             while not self._stop.is_set():
-                self._tick()
+                try:
+                    self._tick()
+                except Exception:
+                    log.exception("daemon loop error; carrying on")
+                    time.sleep(1)
         finally:
             watchdog_log.removeHandler(overflow)
             self._shut_down()
@@ -233,7 +240,7 @@ class Daemon:
         try:
             event, ids = self._inbox.get(timeout=self._wait_time())
             self._accept(event, ids)
-            while True:
+            while not self._inbox.empty():
                 event, ids = self._inbox.get_nowait()
                 self._accept(event, ids)
         except queue.Empty:
@@ -284,6 +291,12 @@ class Daemon:
         now = time.monotonic()
         stat = self._ctx.files.stat
         if isinstance(event, ImageCreated | ImageModified):
+            for op in [
+                o for o in self._ops if isinstance(o.event, ImageDeleted) and o.event.path == event.path
+            ]:
+                # Deleted, then written again (an editor's "rename to backup, write anew"): the file is here.
+                self._ops.remove(op)
+                ids = ids + op.journal_ids
             # Hot: read (or changed while hot) less than HOT_S ago. A burst keeps a file hot, so its
             # saves are read once more, after the burst, rather than once per save.
             hot = now - self._last_read.get(event.path, -HOT_S) < HOT_S
@@ -313,38 +326,43 @@ class Daemon:
             moved = self._pending.pop(event.src_path, None)
             self._ops.append(_Op(event, ids, now, now))
             if moved is not None:
-                self._pending[event.dest_path] = _Pending(
-                    ImageModified(event.dest_path, source=event.source),
-                    moved.journal_ids,
-                    now,
-                    stat(event.dest_path),
-                )
+                self._rekey(event.dest_path, moved, now)
         elif isinstance(event, DirectoryMoved):
-            for key in [k for k in self._pending if _under(k, event.src_path)]:
+            for key in [k for k in self._pending if _under(k, event.src_path) and not k.startswith("scan:")]:
                 waiting = self._pending.pop(key)
-                new_path = event.dest_path + key[len(event.src_path) :]
-                self._pending[new_path] = _Pending(
-                    ImageModified(new_path, source=event.source), waiting.journal_ids, now, stat(new_path)
-                )
+                self._rekey(event.dest_path + key[len(event.src_path) :], waiting, now)
             self._ops.append(_Op(event, ids, now, now))
         else:  # pragma: no cover - every event type is listed above
             raise TypeError(f"no dispatch rule for {event!r}")
+
+    def _rekey(self, new_path: str, waiting: _Pending, now: float) -> None:
+        """Pending work follows its file to ``new_path`` (merging with work already waiting there)."""
+        existing = self._pending.get(new_path)
+        ids = waiting.journal_ids + (existing.journal_ids if existing else [])
+        event = ImageModified(new_path, write_closed=True, source=waiting.event.source)
+        self._pending[new_path] = _Pending(event, ids, now + CLOSED_SETTLE_S, self._ctx.files.stat(new_path))
 
     def _cancel_pending_under(self, path: str, *, exact: bool) -> list[int]:
         keys = [k for k in self._pending if (k == path if exact else _under(k, path))]
         return [journal_id for key in keys for journal_id in self._pending.pop(key).journal_ids]
 
     def _start_due(self, now: float) -> None:
+        queued = [p for op in self._ops for p in paths_of(op.event)]
         for key, waiting in list(self._pending.items()):
-            if waiting.due > now or key in self._in_flight:
+            if waiting.due > now or key in self._in_flight or key in self._scans:
                 continue
+            if _overlaps(paths_of(waiting.event), queued):
+                continue  # a queued move or delete changes what this would see: after it
             if isinstance(waiting.event, _SCANS):
-                if _overlaps(paths_of(waiting.event), [p for op in self._ops for p in paths_of(op.event)]):
-                    continue  # a queued move or delete changes what the scan would see: after it
                 del self._pending[key]
                 self._start_scan(key, waiting)
                 continue
             current = self._ctx.files.stat(key)
+            if current is None and waiting.event.source is Source.WEBHOOK and waiting.attempts < 5:
+                # Announced by a webhook but not visible yet (a slow network mount): look again later.
+                waiting.attempts += 1
+                waiting.due = now + _backoff(waiting.attempts)
+                continue
             if current is None:
                 # Gone already; the delete event that follows (if it was ever indexed) does the rest.
                 del self._pending[key]
@@ -406,14 +424,15 @@ class Daemon:
         """Apply due deletes and moves. Order is kept only where it matters: an op waits for earlier
         ops and for in-flight work on overlapping paths, and runs past unrelated ones."""
         blocked: list[str] = list(self._in_flight)
+        guarded = self._apply_guard()
         for op in list(self._ops):
+            if op in guarded:
+                continue
             touched = paths_of(op.event)
             if op.due > now or _overlaps(touched, blocked) or self._deletion_waits(op, now):
                 blocked.extend(touched)
                 continue
             self._ops.remove(op)
-            if isinstance(op.event, _DELETIONS) and self._held_by_guard(op):
-                continue
             try:
                 outcome = self._handle(op.event)
             except Exception as e:  # noqa: BLE001 - retried later; later ops on these paths wait
@@ -441,50 +460,60 @@ class Daemon:
         matches = [r for r in self._roots.values() if _under(path, r.path)]
         return max(matches, key=lambda r: len(r.path), default=None)
 
-    def _held_by_guard(self, op: _Op) -> bool:
-        """True (and the deletion dropped) when it would delete a missing root's files, or a large
-        share of a root's files at once."""
-        path = paths_of(op.event)[0]
-        root = self._root_of(path)
-        if root is None:
-            return False
-        reason = None
-        if path == root.path or not self._root_present(root):
-            reason = "the root is missing or its filesystem is not mounted"
-        else:
-            queued = [
-                o
-                for o in self._ops
-                if isinstance(o.event, _DELETIONS) and self._root_of(paths_of(o.event)[0]) is root
-            ]
-            doomed = len(set().union(*(self._ids_under(paths_of(o.event)[0]) for o in [op, *queued])))
-            known = self._ctx.catalog.count_under(root.path)
-            limit = self._settings.mass_delete_fraction * known
-            if doomed >= self._settings.mass_delete_min_files and doomed > limit:
-                reason = f"{doomed} of its {known} files vanished at once"
-                for other in queued:
-                    self._ops.remove(other)
-                    self._ctx.catalog.journal_done(other.journal_ids, error="held by the mass-delete guard")
-        if reason is None:
-            return False
-        if root.guard != reason:
-            log.warning(
-                "not deleting entries under %r: %s. They stay searchable; run `imgwatch index %s` to "
-                "apply the deletions if they are real",
-                root.path,
-                reason,
-                root.path,
-            )
-        root.guard = reason
-        self._ctx.catalog.journal_done(op.journal_ids, error="held by the mass-delete guard")
-        return True
-
-    def _ids_under(self, path: str) -> set[int]:
-        return {record.id for record in self._ctx.catalog.under(path)}
+    def _apply_guard(self) -> set[_Op]:
+        """Drop (and return) queued deletions that would delete a missing root's files, or a large
+        share of a root's files at once. One count per root and pass, whatever the queue's length."""
+        by_root: dict[str, list[_Op]] = {}
+        for op in self._ops:
+            if isinstance(op.event, _DELETIONS):
+                root = self._root_of(paths_of(op.event)[0])
+                if root is not None:
+                    by_root.setdefault(root.path, []).append(op)
+        held: set[_Op] = set()
+        for root_path, ops in by_root.items():
+            root = self._roots[root_path]
+            reason = None
+            if root.guard is not None:
+                reason = root.guard  # held until `imgwatch index ROOT` or the root's return clears it
+            elif not self._root_present(root) or any(paths_of(o.event)[0] == root.path for o in ops):
+                reason = "the root is missing or its filesystem is not mounted"
+            elif len(ops) >= self._settings.mass_delete_min_files or any(
+                isinstance(o.event, DirectoryDeleted) for o in ops
+            ):
+                doomed = sum(
+                    1
+                    if isinstance(o.event, ImageDeleted)
+                    else self._ctx.catalog.count_under(paths_of(o.event)[0])
+                    for o in ops
+                )
+                known = self._ctx.catalog.count_under(root.path)
+                if (
+                    doomed >= self._settings.mass_delete_min_files
+                    and doomed > self._settings.mass_delete_fraction * known
+                ):
+                    reason = f"{doomed} of its {known} files vanished at once"
+            if reason is None:
+                continue
+            if root.guard != reason:
+                log.warning(
+                    "not deleting entries under %r: %s. They stay searchable; run `imgwatch index %s` to "
+                    "apply the deletions if they are real",
+                    root.path,
+                    reason,
+                    root.path,
+                )
+            root.guard = reason
+            for op in ops:
+                self._ops.remove(op)
+                self._ctx.catalog.journal_done(op.journal_ids, error="held by the mass-delete guard")
+                held.add(op)
+        return held
 
     def _root_present(self, root: _Root) -> bool:
-        device = _device_of(root.path)
-        return device is not None and (root.device is None or device == root.device)
+        """The root is a readable directory and, if it was a mount point, is mounted now."""
+        if _device_of(root.path) is None:
+            return False
+        return not root.mount_point or os.path.ismount(root.path)
 
     def _check_roots(self) -> None:
         """Notice roots that went away (deleted, unmounted) or came back, and rescan returners."""
@@ -492,9 +521,13 @@ class Daemon:
             if not root.watched:
                 continue
             present = self._root_present(root)
+            if present and root.watch is not None and not root.watch.alive():
+                # watchdog stops watching a root that was deleted (and maybe recreated since).
+                log.warning("the watch on %r stopped; watching it again and rescanning", root.path)
+                root.watch.stop()
+                root.watch = None
             if present and root.watch is None:
                 log.info("root %r is back; rescanning it", root.path)
-                root.device = root.device or _device_of(root.path)
                 root.guard = None
                 self._start_watch(root)
                 self._inbox.put((RescanRequested(root.path, source=Source.SCAN), []))
@@ -589,6 +622,12 @@ class Daemon:
         server.start()
         return server
 
+    def _vector_count(self) -> int | None:
+        try:
+            return self._ctx.vectors.count()
+        except Exception:  # noqa: BLE001 - a Milvus server that is down: report, do not fail status
+            return None
+
     def _health(self) -> tuple[int, dict[str, Any]]:
         try:
             vectors = self._ctx.vectors.count()
@@ -613,7 +652,7 @@ class Daemon:
         return 200, {
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self._started, 1),
-            "vectors": self._ctx.vectors.count(),
+            "vectors": self._vector_count(),
             "model_runs": self._ctx.extractor.images_embedded,
             "roots": [
                 {"path": r.path, "watch": r.watch.mode if r.watch else None, "guard": r.guard}

@@ -65,6 +65,11 @@ def normalise_root(root: str) -> str:
 
 def plan(roots: Sequence[str], rules: ScanRules, ctx: Context) -> Plan:
     """What changed under ``roots`` since the catalog last saw them."""
+    # The catalog before the disk: a file that a concurrent handler indexes while we walk is then
+    # at worst "new" (handled again, a no-op), never "vanished" (which would delete it).
+    known: dict[str, FileRecord] = {}
+    for root in roots:
+        known.update((record.path, record) for record in ctx.catalog.under(root))
     scans: list[ScanResult] = []
     for root in roots:
         try:
@@ -75,9 +80,6 @@ def plan(roots: Sequence[str], rules: ScanRules, ctx: Context) -> Plan:
     for result in scans:
         present.update(result.files)
         present.update(dict.fromkeys(result.broken))
-    known: dict[str, FileRecord] = {}
-    for root in roots:
-        known.update((record.path, record) for record in ctx.catalog.under(root))
     blind_spots = tuple(d + os.sep for result in scans for d in result.unreadable_dirs)
 
     unchanged = 0

@@ -63,7 +63,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         route = self.server.routes.get((method, self.path))
-        length = int(self.headers.get("Content-Length") or 0)
+        length_header = (self.headers.get("Content-Length") or "0").strip()
+        if not (length_header.isascii() and length_header.isdigit()):
+            self.close_connection = True
+            self._reply(400, {"error": "bad Content-Length"})
+            return
+        length = int(length_header)
         if route is None:
             self._reply(404, {"error": f"no such endpoint: {method} {self.path}"})
             return
@@ -126,7 +131,7 @@ class LocalEndpoint:
 
 
 class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
+    def __init__(self, path: Path, timeout: float | None) -> None:
         super().__init__("localhost", timeout=timeout)
         self._socket_path = path
 
@@ -148,7 +153,7 @@ class _UnixConnection(http.client.HTTPConnection):
 class DaemonClient:
     """Talks to the daemon serving ``data_dir``."""
 
-    def __init__(self, data_dir: Path, timeout: float = 600.0) -> None:
+    def __init__(self, data_dir: Path, timeout: float | None = 600.0) -> None:
         self._path = socket_path(data_dir)
         self._timeout = timeout
 
@@ -186,4 +191,5 @@ class DaemonClient:
         return list(self.request("POST", "/search", body)["results"])
 
     def index(self, roots: list[str]) -> dict[str, Any]:
-        return self.request("POST", "/index", {"roots": roots})
+        # A big first index runs for hours: no client-side timeout on this one.
+        return DaemonClient(self._path.parent, timeout=None).request("POST", "/index", {"roots": roots})

@@ -206,11 +206,14 @@ class SQLiteCatalog:
                 )
                 .on_conflict_do_update(
                     index_elements=[FILES.c.path],
+                    # has_vector is cleared until the work is done: after a crash mid-way the row must
+                    # not vouch for a vector that may be stale (the redo writes it again).
                     set_={
                         "size": size,
                         "mtime_ns": mtime_ns,
                         "state": FileState.PENDING.value,
                         "error": None,
+                        "has_vector": False,
                         "updated_at": now,
                     },
                 )
@@ -255,6 +258,7 @@ class SQLiteCatalog:
             mtime_ns=mtime_ns,
             state=FileState.INDEXED.value,
             error=None,
+            has_vector=True,
             updated_at=_now(),
         )
 

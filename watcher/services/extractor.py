@@ -215,6 +215,7 @@ class VGG16Extractor:
         self._count_lock = threading.Lock()
         self._requests: queue.Queue[tuple[npt.NDArray[np.uint8], Future[Vector]] | None] = queue.Queue()
         self._closed = False
+        self._closing = threading.Lock()
         self._thread = threading.Thread(target=self._serve_batches, name="imgwatch-model", daemon=True)
         self._thread.start()
 
@@ -234,10 +235,11 @@ class VGG16Extractor:
         return self.embed_prepared(prepare(data, self._max_pixels))
 
     def embed_prepared(self, pixels: npt.NDArray[np.uint8]) -> Vector:
-        if self._closed:
-            raise RuntimeError("extractor is closed")
         future: Future[Vector] = Future()
-        self._requests.put((pixels, future))
+        with self._closing:
+            if self._closed:
+                raise RuntimeError("extractor is closed")
+            self._requests.put((pixels, future))
         return future.result()
 
     def forward(self, batch: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
@@ -256,10 +258,17 @@ class VGG16Extractor:
         return features.cpu().numpy()
 
     def close(self) -> None:
-        if not self._closed:
+        with self._closing:
+            if self._closed:
+                return
             self._closed = True
             self._requests.put(None)
-            self._thread.join()
+        self._thread.join()
+        # Requests queued behind the sentinel would wait forever: fail them.
+        while not self._requests.empty():
+            item = self._requests.get_nowait()
+            if item is not None:
+                item[1].set_exception(RuntimeError("extractor is closed"))
 
     def _serve_batches(self) -> None:
         while True:

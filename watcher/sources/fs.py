@@ -10,6 +10,7 @@ import errno
 import fnmatch
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -87,19 +88,23 @@ Emit = Callable[[ImageEvent], None]
 
 def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
     """The type of the filesystem ``path`` lives on (``ext4``, ``nfs4``, ``fuse.sshfs``...)."""
-    target = os.path.realpath(path)
-    best, best_type = "", None
+    target = os.fsencode(os.path.realpath(path))
+    best, best_type = b"", None
     try:
-        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                left, _, right = line.partition(" - ")
-                mount_point = left.split()[4].encode().decode("unicode_escape")
-                fs_type = right.split()[0] if right else None
-                inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
-                if inside and len(mount_point) >= len(best):
-                    best, best_type = mount_point, fs_type
+        with open(mountinfo, "rb") as f:
+            lines = f.read().splitlines()
     except OSError:
         return None
+    for line in lines:
+        left, _, right = line.partition(b" - ")
+        fields = left.split()
+        if len(fields) < 5 or not right:
+            continue
+        # The kernel writes space, tab, newline and backslash in mount points as octal escapes.
+        mount_point = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), fields[4])
+        inside = target == mount_point or target.startswith(mount_point.rstrip(b"/") + b"/")
+        if inside and len(mount_point) >= len(best):
+            best, best_type = mount_point, os.fsdecode(right.split()[0])
     return best_type
 
 
@@ -116,7 +121,7 @@ class PathFilter:
 
     def _relative(self, path: str) -> str | None:
         relative = os.path.relpath(path, self.root)
-        return None if relative.startswith("..") else relative
+        return None if relative == ".." or relative.startswith("../") else relative
 
     def directory_counts(self, path: str) -> bool:
         relative = self._relative(path)
@@ -162,8 +167,11 @@ class EventTranslator(FileSystemEventHandler):
         # directory-level event and the scan that follows it cover them exactly.
         if event.is_synthetic:
             return
-        for typed in self._translate(event):
-            self._emit(typed)
+        try:
+            for typed in self._translate(event):
+                self._emit(typed)
+        except Exception:
+            log.exception("could not record %r; the next rescan of this root will catch up", event)
 
     def _translate(self, event: FileSystemEvent) -> list[ImageEvent]:
         src = os.fsdecode(event.src_path)
@@ -221,6 +229,10 @@ class RootWatch:
     observer: BaseObserver
     mode: str
     """``inotify`` or ``polling (reason)``."""
+
+    def alive(self) -> bool:
+        """watchdog ends a watch whose root was deleted; the observer thread itself lives on."""
+        return self.observer.is_alive() and any(emitter.is_alive() for emitter in self.observer.emitters)
 
     def stop(self) -> None:
         self.observer.stop()

@@ -82,7 +82,10 @@ class AllowedPaths:
             raise InvalidEventError(f"{where} must be a non-empty string")
         if "\0" in raw:
             raise ForbiddenPathError(f"{where} contains a NUL byte")
-        encoded = os.fsencode(raw)
+        try:
+            encoded = os.fsencode(raw)
+        except UnicodeEncodeError:
+            raise ForbiddenPathError(f"{where} is not a valid file name (lone surrogate)") from None
         if len(encoded) > PATH_MAX_BYTES or any(len(part) > NAME_MAX_BYTES for part in encoded.split(b"/")):
             raise ForbiddenPathError(f"{where} is longer than the filesystem allows")
         if not raw.startswith("/"):
@@ -107,6 +110,8 @@ def parse_body(body: bytes, allowed: AllowedPaths, source: Source = Source.WEBHO
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise MalformedBodyError(f"body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise MalformedBodyError("body is nested too deeply") from None
     if not isinstance(payload, dict):
         raise MalformedBodyError("body must be a JSON object with an 'events' or a 'Records' list")
     if "events" in payload:
@@ -266,6 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
         if path != "/events":
+            self.close_connection = True  # its body is not read
             self._json(404, {"error": f"no such endpoint: POST {path}"})
             return
         try:
@@ -276,27 +282,30 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(status, reply)
 
     def do_PUT(self) -> None:
+        self.close_connection = True
         self._json(405, {"error": "use POST /events"})
 
     do_DELETE = do_PATCH = do_PUT  # noqa: N815
 
     def _accept_events(self) -> tuple[int, dict[str, Any]]:
         config = self.server.config
-        if self.headers.get("Transfer-Encoding"):
-            return 411, {"error": "send a Content-Length (chunked bodies are not accepted)"}
-        length_header = self.headers.get("Content-Length")
-        if length_header is None or not length_header.isdigit():
-            return 411, {"error": "Content-Length is required"}
-        length = int(length_header)
-        if length > config.max_bytes:
-            self.close_connection = True  # the body is not read
-            return 413, {"error": f"body of {length} bytes is over the limit of {config.max_bytes}"}
-        body = self.rfile.read(length)
+        # Until the body is read, the connection cannot carry another request.
+        self.close_connection = True
         if config.token is not None:
             given = self.headers.get("Authorization", "")
             expected = f"Bearer {config.token}"
             if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode()):
                 return 401, {"error": "missing or wrong bearer token"}
+        if self.headers.get("Transfer-Encoding"):
+            return 411, {"error": "send a Content-Length (chunked bodies are not accepted)"}
+        length_header = (self.headers.get("Content-Length") or "").strip()
+        if not (length_header.isascii() and length_header.isdigit() and len(length_header) <= 12):
+            return 411, {"error": "a Content-Length (decimal digits) is required"}
+        length = int(length_header)
+        if length > config.max_bytes:
+            return 413, {"error": f"body of {length} bytes is over the limit of {config.max_bytes}"}
+        body = self.rfile.read(length)
+        self.close_connection = False
         if config.hmac_secret is not None:
             signature = self.headers.get(SIGNATURE_HEADER, "")
             digest = hmac.new(config.hmac_secret.encode(), body, hashlib.sha256).hexdigest()
