@@ -61,7 +61,7 @@ def _json(result: subprocess.CompletedProcess[bytes]) -> Any:
 def test_every_command_has_help_text() -> None:
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert set(commands) == {"index", "search", "status", "watch", "invoke"}
+    assert set(commands) == {"index", "search", "status", "watch", "invoke", "compact", "reindex"}
     for name, command in commands.items():
         assert command.description, name
         for action in command._actions:

@@ -63,12 +63,24 @@ def test_environment_data_dir_and_milvus_uri(tmp_path: Path) -> None:
         ("colour = 'blue'", "unknown keys ['colour']"),
         ("exclude = 'raw'", "exclude must be a list of strings"),
         ("this is not toml", "bad configuration"),
+        (
+            "[jobs.reconcile]\ntrigger = 'sometimes'",
+            'jobs.reconcile needs trigger = "interval", "cron" or "off"',
+        ),
+        ("[jobs.defrag]\ntrigger = 'cron'", "jobs must be a table with entries among"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=problem.replace("[", r"\[").replace("]", r"\]")) as caught:
         load_settings({}, environ={}, config_file=_config(tmp_path, text))
     assert str(tmp_path / "config.toml") in str(caught.value)
+
+
+def test_job_schedules_merge_with_the_defaults(tmp_path: Path) -> None:
+    config = _config(tmp_path, "[jobs.compact]\ntrigger = 'cron'\nday_of_week = 'sun'\nhour = 4\n")
+    jobs = load_settings({}, environ={}, config_file=config).jobs
+    assert jobs["compact"] == {"trigger": "cron", "day_of_week": "sun", "hour": 4}
+    assert jobs["reconcile"] == {"trigger": "interval", "hours": 1}
 
 
 def test_missing_config_file_named_explicitly_is_an_error(tmp_path: Path) -> None:

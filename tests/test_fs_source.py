@@ -134,12 +134,14 @@ def test_filesystem_type_reads_mountinfo(tmp_path: Path) -> None:
         "40 22 0:50 / /mnt/nas rw,relatime shared:30 - nfs4 nas:/export rw,vers=4.2\n"
         "41 22 0:51 / /mnt/nas2 rw shared:31 - fuse.sshfs me@host:/ rw\n"
         "42 22 0:52 / /mnt/with\\040space rw shared:32 - cifs //srv/share rw\n"
+        "43 22 0:53 / /mnt/Müller rw shared:33 - nfs4 srv:/m rw\n"
     )
     assert filesystem_type("/mnt/nas/photos", str(mountinfo)) == "nfs4"
     assert filesystem_type("/mnt/nas2", str(mountinfo)) == "fuse.sshfs"
     assert filesystem_type("/mnt/nasty", str(mountinfo)) == "ext4"
     assert filesystem_type("/mnt/with space/x", str(mountinfo)) == "cifs"
     assert filesystem_type("/home/me", str(mountinfo)) == "ext4"
+    assert filesystem_type("/mnt/Müller/fotos", str(mountinfo)) == "nfs4"
 
 
 @pytest.mark.parametrize(

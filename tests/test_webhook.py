@@ -137,6 +137,8 @@ def test_s3_keys_cannot_leave_their_bucket(allowed: AllowedPaths) -> None:
         (b'{"events": [{"type": "moved", "path": "/x.jpg"}]}', InvalidEventError, "dest_path"),
         (b'{"events": [7]}', InvalidEventError, "JSON object"),
         (b'{"Records": [{"eventName": "s3:ObjectCreated:Put"}]}', InvalidEventError, "s3.bucket.name"),
+        (b"[" * 100_000 + b"]" * 100_000, MalformedBodyError, "nested too deeply|not valid JSON"),
+        (b'{"events": [{"type": "created", "path": "/a\\ud800.jpg"}]}', ForbiddenPathError, "lone surrogate"),
     ],
 )
 def test_malformed_bodies_say_what_is_wrong(body: bytes, error: type[Exception], message: str) -> None:
@@ -328,6 +330,19 @@ def test_refusals(served: tuple[RunningDaemon, Webhook, Path, Path]) -> None:
     assert status == 422 and "unknown type 'exploded'" in reply["error"]
     assert webhook.post(fixture("minio-get.json"))[0] == 422
     assert webhook.post(good, path="/nope")[0] == 404
+    for length in ("\u00b2", "9" * 5000, "-1", "12abc"):  # '²' is a digit to str.isdigit()
+        assert _raw_post(webhook.port, length) in (400, 411, 413)
+
+
+def _raw_post(port: int, content_length: str) -> int:
+    """A request with a hand-written Content-Length header; returns the status code."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        request = (
+            f"POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Length: {content_length}\r\n\r\n"
+        )
+        conn.sendall(request.encode("utf-8"))
+        return int(conn.recv(4096).split(b" ", 2)[1])
 
 
 def test_health_and_metrics(served: tuple[RunningDaemon, Webhook, Path, Path]) -> None:
@@ -433,6 +448,12 @@ def test_invoke_replays_a_recorded_event_without_a_daemon(tmp_path: Path) -> Non
         timeout=120,
     )
     assert refused.returncode == 1 and b"ObjectAccessed:Get" in refused.stderr
+
+
+def test_an_empty_token_is_no_token() -> None:
+    from watcher.config import load_settings
+
+    assert load_settings({}, environ={"IMGWATCH_WEBHOOK_TOKEN": ""}).webhook_token is None
 
 
 def test_a_public_address_without_a_token_is_refused(tmp_path: Path) -> None:

@@ -153,6 +153,27 @@ def build_parser() -> argparse.ArgumentParser:
     invoke.add_argument("event_file", metavar="EVENT.json", type=Path, help="the event payload to replay")
     invoke.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
+    compact_cmd = commands.add_parser(
+        "compact",
+        parents=[common],
+        help="reclaim space: Milvus compaction, journal pruning, SQLite upkeep",
+        description="Run the compaction job now (the daemon also runs it nightly): flush and compact "
+        "the Milvus collection, prune old journal rows, checkpoint and (when worth it) VACUUM the "
+        "catalog. Goes through the daemon when one runs.",
+    )
+    compact_cmd.add_argument("--json", action="store_true", help="print the job's report as JSON")
+    reindex = commands.add_parser(
+        "reindex",
+        parents=[common],
+        help="repair drift between disk, catalog and Milvus",
+        description="Run the reconcile job now (the daemon also runs it hourly): bring the catalog in "
+        "line with the roots, re-create vectors missing from Milvus (copied from a same-content file "
+        "or extracted again), delete Milvus entities no file vouches for, retry failed files. Goes "
+        "through the daemon when one runs (its roots); else ROOTs or the config file's roots.",
+    )
+    reindex.add_argument("roots", nargs="*", metavar="ROOT", help="a folder to reconcile (without a daemon)")
+    reindex.add_argument("--json", action="store_true", help="print the job's report as JSON")
+
     status = commands.add_parser(
         "status",
         parents=[common],
@@ -205,9 +226,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.log_level or ("info" if args.command == "watch" else "warning"))
     try:
         settings = _settings(args)
-        handler = {"index": _index, "search": _search, "status": _status, "watch": _watch, "invoke": _invoke}[
-            args.command
-        ]
+        handler = {
+            "index": _index,
+            "search": _search,
+            "status": _status,
+            "watch": _watch,
+            "invoke": _invoke,
+            "compact": _job,
+            "reindex": _job,
+        }[args.command]
         return handler(args, settings)
     except ImgwatchError as e:
         print(f"imgwatch: error: {e}", file=sys.stderr)
@@ -340,6 +367,39 @@ def _invoke(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _job(args: argparse.Namespace, settings: Settings) -> int:
+    from watcher import jobs
+    from watcher.indexer import normalise_root
+    from watcher.services.build import open_context
+
+    name = "compact" if args.command == "compact" else "reconcile"
+    daemon = _running_daemon(settings)
+    if daemon is not None:
+        report = daemon.request("POST", f"/jobs/{name}")
+    else:
+        with open_context(settings, command=args.command) as ctx:
+            if name == "compact":
+                report = jobs.run_recorded(name, lambda: jobs.compact(ctx), ctx)
+            else:
+                roots = [normalise_root(root) for root in (args.roots or settings.roots)]
+                if not roots:
+                    raise ImgwatchError(
+                        "reindex: give ROOT arguments or set `roots = [...]` in the config file"
+                    )
+                workers = settings.batch_size + 4
+                report = jobs.run_recorded(
+                    name, lambda: jobs.reconcile(ctx, roots, _rules(settings), workers=workers), ctx
+                )
+    if args.json:
+        print(json.dumps(report))
+    else:
+        counts = ", ".join(f"{key} {value}" for key, value in report["counts"].items())
+        print(f"{name}: {report['outcome']} in {report['duration_s']} s ({counts})")
+        if report["error"]:
+            print(f"  error: {report['error']}")
+    return EXIT_OK if report["outcome"] == "ok" else EXIT_FATAL
+
+
 def _watch(args: argparse.Namespace, settings: Settings) -> int:
     from watcher.daemon import Daemon
     from watcher.services.build import open_context
@@ -448,6 +508,11 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         )
     if daemon.get("webhook"):
         lines.append(f"webhook:    {daemon['webhook']}")
+    for name, job in (daemon.get("jobs") or report["jobs"]).items():
+        run = job.get("last_run")
+        last = f"last {run['started_at']}: {run['outcome']} in {run['duration_s']} s" if run else "never run"
+        upcoming = f", next {job['next_run']}" if job.get("next_run") else ""
+        lines.append(f"job {name + ':':<7} {last}{upcoming}")
     print("\n".join(lines))
     if args.failed:
         for failure in report["failed_files"]:

@@ -37,6 +37,13 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ", "AUTOINDEX")
 
+#: Maintenance schedule: reconcile hourly, compaction nightly (at a quiet minute).
+DEFAULT_JOBS: Mapping[str, Mapping[str, Any]] = {
+    "reconcile": {"trigger": "interval", "hours": 1},
+    "compact": {"trigger": "cron", "hour": 3, "minute": 17},
+}
+JOB_NAMES = frozenset(DEFAULT_JOBS)
+
 #: Pillow's own decompression-bomb threshold; a 48 MP photo is well inside it.
 DEFAULT_MAX_PIXELS = 89_478_485
 
@@ -94,6 +101,8 @@ class Settings:
     webhook_max_bytes: int = 1024 * 1024
     s3_mounts: Mapping[str, str] = field(default_factory=dict)
     """S3/MinIO bucket name -> local directory where that bucket's objects appear."""
+    jobs: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(DEFAULT_JOBS))
+    """When the daemon runs its maintenance jobs: APScheduler trigger name and arguments per job."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_file_bytes: int = 512 * 1024 * 1024
     config_file: Path | None = None
@@ -185,6 +194,14 @@ def _validated(values: dict[str, Any], source: str) -> Settings:
         if not isinstance(mounts, Mapping) or not all(isinstance(v, str) for v in mounts.values()):
             raise ConfigError(source, 's3_mounts must be a table of bucket = "/local/directory"')
         values["s3_mounts"] = {str(k): os.path.abspath(os.path.expanduser(v)) for k, v in mounts.items()}
+    if "jobs" in values:
+        jobs = values["jobs"]
+        if not isinstance(jobs, Mapping) or set(jobs) - JOB_NAMES:
+            raise ConfigError(source, f"jobs must be a table with entries among {sorted(JOB_NAMES)}")
+        for name, spec in jobs.items():
+            if not isinstance(spec, Mapping) or spec.get("trigger") not in ("interval", "cron", "off"):
+                raise ConfigError(source, f'jobs.{name} needs trigger = "interval", "cron" or "off"')
+        values["jobs"] = {**DEFAULT_JOBS, **jobs}
     for name in ("batch_size", "max_pixels", "max_file_bytes", "mass_delete_min_files", "webhook_max_bytes"):
         if name in values and (not isinstance(values[name], int) or values[name] < 1):
             raise ConfigError(source, f"{name} must be a positive integer, not {values[name]!r}")

@@ -22,13 +22,16 @@ import time
 from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import UTC
 from types import FrameType
 from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
 
 from handlers import HANDLERS
 from watcher.config import Settings
 from watcher.context import Context
-from watcher.errors import ImgwatchError
+from watcher.errors import ConfigError, ImgwatchError
 from watcher.events import (
     DirectoryCreated,
     DirectoryDeleted,
@@ -45,6 +48,7 @@ from watcher.events import (
 )
 from watcher.indexer import Plan, plan, run_plan
 from watcher.ipc import LocalEndpoint
+from watcher.jobs import compact, repair_vectors, run_recorded
 from watcher.metrics import DaemonMetrics
 from watcher.notify import sd_notify, watchdog_interval
 from watcher.scan import ScanRules
@@ -145,6 +149,7 @@ class Daemon:
         self._allowed = allowed_paths(roots, settings.s3_mounts)
         self._metrics = DaemonMetrics(self._queue_depths, self._file_counts)
         self._webhook: WebhookServer | None = None
+        self._scheduler: BackgroundScheduler | None = None
         # SimpleQueue: its put() is reentrant, so the signal handler may call it at any moment.
         self._inbox: queue.SimpleQueue[tuple[ImageEvent, list[int]]] = queue.SimpleQueue()
         self._pending: dict[str, _Pending] = {}
@@ -201,9 +206,12 @@ class Daemon:
                     ("POST", "/search"): self._search_route,
                     ("POST", "/index"): self._index_route,
                     ("POST", "/invoke"): self._invoke_route,
+                    ("POST", "/jobs/compact"): lambda _body: (200, self.run_job("compact")),
+                    ("POST", "/jobs/reconcile"): lambda _body: (200, self.run_job("reconcile")),
                 },
             )
             self._endpoint.start()
+            self._scheduler = self._start_scheduler()
             sd_notify("READY=1", f"STATUS=watching {len(roots)} root(s)")
             log.info("watching %s", ", ".join(repr(r.path) for r in roots))
             while not self._stop.is_set():
@@ -269,6 +277,8 @@ class Daemon:
     def _shut_down(self) -> None:
         deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S - 5
         sd_notify("STOPPING=1")
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
         if self._webhook is not None:
             self._webhook.stop()
         for root in self._roots.values():
@@ -600,6 +610,40 @@ class Daemon:
                     "scan of %r: %d to do, %d unchanged", path, work.total - work.unchanged, work.unchanged
                 )
 
+    # ---- maintenance jobs --------------------------------------------------------------------
+
+    def _start_scheduler(self) -> BackgroundScheduler:
+        """APScheduler 3 in a background thread: one instance of a job at a time, missed runs
+        coalesced into one, and the jobs themselves only queue scans or touch the stores briefly."""
+        scheduler = BackgroundScheduler(
+            timezone=UTC,
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
+        )
+        for name, spec in self._settings.jobs.items():
+            options = {k: v for k, v in spec.items() if k != "trigger"}
+            if spec["trigger"] == "off":
+                continue
+            try:
+                scheduler.add_job(self.run_job, spec["trigger"], args=[name], id=name, name=name, **options)
+            except (TypeError, ValueError) as e:
+                raise ConfigError("jobs", f"jobs.{name}: {e}") from e
+        scheduler.start()
+        return scheduler
+
+    def run_job(self, name: str) -> dict[str, Any]:
+        """Run a maintenance job now (scheduled, or asked for by ``imgwatch compact``/``reindex``)."""
+        if name == "compact":
+            return run_recorded(name, lambda: compact(self._ctx), self._ctx)
+
+        def reconcile() -> dict[str, int]:
+            # Disk vs catalog goes through the daemon's own scans, so the mass-delete guard applies.
+            watched = [r for r in self._roots.values() if r.watch is not None]
+            for root in watched:
+                self._inbox.put((RescanRequested(root.path, source=Source.SCAN), []))
+            return {"roots_rescanned": len(watched), **repair_vectors(self._ctx)}
+
+        return run_recorded("reconcile", reconcile, self._ctx)
+
     # ---- the webhook and the metrics ---------------------------------------------------------
 
     def _start_webhook(self, bind: str) -> WebhookServer:
@@ -621,6 +665,15 @@ class Daemon:
         )
         server.start()
         return server
+
+    def _jobs_status(self) -> dict[str, Any]:
+        runs = self._ctx.catalog.last_job_runs()
+        jobs: dict[str, Any] = {}
+        for name in self._settings.jobs:
+            job = self._scheduler.get_job(name) if self._scheduler else None
+            next_run = job.next_run_time.isoformat() if job and job.next_run_time else None
+            jobs[name] = {"last_run": runs.get(name), "next_run": next_run}
+        return jobs
 
     def _vector_count(self) -> int | None:
         try:
@@ -670,6 +723,7 @@ class Daemon:
             "events_received": dict(self._stats.received),
             "outcomes": dict(self._stats.outcomes),
             "retries": self._stats.retries,
+            "jobs": self._jobs_status(),
         }
 
     def _search_route(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:

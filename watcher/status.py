@@ -6,6 +6,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from watcher.config import Settings
 from watcher.errors import DataDirBusyError
 from watcher.lock import DataDirLock, lock_holder
@@ -30,6 +32,7 @@ def gather_status(settings: Settings, *, include_failures: bool = False) -> dict
         "vectors": 0,
         "extractor": None,
         "configured_weights": settings.weights,
+        "jobs": {},
     }
     if include_failures:
         report["failed_files"] = []
@@ -41,6 +44,8 @@ def gather_status(settings: Settings, *, include_failures: bool = False) -> dict
         if not _has_schema(catalog):
             return report
         report["files"] = {state.value: n for state, n in catalog.counts().items()}
+        if "job_runs" in sa.inspect(catalog.engine).get_table_names():
+            report["jobs"] = {name: {"last_run": run} for name, run in catalog.last_job_runs().items()}
         signature = stored_signature(catalog)
         report["extractor"] = dataclasses.asdict(signature) | {"key": signature.key} if signature else None
         if include_failures:
@@ -52,8 +57,6 @@ def gather_status(settings: Settings, *, include_failures: bool = False) -> dict
 
 
 def _has_schema(catalog: SQLiteCatalog) -> bool:
-    import sqlalchemy as sa
-
     return "files" in sa.inspect(catalog.engine).get_table_names()
 
 

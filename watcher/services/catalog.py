@@ -6,6 +6,7 @@ Paths are stored as their exact bytes (``os.fsencode``), so names that are not v
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -76,9 +77,24 @@ class JournalRow(Base):
     error: Mapped[str | None] = mapped_column(sa.Text)
 
 
+class JobRunRow(Base):
+    """Mirror of the ``job_runs`` table (migration 0003)."""
+
+    __tablename__ = "job_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job: Mapped[str] = mapped_column(sa.String(32), index=True)
+    started_at: Mapped[datetime]
+    duration_s: Mapped[float] = mapped_column(sa.Float)
+    outcome: Mapped[str] = mapped_column(sa.String(16))
+    counts: Mapped[str] = mapped_column(sa.Text)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+
+
 FILES = cast(sa.Table, FileRow.__table__)
 META = cast(sa.Table, MetaRow.__table__)
 JOURNAL = cast(sa.Table, JournalRow.__table__)
+JOB_RUNS = cast(sa.Table, JobRunRow.__table__)
 
 
 def _now() -> datetime:
@@ -381,6 +397,82 @@ class SQLiteCatalog:
             ).scalar_one()
             total = conn.execute(sa.select(sa.func.count()).select_from(JOURNAL)).scalar_one()
         return {"pending": int(pending), "done": int(total) - int(pending)}
+
+    # Maintenance (see watcher/jobs.py).
+
+    def ids_with_vectors(self) -> dict[int, FileRecord]:
+        """Indexed rows that vouch for a vector, by id."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(FILES).where(FILES.c.has_vector.is_(True), FILES.c.state == FileState.INDEXED.value)
+            )
+            return {row.id: _record(row) for row in rows}
+
+    def all_ids(self) -> set[int]:
+        with self._engine.connect() as conn:
+            return set(conn.execute(sa.select(FILES.c.id)).scalars())
+
+    def prune_journal(self, older_than: datetime) -> int:
+        """Delete done journal rows older than ``older_than`` (UTC); returns how many."""
+        with self._engine.begin() as conn:
+            result = conn.execute(
+                sa.delete(JOURNAL).where(
+                    JOURNAL.c.done_at.is_not(None), JOURNAL.c.done_at < older_than.replace(tzinfo=None)
+                )
+            )
+            return int(result.rowcount or 0)
+
+    def optimise_storage(self, vacuum_free_share: float = 0.2) -> dict[str, int]:
+        """Checkpoint the WAL, VACUUM when much of the file is free pages, refresh planner stats."""
+        with self._engine.connect() as conn:
+            pages = int(conn.exec_driver_sql("PRAGMA page_count").scalar_one())
+            free = int(conn.exec_driver_sql("PRAGMA freelist_count").scalar_one())
+        vacuumed = pages > 0 and free / pages > vacuum_free_share
+        with self._engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            if vacuumed:
+                conn.exec_driver_sql("VACUUM")
+            conn.exec_driver_sql("ANALYZE")
+            conn.exec_driver_sql("PRAGMA optimize")
+            conn.commit()
+        return {"sqlite_pages": pages, "sqlite_free_pages": free, "vacuumed": int(vacuumed)}
+
+    def record_job_run(
+        self,
+        job: str,
+        started_at: datetime,
+        duration_s: float,
+        outcome: str,
+        counts: Mapping[str, int],
+        error: str | None,
+    ) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(
+                sa.insert(JOB_RUNS).values(
+                    job=job,
+                    started_at=started_at.astimezone(UTC).replace(tzinfo=None),
+                    duration_s=duration_s,
+                    outcome=outcome,
+                    counts=json.dumps(dict(counts)),
+                    error=error,
+                )
+            )
+
+    def last_job_runs(self) -> dict[str, dict[str, object]]:
+        """The latest run of each job: started_at (ISO, UTC), duration_s, outcome, counts, error."""
+        latest = sa.select(sa.func.max(JOB_RUNS.c.id)).group_by(JOB_RUNS.c.job)
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(JOB_RUNS).where(JOB_RUNS.c.id.in_(latest))).all()
+        return {
+            row.job: {
+                "started_at": row.started_at.replace(tzinfo=UTC).isoformat(),
+                "duration_s": round(row.duration_s, 3),
+                "outcome": row.outcome,
+                "counts": json.loads(row.counts),
+                "error": row.error,
+            }
+            for row in rows
+        }
 
     def close(self) -> None:
         self._engine.dispose()

@@ -195,6 +195,26 @@ class MilvusVectorStore:
         )
         return int(rows[0]["count(*)"])
 
+    def all_ids(self) -> set[int]:
+        """Every entity's key (iterated in batches: a collection can be large)."""
+        iterator = self._client.query_iterator(
+            self._collection, batch_size=4096, filter="", output_fields=["id"]
+        )
+        ids: set[int] = set()
+        try:
+            while batch := iterator.next():
+                ids.update(int(row["id"]) for row in batch)
+        finally:
+            iterator.close()
+        return ids
+
+    def compact(self) -> dict[str, int]:
+        """Flush, then ask Milvus to merge segments and drop deleted rows (a no-op where unsupported)."""
+        with self._write_lock:
+            self._client.flush(self._collection)
+            job = self._client.compact(self._collection)
+        return {"milvus_compaction_job": int(job or 0)}
+
     def drop(self) -> None:
         with self._write_lock:
             self._client.drop_collection(self._collection)
