@@ -467,3 +467,20 @@ def test_a_public_address_without_a_token_is_refused(tmp_path: Path) -> None:
         timeout=120,
     )
     assert result.returncode == 1 and b"without a token" in result.stderr
+
+
+def test_invoke_goes_through_a_running_daemon(served: tuple[RunningDaemon, Webhook, Path, Path]) -> None:
+    daemon, _, _, camera = served
+    target = write_photo(camera / "2024" / "summer" / "cat on sofa.jpg", seed=950)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "watcher", "invoke", str(EVENTS / "minio-put.json"), "--json"],
+        env=_env(daemon.data_dir),
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"accepted": 1, "ignored": []}
+    wait_until(lambda: daemon.paths_found(target, k=1) == [str(target)], timeout=30)
