@@ -156,6 +156,9 @@ class Daemon:
         self._ops: deque[_Op] = deque()
         self._in_flight: dict[str, tuple[Future[Outcome], _Pending]] = {}
         self._scans: dict[str, tuple[Future[Plan], _Pending]] = {}
+        #: Directory moves/deletes being applied in the pool: they can take minutes for big folders,
+        #: and the main loop must keep pinging systemd's watchdog and answering signals meanwhile.
+        self._ops_in_flight: dict[_Op, Future[Outcome]] = {}
         self._last_read: dict[str, float] = {}
         workers = settings.batch_size + 4
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgwatch-handler")
@@ -268,7 +271,7 @@ class Daemon:
             sd_notify("WATCHDOG=1")
 
     def _wait_time(self) -> float:
-        if self._in_flight or self._scans:
+        if self._in_flight or self._scans or self._ops_in_flight:
             return 0.01
         dues = [p.due for p in self._pending.values()] + [op.due for op in self._ops]
         wait = min(dues, default=time.monotonic() + 0.5) - time.monotonic()
@@ -286,13 +289,13 @@ class Daemon:
                 root.watch.stop()
         if self._endpoint is not None:
             self._endpoint.stop()
-        for future, _ in list(self._in_flight.values()):
+        for future in [f for f, _ in self._in_flight.values()] + list(self._ops_in_flight.values()):
             # Unfinished or failed work stays pending in the journal for the next start.
             with contextlib.suppress(Exception):
                 future.result(timeout=max(0.0, deadline - time.monotonic()))
         self._reap(time.monotonic())
         self._pool.shutdown(wait=False, cancel_futures=True)
-        left = len(self._pending) + len(self._ops) + len(self._in_flight)
+        left = len(self._pending) + len(self._ops) + len(self._in_flight) + len(self._ops_in_flight)
         log.info("stopped; %d unfinished event(s) stay in the journal for the next start", left)
 
     # ---- coalescing and ordering -------------------------------------------------------------
@@ -357,7 +360,7 @@ class Daemon:
         return [journal_id for key in keys for journal_id in self._pending.pop(key).journal_ids]
 
     def _start_due(self, now: float) -> None:
-        queued = [p for op in self._ops for p in paths_of(op.event)]
+        queued = [p for op in [*self._ops, *self._ops_in_flight] for p in paths_of(op.event)]
         for key, waiting in list(self._pending.items()):
             if waiting.due > now or key in self._in_flight or key in self._scans:
                 continue
@@ -394,6 +397,20 @@ class Daemon:
             return HANDLERS[type(event)](event, self._ctx)
 
     def _reap(self, now: float) -> None:
+        for op, op_future in list(self._ops_in_flight.items()):
+            if not op_future.done():
+                continue
+            del self._ops_in_flight[op]
+            try:
+                outcome = op_future.result()
+            except Exception as e:  # noqa: BLE001 - retried later; later ops on these paths wait
+                self._retry(op, e, now)
+                self._ops.appendleft(op)
+                continue
+            self._count(outcome)
+            self._ctx.catalog.journal_done(op.journal_ids)
+            if outcome is not Outcome.UNCHANGED:
+                log.info("%s %s", outcome.value, _describe(op.event))
         for key, (future, waiting) in list(self._in_flight.items()):
             if not future.done():
                 continue
@@ -434,6 +451,7 @@ class Daemon:
         """Apply due deletes and moves. Order is kept only where it matters: an op waits for earlier
         ops and for in-flight work on overlapping paths, and runs past unrelated ones."""
         blocked: list[str] = list(self._in_flight)
+        blocked.extend(p for op in self._ops_in_flight for p in paths_of(op.event))
         guarded = self._apply_guard()
         for op in list(self._ops):
             if op in guarded:
@@ -443,6 +461,10 @@ class Daemon:
                 blocked.extend(touched)
                 continue
             self._ops.remove(op)
+            if isinstance(op.event, DirectoryMoved | DirectoryDeleted):
+                self._ops_in_flight[op] = self._pool.submit(self._handle, op.event)
+                blocked.extend(touched)
+                continue
             try:
                 outcome = self._handle(op.event)
             except Exception as e:  # noqa: BLE001 - retried later; later ops on these paths wait
@@ -692,7 +714,7 @@ class Daemon:
         return {
             "waiting": len(self._pending),
             "in_flight": len(self._in_flight),
-            "ordered": len(self._ops),
+            "ordered": len(self._ops) + len(self._ops_in_flight),
             "scanning": len(self._scans),
         }
 
