@@ -88,6 +88,17 @@ def _env(data_dir: Path) -> dict[str, str]:
     return env
 
 
+def imgwatch_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """The real command, on ``data_dir`` (through its daemon when one runs there)."""
+    return subprocess.run(
+        [sys.executable, "-m", "watcher", *args],
+        env=_env(data_dir),
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+
+
 def start_daemon(data_dir: Path, *roots: Path, extra: tuple[str, ...] = ()) -> RunningDaemon:
     log = data_dir.parent / f"daemon-{time.monotonic_ns()}.log"
     with log.open("wb") as out:
@@ -154,22 +165,10 @@ def test_files_and_directories_follow_the_disk(
     # A dropped file becomes searchable; the CLI's search goes through the daemon.
     dropped = write_photo(root / "dropped.jpg", seed=2)
     wait_until(lambda: str(dropped) in daemon.paths_found(dropped, k=1), timeout=30)
-    cli = subprocess.run(
-        [sys.executable, "-m", "watcher", "search", str(dropped), "-k", "1", "--json"],
-        env=_env(daemon.data_dir),
-        capture_output=True,
-        check=False,
-        timeout=120,
-    )
+    cli = imgwatch_cli(daemon.data_dir, "search", str(dropped), "-k", "1", "--json")
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)["results"][0]["path"] == str(dropped)
-    status = subprocess.run(
-        [sys.executable, "-m", "watcher", "status", "--json"],
-        env=_env(daemon.data_dir),
-        capture_output=True,
-        check=False,
-        timeout=120,
-    )
+    status = imgwatch_cli(daemon.data_dir, "status", "--json")
     assert json.loads(status.stdout)["daemon"]["running"] is True
 
     # A file written slowly, in chunks, is read once, when complete.
@@ -219,13 +218,7 @@ def test_files_and_directories_follow_the_disk(
 
     # `imgwatch index` while the daemon runs hands the work to it, and reports its summary.
     runs = daemon.model_runs()
-    index = subprocess.run(
-        [sys.executable, "-m", "watcher", "index", str(root), "--json"],
-        env=_env(daemon.data_dir),
-        capture_output=True,
-        check=False,
-        timeout=120,
-    )
+    index = imgwatch_cli(daemon.data_dir, "index", str(root), "--json")
     assert index.returncode == 0, index.stderr
     assert json.loads(index.stdout)["unchanged"] == len(_disk_images(root))
     assert daemon.model_runs() == runs
@@ -334,13 +327,7 @@ def test_a_second_daemon_on_the_same_data_dir_is_refused(
     root.mkdir()
     daemon = daemon_factory(root)
 
-    second = subprocess.run(
-        [sys.executable, "-m", "watcher", "watch", str(root)],
-        env=_env(daemon.data_dir),
-        capture_output=True,
-        check=False,
-        timeout=120,
-    )
+    second = imgwatch_cli(daemon.data_dir, "watch", str(root))
 
     assert second.returncode == 1
     assert f"PID {daemon.process.pid} (imgwatch watch)".encode() in second.stderr
@@ -411,13 +398,7 @@ def test_a_mass_deletion_is_held_and_the_daemon_lives_on(
     assert status["vectors"] == 30
     assert daemon.process.poll() is None
     # An explicit index of the root is the confirmation: it applies the deletions.
-    index = subprocess.run(
-        [sys.executable, "-m", "watcher", "index", str(root), "--json"],
-        env=_env(daemon.data_dir),
-        capture_output=True,
-        check=False,
-        timeout=120,
-    )
+    index = imgwatch_cli(daemon.data_dir, "index", str(root), "--json")
     assert json.loads(index.stdout)["removed"] == 25
     assert daemon.status()["roots"][0]["guard"] is None
     assert daemon.stop() == 0

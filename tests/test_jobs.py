@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from tests.conftest import index, jpeg_bytes, write_photo
-from tests.test_daemon import _env, daemon_factory, wait_until
+from tests.test_daemon import daemon_factory, imgwatch_cli, wait_until
 from watcher import jobs
 from watcher.config import Settings
 from watcher.context import Context
@@ -120,13 +118,7 @@ def test_compact_and_reindex_commands_go_through_the_daemon(daemon_factory, tmp_
     daemon.idle()
 
     def command(*args: str) -> dict[str, object]:
-        result = subprocess.run(
-            [sys.executable, "-m", "watcher", *args, "--json"],
-            env=_env(daemon.data_dir),
-            capture_output=True,
-            check=False,
-            timeout=120,
-        )
+        result = imgwatch_cli(daemon.data_dir, *args, "--json")
         assert result.returncode == 0, result.stderr
         return dict(json.loads(result.stdout))
 

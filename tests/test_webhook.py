@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import write_photo
-from tests.test_daemon import RunningDaemon, _env, daemon_factory, start_daemon, wait_until
+from tests.test_daemon import RunningDaemon, _env, daemon_factory, imgwatch_cli, start_daemon, wait_until
 from watcher.events import DirectoryCreated, DirectoryDeleted, ImageCreated, ImageDeleted, ImageMoved, Source
 from watcher.sources.webhook import (
     GENERIC_TYPES,
@@ -459,13 +459,7 @@ def test_an_empty_token_is_no_token() -> None:
 def test_a_public_address_without_a_token_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
-    result = subprocess.run(
-        [sys.executable, "-m", "watcher", "watch", str(root), "--webhook", "0.0.0.0:0"],
-        env=_env(tmp_path / "data"),
-        capture_output=True,
-        check=False,
-        timeout=120,
-    )
+    result = imgwatch_cli(tmp_path / "data", "watch", str(root), "--webhook", "0.0.0.0:0")
     assert result.returncode == 1 and b"without a token" in result.stderr
 
 
@@ -473,13 +467,7 @@ def test_invoke_goes_through_a_running_daemon(served: tuple[RunningDaemon, Webho
     daemon, _, _, camera = served
     target = write_photo(camera / "2024" / "summer" / "cat on sofa.jpg", seed=950)
 
-    result = subprocess.run(
-        [sys.executable, "-m", "watcher", "invoke", str(EVENTS / "minio-put.json"), "--json"],
-        env=_env(daemon.data_dir),
-        capture_output=True,
-        check=False,
-        timeout=120,
-    )
+    result = imgwatch_cli(daemon.data_dir, "invoke", str(EVENTS / "minio-put.json"), "--json")
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"accepted": 1, "ignored": []}
