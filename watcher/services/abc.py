@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
@@ -37,14 +37,35 @@ class ExtractorSignature:
     dtype: str
     """Compute precision (fp32/bf16/fp16). Recorded, but not part of :attr:`key`: the extractor only
     uses a reduced precision when its vectors stay within cosine 0.999 of fp32."""
+    pca: str = ""
+    """``""`` for the model's own vectors, else ``"SOURCE->DIM:VERSION"``: projected by the fitted PCA
+    transform ``VERSION`` from SOURCE to DIM dimensions (:mod:`watcher.services.pca`)."""
 
-    COMPARED = ("model", "weights", "layer", "preprocessing", "dimension")
+    COMPARED = ("model", "weights", "layer", "preprocessing", "dimension", "pca")
 
     @property
     def key(self) -> str:
         """Short stable id of the fields that change what a vector means."""
-        text = json.dumps({f: getattr(self, f) for f in self.COMPARED}, sort_keys=True)
+        # An empty pca is left out, so keys of indexes made before PCA existed stay valid.
+        compared = {f: getattr(self, f) for f in self.COMPARED if f != "pca" or self.pca}
+        text = json.dumps(compared, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def base(self) -> ExtractorSignature:
+        """The model's own signature, before any PCA projection."""
+        if not self.pca:
+            return self
+        return replace(self, pca="", dimension=int(self.pca.split("->", 1)[0]))
+
+    @property
+    def pca_version(self) -> str | None:
+        return self.pca.rsplit(":", 1)[1] if self.pca else None
+
+    def projected(self, dimension: int, version: str) -> ExtractorSignature:
+        """This (unprojected) signature followed by the PCA transform ``version`` to ``dimension``."""
+        assert not self.pca, "a projected signature is not projected again"
+        return replace(self, pca=f"{self.dimension}->{dimension}:{version}", dimension=dimension)
 
     def differences(self, other: ExtractorSignature) -> list[str]:
         return [
@@ -59,7 +80,7 @@ class ExtractorSignature:
     @classmethod
     def from_json(cls, text: str) -> ExtractorSignature:
         raw = json.loads(text)
-        return cls(**{f.name: raw[f.name] for f in fields(cls)})
+        return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw or f.default is MISSING})
 
 
 class FileState(StrEnum):
@@ -152,6 +173,21 @@ class VectorStore(Protocol):
     def count(self) -> int: ...
 
     def all_ids(self) -> set[int]: ...
+
+    def iter_vectors(self, batch_size: int = 1024) -> Iterator[tuple[list[int], Vector]]:
+        """Every entity as ``(ids, (n, d) vectors)`` batches, never the whole collection at once."""
+        ...
+
+    @property
+    def collection(self) -> str: ...
+
+    def collections(self) -> list[str]:
+        """Every collection in the same database (for cleaning up after an interrupted reindex)."""
+        ...
+
+    def drop_collection(self, name: str) -> None:
+        """Drop another collection of the same database."""
+        ...
 
     def compact(self) -> dict[str, int]:
         """Reclaim the space deletes left behind, where the engine can."""
