@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,59 @@ _DEFAULT_INDEX_PARAMS: Mapping[str, Mapping[str, Any]] = {
     "IVF_FLAT": {"nlist": 128},
     "IVF_SQ8": {"nlist": 128},
 }
+
+
+# Milvus Lite runs one in-process server per file, shared by every client of that file, and has no
+# reference count of its own: a store that released it would pull it from under another store (the
+# serving collection and a reindex's new one live in the same file). Writes share one lock per file,
+# because the WAL race (see MilvusVectorStore.__init__) is in the file's server, not per collection.
+_lite_users: Counter[str] = Counter()
+_write_locks: dict[str, threading.Lock] = {}
+_registry_lock = threading.Lock()
+
+
+def _acquire_lite(uri: str) -> threading.Lock:
+    with _registry_lock:
+        _lite_users[uri] += 1
+        return _write_locks.setdefault(uri, threading.Lock())
+
+
+def _release_lite(uri: str) -> bool:
+    """True when the last store of ``uri`` closed, so its server may go."""
+    with _registry_lock:
+        _lite_users[uri] -= 1
+        if _lite_users[uri] > 0:
+            return False
+        del _lite_users[uri]
+        return True
+
+
+def auto_index_params(index_type: str, entities: int) -> dict[str, Any]:
+    """Index parameters suited to a collection of ``entities`` vectors.
+
+    IVF indexes want about 4 * sqrt(N) clusters (Milvus' own guidance); a fixed nlist is either too
+    coarse for a big collection (slow scans) or too fine for a small one (empty clusters, lost recall).
+    """
+    params = dict(_DEFAULT_INDEX_PARAMS.get(index_type, {}))
+    if index_type.startswith("IVF"):
+        params["nlist"] = int(min(65536, max(16, round(4 * entities**0.5))))
+    return params
+
+
+def default_index_spec(index_type: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return {"type": index_type, "params": dict(params or _DEFAULT_INDEX_PARAMS.get(index_type, {}))}
+
+
+def drop_collections(uri: str, token: str | None, names: Iterable[str]) -> None:
+    """Drop these collections where they exist (for ``index --rebuild``)."""
+    store = MilvusVectorStore.__new__(MilvusVectorStore)
+    store._connect(uri, token)
+    try:
+        for name in names:
+            if store._client.has_collection(name):
+                store._client.drop_collection(name)
+    finally:
+        store.close()
 
 
 def milvus_string(value: str) -> str:
@@ -73,30 +127,47 @@ class MilvusVectorStore:
         index_type: str = "FLAT",
         index_params: Mapping[str, Any] | None = None,
     ) -> None:
-        from pymilvus import MilvusClient
-
-        self._uri = uri
-        # Milvus Lite's WAL opens its file lazily without a lock: two concurrent upserts can both open
-        # it, and one write then lands in a file object that is dropped (measured: ResourceWarning
-        # "unclosed file ... wal_data_*.arrow" with 12 writer threads). Writes go one at a time.
-        self._write_lock = threading.Lock()
-        self._lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
         self._collection = collection
         self._dimension = dimension
         self._index_type = index_type
         self._index_params = dict(index_params or _DEFAULT_INDEX_PARAMS.get(index_type, {}))
+        self._connect(uri, token)
+        self._ensure_collection()
+
+    def _connect(self, uri: str, token: str | None) -> None:
+        from pymilvus import MilvusClient
+
+        self._uri = uri
+        self._lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
+        # Milvus Lite's WAL opens its file lazily without a lock: two concurrent upserts can both open
+        # it, and one write then lands in a file object that is dropped (measured: ResourceWarning
+        # "unclosed file ... wal_data_*.arrow" with 12 writer threads). Writes go one at a time.
+        self._write_lock = _acquire_lite(uri) if self._lite else threading.Lock()
+        self._closed = False
         try:
             self._client = MilvusClient(uri=uri, token=token or "")
         except Exception as e:
+            self._release()
             cause = e.__cause__ or e.__context__
             if type(cause).__name__ == "DataDirLockedError":
                 raise DataDirBusyError(Path(uri).parent, None, None) from e
             raise StoreUnavailableError(uri, str(e)) from e
-        self._ensure_collection()
 
     @property
     def uri(self) -> str:
         return self._uri
+
+    @property
+    def collection(self) -> str:
+        return self._collection
+
+    @property
+    def index_spec(self) -> dict[str, Any]:
+        """The ANN index this store creates its collection with: ``{"type": ..., "params": {...}}``."""
+        return {"type": self._index_type, "params": self._index_params}
+
+    def collections(self) -> list[str]:
+        return sorted(self._client.list_collections())
 
     def _ensure_collection(self) -> None:
         from pymilvus import DataType
@@ -186,7 +257,9 @@ class MilvusVectorStore:
         if self._index_type.startswith("HNSW"):
             return {"ef": max(64, k)}
         if self._index_type.startswith("IVF"):
-            return {"nprobe": 16}
+            # ~3 % of the clusters: recall stays high as auto_index_params grows nlist with the collection.
+            nlist = int(self._index_params.get("nlist", 128))
+            return {"nprobe": min(nlist, max(16, nlist // 32))}
         return {}
 
     def count(self) -> int:
@@ -208,6 +281,18 @@ class MilvusVectorStore:
             iterator.close()
         return ids
 
+    def iter_vectors(self, batch_size: int = 1024) -> Iterator[tuple[list[int], Vector]]:
+        """Every entity as ``(ids, (n, d) vectors)`` batches, never the whole collection at once."""
+        iterator = self._client.query_iterator(
+            self._collection, batch_size=batch_size, filter="", output_fields=["id", "vector"]
+        )
+        try:
+            while batch := iterator.next():
+                ids = [int(row["id"]) for row in batch]
+                yield ids, np.asarray([row["vector"] for row in batch], dtype=np.float32)
+        finally:
+            iterator.close()
+
     def compact(self) -> dict[str, int]:
         """Flush, then ask Milvus to merge segments and drop deleted rows (a no-op where unsupported)."""
         with self._write_lock:
@@ -220,9 +305,23 @@ class MilvusVectorStore:
             self._client.drop_collection(self._collection)
             self._ensure_collection()
 
+    def drop_collection(self, name: str) -> None:
+        """Drop another collection in the same database (an old one, after a reindex switched away)."""
+        if name == self._collection:
+            raise ValueError(f"refusing to drop the collection this store serves ({name!r})")
+        with self._write_lock:
+            if self._client.has_collection(name):
+                self._client.drop_collection(name)
+
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._client.close()
-        if self._lite:
+        self._release()
+
+    def _release(self) -> None:
+        if self._lite and _release_lite(self._uri):
             # Milvus Lite serves the file from a gRPC server thread in this process; closing the client
             # leaves it running (and the file locked) until exit unless we release it.
             from milvus_lite.server_manager import server_manager_instance
