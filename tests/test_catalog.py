@@ -24,7 +24,7 @@ def test_migrations_create_the_schema_the_code_expects(tmp_path: Path) -> None:
             version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
             journal = conn.execute(sa.text("PRAGMA journal_mode")).scalar()
         assert diff == []
-        assert version == "0003"
+        assert version == "0004"
         assert journal == "wal"
     finally:
         catalog.close()

@@ -91,10 +91,22 @@ class JobRunRow(Base):
     error: Mapped[str | None] = mapped_column(sa.Text)
 
 
+class ReindexRow(Base):
+    """Mirror of the ``reindex_vectors`` table (migration 0004)."""
+
+    __tablename__ = "reindex_vectors"
+
+    file_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    content_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    path: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+
+
 FILES = cast(sa.Table, FileRow.__table__)
 META = cast(sa.Table, MetaRow.__table__)
 JOURNAL = cast(sa.Table, JournalRow.__table__)
 JOB_RUNS = cast(sa.Table, JobRunRow.__table__)
+LEDGER = cast(sa.Table, ReindexRow.__table__)
 
 
 def _now() -> datetime:
@@ -102,7 +114,7 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def _record(row: Any) -> FileRecord:
+def row_to_record(row: Any) -> FileRecord:
     return FileRecord(
         id=row.id,
         path=os.fsdecode(row.path),
@@ -167,7 +179,7 @@ class SQLiteCatalog:
     def get(self, path: str) -> FileRecord | None:
         with self._engine.connect() as conn:
             row = conn.execute(sa.select(FILES).where(FILES.c.path == os.fsencode(path))).first()
-        return _record(row) if row else None
+        return row_to_record(row) if row else None
 
     def get_many(self, ids: Iterable[int]) -> dict[int, FileRecord]:
         keys = list(ids)
@@ -175,7 +187,7 @@ class SQLiteCatalog:
         with self._engine.connect() as conn:
             for start in range(0, len(keys), 500):
                 rows = conn.execute(sa.select(FILES).where(FILES.c.id.in_(keys[start : start + 500])))
-                found.update((row.id, _record(row)) for row in rows)
+                found.update((row.id, row_to_record(row)) for row in rows)
         return found
 
     def find_by_hash(self, content_hash: str, *, exclude_path: str, signature: str) -> FileRecord | None:
@@ -193,12 +205,12 @@ class SQLiteCatalog:
         )
         with self._engine.connect() as conn:
             row = conn.execute(query).first()
-        return _record(row) if row else None
+        return row_to_record(row) if row else None
 
     def under(self, root: str) -> Iterator[FileRecord]:
         with self._engine.connect() as conn:
             rows = conn.execute(sa.select(FILES).where(_under_clause(root)).order_by(FILES.c.path)).all()
-        return iter([_record(row) for row in rows])
+        return iter([row_to_record(row) for row in rows])
 
     def count_under(self, root: str) -> int:
         with self._engine.connect() as conn:
@@ -235,7 +247,7 @@ class SQLiteCatalog:
                 )
             )
             row = conn.execute(sa.select(FILES).where(FILES.c.path == raw)).one()
-        return _record(row)
+        return row_to_record(row)
 
     def mark_indexed(self, record_id: int, blob: FileBlob, signature: str) -> None:
         now = _now()
@@ -319,7 +331,7 @@ class SQLiteCatalog:
             rows = conn.execute(
                 sa.select(FILES).where(FILES.c.state == FileState.FAILED.value).order_by(FILES.c.path)
             )
-            return [_record(row) for row in rows]
+            return [row_to_record(row) for row in rows]
 
     def get_meta(self, key: str) -> str | None:
         with self._engine.connect() as conn:
@@ -333,6 +345,10 @@ class SQLiteCatalog:
                 .values(key=key, value=value)
                 .on_conflict_do_update(index_elements=[META.c.key], set_={"value": value})
             )
+
+    def delete_meta(self, key: str) -> None:
+        with self._engine.begin() as conn:
+            conn.execute(sa.delete(META).where(META.c.key == key))
 
     def forget_vectors(self) -> None:
         """Mark every file as needing extraction again (after the vector store was rebuilt)."""
@@ -406,7 +422,7 @@ class SQLiteCatalog:
             rows = conn.execute(
                 sa.select(FILES).where(FILES.c.has_vector.is_(True), FILES.c.state == FileState.INDEXED.value)
             )
-            return {row.id: _record(row) for row in rows}
+            return {row.id: row_to_record(row) for row in rows}
 
     def all_ids(self) -> set[int]:
         with self._engine.connect() as conn:
