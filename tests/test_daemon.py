@@ -423,3 +423,43 @@ def test_delete_then_write_anew_keeps_the_new_file(
     }
     assert daemon.stop() == 0
     _assert_agree(daemon.data_dir, root)
+
+
+def test_new_weights_reindex_in_the_background_while_searches_answer(
+    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
+) -> None:
+    root = tmp_path / "photos"
+    for seed in range(40):
+        write_photo(root / f"{seed:02d}.jpg", seed, (200, 150))
+    daemon = daemon_factory(root)
+    daemon.idle()
+    assert daemon.stop() == 0
+
+    daemon = daemon_factory(root, extra=("--weights", "random:1"))
+    probe = root / "07.jpg"
+    phases: list[str] = []
+
+    def switched() -> bool:
+        reindex = daemon.status()["reindex"] or {}
+        # Searches answer all along: from the old collection, then from the new one.
+        assert daemon.paths_found(probe, k=1) == [str(probe)]
+        phases.append(reindex.get("phase", "not started"))
+        return reindex.get("phase") == "done"
+
+    wait_until(switched, timeout=180, interval=0.05)
+    assert "building" in phases
+    status = daemon.idle()
+    assert status["reindex"]["vectors"] == 40
+    assert status["jobs"]  # the run is recorded like the other maintenance jobs
+    assert daemon.stop() == 0
+
+    settings = Settings(data_dir=daemon.data_dir, weights="random:1")
+    with open_context(settings, command="test") as ctx:
+        records = ctx.catalog.ids_with_vectors()
+        assert len(records) == 40
+        assert {r.signature for r in records.values()} == {ctx.extractor.signature.key}
+        assert ctx.extractor.signature.weights == "random:1"
+        assert ctx.vectors.all_ids() == set(records)
+        assert ctx.vectors.collections() == ["imgwatch_1"]
+    status_cli = json.loads(imgwatch_cli(daemon.data_dir, "status", "--json").stdout)
+    assert status_cli["jobs"]["reindex"]["last_run"]["outcome"] == "ok"

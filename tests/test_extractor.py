@@ -112,18 +112,19 @@ def test_bf16_stays_within_cosine_0999_of_fp32(extractor: VGG16Extractor) -> Non
         bf16.close()
 
 
-def test_changed_extractor_is_refused_with_how_to_rebuild(
+def test_index_refuses_a_changed_extractor_and_says_how_to_migrate(
     open_ctx: OpenContext, settings: Settings, photos: Path
 ) -> None:
     with open_ctx() as ctx:
         index(ctx, photos)
     other = Settings(data_dir=settings.data_dir, weights="random:1")
 
-    with pytest.raises(ExtractorMismatchError) as caught, open_context(other, command="test"):
+    with pytest.raises(ExtractorMismatchError) as caught, open_context(other, command="index"):
         pass
 
     message = str(caught.value)
     assert "weights: index has 'random:0', configured 'random:1'" in message
+    assert "imgwatch reindex" in message
     assert "imgwatch index --rebuild" in message
     assert configured_signature(other).key != configured_signature(settings).key
 

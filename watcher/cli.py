@@ -18,6 +18,7 @@ from watcher.config import (
     ENV_CONFIG,
     ENV_DATA_DIR,
     ENV_MILVUS_URI,
+    ENV_PCA,
     ENV_WEIGHTS,
     Settings,
     load_settings,
@@ -27,6 +28,7 @@ from watcher.errors import ImgwatchError
 if TYPE_CHECKING:
     from watcher.ipc import DaemonClient
     from watcher.scan import ScanRules
+    from watcher.services.build import Services
 
 log = logging.getLogger("imgwatch")
 
@@ -59,6 +61,13 @@ def _common_options() -> argparse.ArgumentParser:
         "data dir",
     )
     group.add_argument("--device", choices=DEVICES, default=None, help="where the model runs (default: auto)")
+    group.add_argument(
+        "--pca",
+        metavar="DIM",
+        default=None,
+        help="store PCA-projected vectors of DIM dimensions (256 or 512; 'off' for the full 4096), fitted "
+        f"on the indexed vectors; a change reindexes in the background (env {ENV_PCA})",
+    )
     group.add_argument(
         "--config",
         type=Path,
@@ -165,11 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     reindex = commands.add_parser(
         "reindex",
         parents=[common],
-        help="repair drift between disk, catalog and Milvus",
+        help="repair drift; move the index to changed weights, PCA or ANN index",
         description="Run the reconcile job now (the daemon also runs it hourly): bring the catalog in "
         "line with the roots, re-create vectors missing from Milvus (copied from a same-content file "
-        "or extracted again), delete Milvus entities no file vouches for, retry failed files. Goes "
-        "through the daemon when one runs (its roots); else ROOTs or the config file's roots.",
+        "or extracted again), delete Milvus entities no file vouches for, retry failed files. Then, if "
+        "the configured weights, --pca or index type differ from the index's, build the new collection "
+        "beside the old one and switch to it (searches keep answering meanwhile). Goes through the "
+        "daemon when one runs (its roots, reindexing in the background); else ROOTs or the config "
+        "file's roots.",
     )
     reindex.add_argument("roots", nargs="*", metavar="ROOT", help="a folder to reconcile (without a daemon)")
     reindex.add_argument("--json", action="store_true", help="print the job's report as JSON")
@@ -208,6 +220,7 @@ def _settings(args: argparse.Namespace) -> Settings:
             "weights": args.weights,
             "milvus_uri": args.milvus_uri,
             "device": args.device,
+            "pca": args.pca,
             "batch_size": getattr(args, "batch_size", None),
             "poll": getattr(args, "poll", None),
             "poll_interval": getattr(args, "poll_interval", None),
@@ -248,7 +261,7 @@ def _index(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from watcher.indexer import normalise_root, plan, run_plan
-    from watcher.services.build import open_context
+    from watcher.services.build import open_services
 
     roots = [normalise_root(root) for root in args.roots]
     daemon = _running_daemon(settings)
@@ -257,7 +270,8 @@ def _index(args: argparse.Namespace, settings: Settings) -> int:
     if daemon is not None:
         result = daemon.index(roots)
     else:
-        with open_context(settings, command="index", rebuild=args.rebuild) as ctx:
+        with open_services(settings, command="index", rebuild=args.rebuild) as services:
+            ctx = services.ctx
             work = plan(roots, _rules(settings), ctx)
             with tqdm(
                 total=work.total - work.unchanged,
@@ -272,15 +286,35 @@ def _index(args: argparse.Namespace, settings: Settings) -> int:
                     workers=settings.batch_size + 4,
                     on_handled=lambda _event, _outcome: bar.update(),
                 )
-        result = summary.as_dict()
+            result = summary.as_dict()
+            result["reindex"] = _reindex_now(services)
     for failure in result["failures"]:
         print(f"imgwatch: failed: {failure['path']}: {failure['error']}", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:
-        counts = ", ".join(f"{n} {name}" for name, n in result.items() if name != "failures")
+        counts = ", ".join(f"{n} {name}" for name, n in result.items() if name not in ("failures", "reindex"))
         print(f"{counts} ({', '.join(roots)})")
     return EXIT_OK
+
+
+def _reindex_now(services: Services) -> dict[str, int] | None:
+    """Apply a pending PCA or ANN-index change in the foreground; None when there was none.
+
+    Not enough vectors for the PCA yet is a warning: the index stays full-size and works."""
+    from watcher.reindex import Reindexer
+    from watcher.services.pca import NotEnoughSamplesError
+
+    reindexer = Reindexer(services)
+    step = reindexer.pending()
+    if step is None:
+        return None
+    print(f"imgwatch: reindexing: {step.reason}", file=sys.stderr)
+    try:
+        return reindexer.run()
+    except NotEnoughSamplesError as e:
+        print(f"imgwatch: warning: {e}", file=sys.stderr)
+        return None
 
 
 def _rules(settings: Settings) -> ScanRules:
@@ -370,14 +404,15 @@ def _invoke(args: argparse.Namespace, settings: Settings) -> int:
 def _job(args: argparse.Namespace, settings: Settings) -> int:
     from watcher import jobs
     from watcher.indexer import normalise_root
-    from watcher.services.build import open_context
+    from watcher.services.build import open_services
 
     name = "compact" if args.command == "compact" else "reconcile"
     daemon = _running_daemon(settings)
     if daemon is not None:
         report = daemon.request("POST", f"/jobs/{name}")
     else:
-        with open_context(settings, command=args.command) as ctx:
+        with open_services(settings, command=args.command) as services:
+            ctx = services.ctx
             if name == "compact":
                 report = jobs.run_recorded(name, lambda: jobs.compact(ctx), ctx)
             else:
@@ -390,6 +425,8 @@ def _job(args: argparse.Namespace, settings: Settings) -> int:
                 report = jobs.run_recorded(
                     name, lambda: jobs.reconcile(ctx, roots, _rules(settings), workers=workers), ctx
                 )
+                if report["outcome"] == "ok":
+                    report["reindex"] = _reindex_now(services)
     if args.json:
         print(json.dumps(report))
     else:
@@ -397,12 +434,14 @@ def _job(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{name}: {report['outcome']} in {report['duration_s']} s ({counts})")
         if report["error"]:
             print(f"  error: {report['error']}")
+        if report.get("reindex"):
+            print(f"reindex: {report['reindex']}")
     return EXIT_OK if report["outcome"] == "ok" else EXIT_FATAL
 
 
 def _watch(args: argparse.Namespace, settings: Settings) -> int:
     from watcher.daemon import Daemon
-    from watcher.services.build import open_context
+    from watcher.services.build import open_services
 
     roots = [os.path.abspath(os.fsdecode(root)) for root in (args.roots or settings.roots)]
     if not roots:
@@ -413,8 +452,8 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
         host, _ = parse_bind(settings.webhook)
         if settings.webhook_token is None and not is_loopback(host):
             raise ImgwatchError(f"refusing to listen on {host} without a token: set IMGWATCH_WEBHOOK_TOKEN")
-    with open_context(settings, command="watch") as ctx:
-        return Daemon(settings, ctx, roots, _rules(settings)).run()
+    with open_services(settings, command="watch") as services:
+        return Daemon(services, roots, _rules(settings)).run()
 
 
 def _search(args: argparse.Namespace, settings: Settings) -> int:
@@ -496,6 +535,12 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         )
     else:
         lines.append(f"extractor:  (nothing indexed yet; configured weights {report['configured_weights']})")
+    reindex = daemon.get("reindex") or report["reindex"]
+    if reindex:
+        done = f", {reindex['done']}/{reindex['total']} vectors" if "total" in reindex else ""
+        lines.append(
+            f"reindex:    {reindex['phase']}{done} ({reindex.get('reason') or reindex.get('collection')})"
+        )
     for root in daemon.get("roots", []):
         guard = f"; deletions held: {root['guard']}" if root["guard"] else ""
         lines.append(f"watching:   {root['path']} ({root['watch'] or 'not watched'}{guard})")

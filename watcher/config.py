@@ -19,6 +19,7 @@ ENV_MILVUS_URI = "IMGWATCH_MILVUS_URI"
 ENV_MILVUS_TOKEN = "IMGWATCH_MILVUS_TOKEN"  # noqa: S105 - a variable name, not a secret
 ENV_CONFIG = "IMGWATCH_CONFIG"
 ENV_DEVICE = "IMGWATCH_DEVICE"
+ENV_PCA = "IMGWATCH_PCA"
 ENV_WEBHOOK_TOKEN = "IMGWATCH_WEBHOOK_TOKEN"  # noqa: S105 - a variable name, not a secret
 ENV_WEBHOOK_HMAC_SECRET = "IMGWATCH_WEBHOOK_HMAC_SECRET"  # noqa: S105 - a variable name, not a secret
 
@@ -29,6 +30,7 @@ ENV_VARS: Mapping[str, str] = {
     "milvus_uri": ENV_MILVUS_URI,
     "milvus_token": ENV_MILVUS_TOKEN,
     "device": ENV_DEVICE,
+    "pca": ENV_PCA,
     "webhook_token": ENV_WEBHOOK_TOKEN,
     "webhook_hmac_secret": ENV_WEBHOOK_HMAC_SECRET,
 }
@@ -72,6 +74,9 @@ class Settings:
     precision: str = "auto"
     """``auto`` picks bf16 on CPUs with AMX/avx512-bf16 (after a cosine check), fp16 on CUDA, else fp32."""
     batch_size: int = 16
+    pca: int | None = None
+    """Project vectors to this many dimensions with PCA fitted on the index (256 or 512 are typical);
+    ``None`` keeps the model's 4096. Changing it reindexes in the background (see README)."""
     index_type: str = "FLAT"
     index_params: Mapping[str, Any] = field(default_factory=dict)
     include: tuple[str, ...] = ()
@@ -205,6 +210,17 @@ def _validated(values: dict[str, Any], source: str) -> Settings:
     for name in ("batch_size", "max_pixels", "max_file_bytes", "mass_delete_min_files", "webhook_max_bytes"):
         if name in values and (not isinstance(values[name], int) or values[name] < 1):
             raise ConfigError(source, f"{name} must be a positive integer, not {values[name]!r}")
+    if values.get("pca") in (0, "off", "none"):
+        values["pca"] = None
+    elif "pca" in values:
+        try:
+            values["pca"] = int(values["pca"])
+        except (TypeError, ValueError):
+            raise ConfigError(
+                source, f"pca must be a number of dimensions or off, not {values['pca']!r}"
+            ) from None
+        if not 16 <= values["pca"] < 4096:
+            raise ConfigError(source, f"pca must be between 16 and 4095 dimensions, not {values['pca']}")
     for name in ("poll_interval", "settle_seconds", "mass_delete_fraction"):
         if name in values and (not isinstance(values[name], int | float) or values[name] <= 0):
             raise ConfigError(source, f"{name} must be a positive number, not {values[name]!r}")

@@ -29,7 +29,6 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from handlers import HANDLERS
-from watcher.config import Settings
 from watcher.context import Context
 from watcher.errors import ConfigError, ImgwatchError
 from watcher.events import (
@@ -51,8 +50,10 @@ from watcher.ipc import LocalEndpoint
 from watcher.jobs import compact, repair_vectors, run_recorded
 from watcher.metrics import DaemonMetrics
 from watcher.notify import sd_notify, watchdog_interval
+from watcher.reindex import BackgroundReindex, Reindexer
 from watcher.scan import ScanRules
 from watcher.search import search_images
+from watcher.services.build import Services
 from watcher.sources.fs import OverflowListener, RootWatch, watch_root
 from watcher.sources.webhook import (
     ForbiddenPathError,
@@ -139,9 +140,12 @@ class _Stats:
 
 
 class Daemon:
-    def __init__(self, settings: Settings, ctx: Context, roots: list[str], rules: ScanRules) -> None:
+    def __init__(self, services: Services, roots: list[str], rules: ScanRules) -> None:
+        settings = services.settings
         self._settings = settings
-        self._ctx = ctx
+        self._services = services
+        self._serving = services.serving
+        self._reindex = BackgroundReindex(Reindexer(services), services)
         self._rules = rules
         self._roots = {root: _Root(root, mount_point=os.path.ismount(root)) for root in roots}
         for mount in settings.s3_mounts.values():
@@ -169,6 +173,12 @@ class Daemon:
         self._last_ping = 0.0
         self._ping_every = watchdog_interval()
         self._endpoint: LocalEndpoint | None = None
+
+    @property
+    def _ctx(self) -> Context:
+        """The serving context, for the catalog and files (shared by every context) and brief reads.
+        Work that must not straddle a reindex's switch takes ``self._serving.use()`` instead."""
+        return self._serving.current
 
     # ---- producing ---------------------------------------------------------------------------
 
@@ -210,11 +220,15 @@ class Daemon:
                     ("POST", "/index"): self._index_route,
                     ("POST", "/invoke"): self._invoke_route,
                     ("POST", "/jobs/compact"): lambda _body: (200, self.run_job("compact")),
-                    ("POST", "/jobs/reconcile"): lambda _body: (200, self.run_job("reconcile")),
+                    ("POST", "/jobs/reconcile"): lambda _body: (
+                        200,
+                        self.run_job("reconcile") | {"reindex": self._reindex.status()},
+                    ),
                 },
             )
             self._endpoint.start()
             self._scheduler = self._start_scheduler()
+            self._reindex.start()
             sd_notify("READY=1", f"STATUS=watching {len(roots)} root(s)")
             log.info("watching %s", ", ".join(repr(r.path) for r in roots))
             while not self._stop.is_set():
@@ -282,6 +296,8 @@ class Daemon:
         sd_notify("STOPPING=1")
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
+        # An unfinished reindex resumes from its ledger on the next start; waiting costs only time.
+        self._reindex.stop(timeout=5.0)
         if self._webhook is not None:
             self._webhook.stop()
         for root in self._roots.values():
@@ -391,10 +407,11 @@ class Daemon:
             self._last_read = {k: t for k, t in self._last_read.items() if now - t < HOT_S}
 
     def _handle(self, event: ImageEvent) -> Outcome:
-        if not isinstance(event, ImageCreated | ImageModified):
-            return HANDLERS[type(event)](event, self._ctx)
-        with self._metrics.handling_seconds.time():
-            return HANDLERS[type(event)](event, self._ctx)
+        with self._serving.use() as ctx:
+            if not isinstance(event, ImageCreated | ImageModified):
+                return HANDLERS[type(event)](event, ctx)
+            with self._metrics.handling_seconds.time():
+                return HANDLERS[type(event)](event, ctx)
 
     def _reap(self, now: float) -> None:
         for op, op_future in list(self._ops_in_flight.items()):
@@ -601,7 +618,8 @@ class Daemon:
 
         def scan() -> None:
             try:
-                future.set_result(plan([path], self._rules, self._ctx))
+                with self._serving.use() as ctx:
+                    future.set_result(plan([path], self._rules, ctx))
             except BaseException as e:  # noqa: BLE001 - handed to the main loop
                 future.set_exception(e)
 
@@ -654,17 +672,22 @@ class Daemon:
 
     def run_job(self, name: str) -> dict[str, Any]:
         """Run a maintenance job now (scheduled, or asked for by ``imgwatch compact``/``reindex``)."""
-        if name == "compact":
-            return run_recorded(name, lambda: compact(self._ctx), self._ctx)
+        try:
+            with self._serving.use() as ctx:
+                if name == "compact":
+                    return run_recorded(name, lambda: compact(ctx), ctx)
 
-        def reconcile() -> dict[str, int]:
-            # Disk vs catalog goes through the daemon's own scans, so the mass-delete guard applies.
-            watched = [r for r in self._roots.values() if r.watch is not None]
-            for root in watched:
-                self._inbox.put((RescanRequested(root.path, source=Source.SCAN), []))
-            return {"roots_rescanned": len(watched), **repair_vectors(self._ctx)}
+                def reconcile() -> dict[str, int]:
+                    # Disk vs catalog goes through the daemon's own scans: the mass-delete guard applies.
+                    watched = [r for r in self._roots.values() if r.watch is not None]
+                    for root in watched:
+                        self._inbox.put((RescanRequested(root.path, source=Source.SCAN), []))
+                    return {"roots_rescanned": len(watched), **repair_vectors(ctx)}
 
-        return run_recorded("reconcile", reconcile, self._ctx)
+                return run_recorded("reconcile", reconcile, ctx)
+        finally:
+            # A grown collection may want a bigger ANN index; PCA may have enough vectors now.
+            self._reindex.wake()
 
     # ---- the webhook and the metrics ---------------------------------------------------------
 
@@ -736,16 +759,13 @@ class Daemon:
             ],
             "s3_mounts": dict(self._settings.s3_mounts),
             "webhook": f"http://{self._settings.webhook}/events" if self._webhook else None,
-            "queue": {
-                "waiting": len(self._pending),
-                "in_flight": len(self._in_flight),
-                "ordered": len(self._ops),
-            },
+            "queue": self._queue_depths(),
             "journal": self._ctx.catalog.journal_counts(),
             "events_received": dict(self._stats.received),
             "outcomes": dict(self._stats.outcomes),
             "retries": self._stats.retries,
             "jobs": self._jobs_status(),
+            "reindex": self._reindex.status(),
         }
 
     def _search_route(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -755,7 +775,8 @@ class Daemon:
             (q["query"], q["error"] if "error" in q else base64.b64decode(q["data"], validate=True))
             for q in body["queries"]
         ]
-        results = search_images(queries, self._ctx, k=int(body["k"]))
+        with self._serving.use() as ctx:
+            results = search_images(queries, ctx, k=int(body["k"]))
         return 200, {
             "results": [
                 {"query": r.query, "results": [{"path": m.path, "score": m.score} for m in r.matches]}
@@ -781,9 +802,8 @@ class Daemon:
             roots = [normalise_root(root) for root in body["roots"]]
         except ImgwatchError as e:
             return 400, {"error": str(e)}
-        summary = run_plan(
-            plan(roots, self._rules, self._ctx), self._ctx, workers=self._settings.batch_size + 4
-        )
+        with self._serving.use() as ctx:
+            summary = run_plan(plan(roots, self._rules, ctx), ctx, workers=self._settings.batch_size + 4)
         for root in self._roots.values():
             if any(_under(root.path, r) or _under(r, root.path) for r in roots):
                 root.guard = None  # an explicit index applied (or re-checked) the deletions

@@ -46,9 +46,12 @@ class ExtractorMismatchError(ImgwatchError):
             "this index was built with a different feature extractor; its vectors cannot be compared "
             "with the configured one's.\n"
             + "".join(f"  {d}\n" for d in differences)
-            + "Either run with the settings the index was built with, use another --data-dir, or "
-            "rebuild the index with the new extractor:\n"
-            "  imgwatch index --rebuild ROOT...   (drops every vector and extracts them again)"
+            + "Move the index to the new extractor (searches keep answering from the old vectors "
+            "until the new ones are all made; `imgwatch watch` does this by itself):\n"
+            "  imgwatch reindex ROOT...\n"
+            "or start over (drops every vector and extracts them again):\n"
+            "  imgwatch index --rebuild ROOT...\n"
+            "or run with the settings the index was built with, or use another --data-dir."
         )
 
 

@@ -74,11 +74,18 @@ def reconcile(ctx: Context, roots: Sequence[str], rules: ScanRules, *, workers: 
     return counts
 
 
-def run_recorded(name: str, job: Job, ctx: Context) -> dict[str, object]:
-    """Run ``job`` and record its start, duration, outcome and counts in the catalog."""
+def run_recorded(
+    name: str, job: Job, ctx: Context, *, reraise: tuple[type[Exception], ...] = ()
+) -> dict[str, object]:
+    """Run ``job`` and record its start, duration, outcome and counts in the catalog.
+
+    Exceptions of the ``reraise`` types are not failures (e.g. "not enough vectors yet"): they go to
+    the caller unrecorded."""
     started, clock = datetime.now(UTC), time.monotonic()
     try:
         counts, outcome, error = dict(job()), "ok", None
+    except reraise:
+        raise
     except Exception as e:
         log.exception("job %s failed", name)
         counts, outcome, error = {}, "failed", f"{type(e).__name__}: {e}"

@@ -12,7 +12,7 @@ from watcher.config import Settings
 from watcher.errors import DataDirBusyError
 from watcher.lock import DataDirLock, lock_holder
 from watcher.services.abc import FileState
-from watcher.services.build import stored_signature
+from watcher.services.build import REINDEX_META_KEY, active_collection, stored_index, stored_signature
 from watcher.services.catalog import SQLiteCatalog, create_sqlite_engine
 
 
@@ -33,6 +33,7 @@ def gather_status(settings: Settings, *, include_failures: bool = False) -> dict
         "extractor": None,
         "configured_weights": settings.weights,
         "jobs": {},
+        "reindex": None,
     }
     if include_failures:
         report["failed_files"] = []
@@ -48,19 +49,43 @@ def gather_status(settings: Settings, *, include_failures: bool = False) -> dict
             report["jobs"] = {name: {"last_run": run} for name, run in catalog.last_job_runs().items()}
         signature = stored_signature(catalog)
         report["extractor"] = dataclasses.asdict(signature) | {"key": signature.key} if signature else None
+        report["collection"] = active_collection(catalog, settings)
+        report["ann_index"] = stored_index(catalog, settings)
+        report["reindex"] = _reindex_progress(catalog)
         if include_failures:
             report["failed_files"] = [{"path": r.path, "error": r.error} for r in catalog.failures()]
     finally:
         catalog.close()
-    report["vectors"] = _count_vectors(settings, signature.dimension if signature else None, busy=holder)
+    report["vectors"] = _count_vectors(
+        settings, report["collection"], signature.dimension if signature else None, busy=holder
+    )
     return report
+
+
+def _reindex_progress(catalog: SQLiteCatalog) -> dict[str, Any] | None:
+    """An unfinished reindex as the catalog records it (a running daemon reports more)."""
+    import json
+
+    from watcher.services.ledger import ReindexLedger
+
+    text = catalog.get_meta(REINDEX_META_KEY)
+    if not text or "reindex_vectors" not in sa.inspect(catalog.engine).get_table_names():
+        return None
+    started = json.loads(text)
+    return {
+        "phase": "unfinished",
+        "collection": started["collection"],
+        "target": started["signature_key"],
+        "started_at": started["started_at"],
+        **ReindexLedger(catalog).progress(),
+    }
 
 
 def _has_schema(catalog: SQLiteCatalog) -> bool:
     return "files" in sa.inspect(catalog.engine).get_table_names()
 
 
-def _count_vectors(settings: Settings, dimension: int | None, *, busy: object) -> int | None:
+def _count_vectors(settings: Settings, collection: str, dimension: int | None, *, busy: object) -> int | None:
     """Entities in Milvus, or ``None`` when another process has the (Lite) store open."""
     from watcher.services.vectors import MilvusVectorStore
 
@@ -79,7 +104,7 @@ def _count_vectors(settings: Settings, dimension: int | None, *, busy: object) -
         store = MilvusVectorStore(
             settings.vectors_uri,
             dimension=dimension,
-            collection=settings.collection,
+            collection=collection,
             token=settings.milvus_token,
             index_type=settings.index_type,
         )

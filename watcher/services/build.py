@@ -1,46 +1,53 @@
 """The one place that builds the real services from settings (rclip's ``init_rclip``).
 
 Everything else receives them, so tests build exactly these classes on ``tmp_path``.
+
+The catalog's ``meta`` table says what the index *is*: the extractor signature of its vectors, the
+weights setting that made them, the Milvus collection that holds them and its ANN index. The settings
+say what it *should be*. Commands serve the index as it is; a reindex (:mod:`watcher.reindex`) makes
+it what it should be.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from watcher.config import Settings
 from watcher.context import Context
-from watcher.errors import ExtractorMismatchError
+from watcher.errors import ExtractorMismatchError, ImgwatchError
 from watcher.lock import DataDirLock
 from watcher.services.abc import Extractor, ExtractorSignature
 from watcher.services.catalog import SQLiteCatalog, open_catalog
 from watcher.services.files import LocalFileReader
+from watcher.serving import Serving
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_META_KEY = "extractor_signature"
+WEIGHTS_META_KEY = "weights_setting"
+"""The ``weights`` setting that made the index's vectors: to load that model again while a reindex to
+other weights runs (a weights file's signature holds only its hash)."""
+COLLECTION_META_KEY = "collection"
+INDEX_META_KEY = "ann_index"
+REINDEX_META_KEY = "reindex"
+GENERATION_META_KEY = "collection_generation"
+
+#: Commands that write the configured extractor's vectors, so refuse an index made by another one.
+WRITING_COMMANDS = frozenset({"index"})
 
 
 def configured_signature(settings: Settings) -> ExtractorSignature:
-    """The signature the configured extractor will have, without loading the model."""
+    """The signature the configured model will have (before any PCA), without loading it."""
     from watcher.services.extractor import WeightsSpec, signature_for
 
     spec = WeightsSpec.parse(settings.weights)
     return signature_for(spec, spec.identity(), settings.precision)
-
-
-def build_extractor(settings: Settings, signature: ExtractorSignature | None = None) -> Extractor:
-    from watcher.services.extractor import VGG16Extractor, WeightsSpec
-
-    return VGG16Extractor(
-        WeightsSpec.parse(settings.weights),
-        weights_identity=signature.weights if signature else None,
-        device=settings.device,
-        precision=settings.precision,
-        batch_size=settings.batch_size,
-        max_pixels=settings.max_pixels,
-    )
 
 
 def stored_signature(catalog: SQLiteCatalog) -> ExtractorSignature | None:
@@ -48,9 +55,190 @@ def stored_signature(catalog: SQLiteCatalog) -> ExtractorSignature | None:
     return ExtractorSignature.from_json(text) if text else None
 
 
+def stored_index(catalog: SQLiteCatalog, settings: Settings) -> dict[str, Any]:
+    """The active collection's ANN index; indexes made before this was recorded used the defaults."""
+    from watcher.services.vectors import default_index_spec
+
+    text = catalog.get_meta(INDEX_META_KEY)
+    return dict(json.loads(text)) if text else default_index_spec(settings.index_type, settings.index_params)
+
+
+def active_collection(catalog: SQLiteCatalog, settings: Settings) -> str:
+    return catalog.get_meta(COLLECTION_META_KEY) or settings.collection
+
+
+def pca_directory(settings: Settings) -> Path:
+    return settings.data_dir / "pca"
+
+
 def check_signature(stored: ExtractorSignature | None, configured: ExtractorSignature) -> None:
-    if stored is not None and stored.key != configured.key:
+    if stored is not None and stored.base.key != configured.base.key:
         raise ExtractorMismatchError(stored.to_json(), configured.to_json(), stored.differences(configured))
+
+
+class ExtractorCache:
+    """Models by base signature, each loaded once; closes only the ones it loaded itself.
+
+    A reindex needs two at once (the serving one answers queries while the new one extracts), and the
+    PCA variants of one model share it.
+    """
+
+    def __init__(self, settings: Settings, adopted: Iterable[Extractor] = ()) -> None:
+        self._settings = settings
+        self._models: dict[str, Extractor] = {e.signature.base.key: e for e in adopted}
+        self._owned: set[str] = set()
+
+    def base(self, signature: ExtractorSignature, weights_setting: str | None) -> Extractor:
+        """The model that makes ``signature.base`` vectors, loading it if needed."""
+        key = signature.base.key
+        if key not in self._models:
+            setting = self._weights_setting(signature.base, weights_setting)
+            extractor = _build_extractor(self._settings, setting)
+            if extractor.signature.base.key != key:
+                extractor.close()
+                raise ImgwatchError(
+                    f"weights {setting!r} no longer make the vectors this index was built with "
+                    f"({signature.weights}); restore them or rebuild: imgwatch index --rebuild ROOT..."
+                )
+            self._models[key] = extractor
+            self._owned.add(key)
+        return self._models[key]
+
+    def for_signature(self, signature: ExtractorSignature, weights_setting: str | None) -> Extractor:
+        """An extractor making exactly ``signature`` vectors: the model, then its PCA transform."""
+        from watcher.services.pca import PCATransform, ProjectedExtractor
+
+        model = self.base(signature, weights_setting)
+        version = signature.pca_version
+        if version is None:
+            return model
+        transform = PCATransform.load(pca_directory(self._settings), signature.dimension, version)
+        return ProjectedExtractor(model, transform)
+
+    def release_except(self, keep: Extractor) -> None:
+        """Close the models this cache loaded other than ``keep``'s (after a switch away from them)."""
+        wanted = keep.signature.base.key
+        for key in [k for k in self._owned if k != wanted]:
+            self._owned.discard(key)
+            self._models.pop(key).close()
+
+    def close(self) -> None:
+        for key in list(self._owned):
+            self._models.pop(key).close()
+        self._owned.clear()
+
+    def _weights_setting(self, base: ExtractorSignature, recorded: str | None) -> str:
+        from watcher.services.extractor import IMAGENET_IDENTITY
+
+        if base.key == configured_signature(self._settings).base.key:
+            return self._settings.weights
+        if base.weights.startswith("random:"):
+            return base.weights
+        if base.weights == IMAGENET_IDENTITY:
+            return "imagenet"
+        if recorded is not None:
+            return recorded
+        raise ImgwatchError(
+            f"the index was built with weights {base.weights}, and it is not recorded where they came "
+            "from; set --weights to that file, or rebuild: imgwatch index --rebuild ROOT..."
+        )
+
+
+def _build_extractor(settings: Settings, weights: str) -> Extractor:
+    from watcher.services.extractor import VGG16Extractor, WeightsSpec
+
+    return VGG16Extractor(
+        WeightsSpec.parse(weights),
+        device=settings.device,
+        precision=settings.precision,
+        batch_size=settings.batch_size,
+        max_pixels=settings.max_pixels,
+    )
+
+
+def open_store(
+    settings: Settings, collection: str, dimension: int, index: dict[str, Any]
+) -> Any:  # MilvusVectorStore; Any keeps pymilvus off this module's import path
+    from watcher.services.vectors import MilvusVectorStore
+
+    return MilvusVectorStore(
+        settings.vectors_uri,
+        dimension=dimension,
+        collection=collection,
+        token=settings.milvus_token,
+        index_type=index["type"],
+        index_params=index["params"],
+    )
+
+
+@dataclass
+class Services:
+    """Everything one command runs on: the serving context and what a reindex needs to build another."""
+
+    settings: Settings
+    catalog: SQLiteCatalog
+    serving: Serving
+    extractors: ExtractorCache
+    stack: contextlib.ExitStack = field(repr=False)
+    """Closes what was opened for this command (stores opened later by a reindex join it)."""
+
+    @property
+    def ctx(self) -> Context:
+        return self.serving.current
+
+
+@contextlib.contextmanager
+def open_services(
+    settings: Settings,
+    *,
+    command: str,
+    extractor: Extractor | None = None,
+    extractors: Iterable[Extractor] = (),
+    rebuild: bool = False,
+) -> Iterator[Services]:
+    """Lock the data dir, open the catalog and the serving collection, and load the model that made it.
+
+    An index made by another model than the configured one is served as it is (searches keep working
+    while :mod:`watcher.reindex` builds its replacement), except by commands that would write the
+    configured model's vectors into it: those refuse before loading any model, unless ``rebuild``.
+    Passed-in extractors are used and never closed: tests share one VGG16 across many contexts.
+    """
+    with contextlib.ExitStack() as stack:
+        lock = DataDirLock(settings.data_dir, command).acquire()
+        stack.callback(lock.release)
+        catalog = open_catalog(settings.catalog_path)
+        stack.callback(catalog.close)
+        cache = ExtractorCache(settings, [*([extractor] if extractor else []), *extractors])
+        stack.callback(cache.close)
+
+        configured = extractor.signature if extractor else configured_signature(settings)
+        stored = stored_signature(catalog)
+        if rebuild and stored is not None:
+            log.warning("rebuilding: dropping every vector made by %s", stored.weights)
+            _drop_every_collection(settings, catalog)
+            stored = None
+        if command in WRITING_COMMANDS:
+            check_signature(stored, configured)
+        serving_signature = stored or configured
+        index = stored_index(catalog, settings) if stored else _configured_index(settings)
+        # The store first: an unreachable server should fail in a second, not after loading a model.
+        vectors = open_store(
+            settings, active_collection(catalog, settings), serving_signature.dimension, index
+        )
+        stack.callback(vectors.close)
+        model = cache.for_signature(serving_signature, catalog.get_meta(WEIGHTS_META_KEY))
+        if stored is None or stored != model.signature:
+            catalog.set_meta(SIGNATURE_META_KEY, model.signature.to_json())
+            catalog.set_meta(INDEX_META_KEY, json.dumps(index))
+            if stored is None or stored.base.key != model.signature.base.key:
+                catalog.set_meta(WEIGHTS_META_KEY, settings.weights)
+        ctx = Context(
+            catalog=catalog,
+            vectors=vectors,
+            extractor=model,
+            files=LocalFileReader(settings.max_file_bytes),
+        )
+        yield Services(settings, catalog, Serving(ctx), cache, stack)
 
 
 @contextlib.contextmanager
@@ -59,47 +247,36 @@ def open_context(
     *,
     command: str,
     extractor: Extractor | None = None,
+    extractors: Iterable[Extractor] = (),
     rebuild: bool = False,
 ) -> Iterator[Context]:
-    """Lock the data dir, open the catalog and the vector store, build (or adopt) the extractor.
+    """The serving context of :func:`open_services`, for commands that need nothing more."""
+    with open_services(
+        settings, command=command, extractor=extractor, extractors=extractors, rebuild=rebuild
+    ) as services:
+        yield services.ctx
 
-    Refuses, before loading any model, an index built by a different extractor unless ``rebuild``.
-    A passed-in ``extractor`` is used (and not closed): tests share one VGG16 across many contexts.
-    """
-    from watcher.services.vectors import MilvusVectorStore
 
-    with contextlib.ExitStack() as stack:
-        lock = DataDirLock(settings.data_dir, command).acquire()
-        stack.callback(lock.release)
-        catalog = open_catalog(settings.catalog_path)
-        stack.callback(catalog.close)
+def _configured_index(settings: Settings) -> dict[str, Any]:
+    """A new collection's index: as configured, else sized for an empty collection (a reindex resizes it
+    as the collection grows)."""
+    from watcher.services.vectors import auto_index_params
 
-        wanted = extractor.signature if extractor else configured_signature(settings)
-        stored = stored_signature(catalog)
-        if not rebuild:
-            check_signature(stored, wanted)
-        # The store first: an unreachable server should fail in a second, not after loading a model.
-        vectors = MilvusVectorStore(
-            settings.vectors_uri,
-            dimension=wanted.dimension,
-            collection=settings.collection,
-            token=settings.milvus_token,
-            index_type=settings.index_type,
-            index_params=settings.index_params,
-        )
-        stack.callback(vectors.close)
-        if extractor is None:
-            extractor = build_extractor(settings, wanted)
-            stack.callback(extractor.close)
-        if rebuild and stored is not None:
-            log.warning("rebuilding: dropping every vector made by %s", stored.weights)
-            vectors.drop()
-            catalog.forget_vectors()
-        if rebuild or stored is None or stored != extractor.signature:
-            catalog.set_meta(SIGNATURE_META_KEY, extractor.signature.to_json())
-        yield Context(
-            catalog=catalog,
-            vectors=vectors,
-            extractor=extractor,
-            files=LocalFileReader(settings.max_file_bytes),
-        )
+    params = settings.index_params or auto_index_params(settings.index_type, 0)
+    return {"type": settings.index_type, "params": dict(params)}
+
+
+def _drop_every_collection(settings: Settings, catalog: SQLiteCatalog) -> None:
+    """For ``--rebuild``: the serving collection, an unfinished reindex's, and the catalog's claims."""
+    from watcher.services.ledger import ReindexLedger
+
+    names = {active_collection(catalog, settings), settings.collection}
+    if reindex := catalog.get_meta(REINDEX_META_KEY):
+        names.add(json.loads(reindex)["collection"])
+    from watcher.services.vectors import drop_collections
+
+    drop_collections(settings.vectors_uri, settings.milvus_token, names)
+    ReindexLedger(catalog).clear()
+    catalog.forget_vectors()
+    for key in (SIGNATURE_META_KEY, COLLECTION_META_KEY, INDEX_META_KEY, REINDEX_META_KEY):
+        catalog.delete_meta(key)

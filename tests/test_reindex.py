@@ -1,0 +1,254 @@
+"""Shadow reindex on real services: new weights, PCA and a new ANN index, while searches keep answering."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import index, jpeg_bytes, write_photo
+from watcher.config import Settings
+from watcher.events import ImageCreated, ImageDeleted, ImageModified
+from watcher.reindex import Mode, Reindexer, next_step, wanted_index
+from watcher.runtime import dispatch
+from watcher.samples import photo
+from watcher.search import search_images
+from watcher.services.build import open_services, stored_index, stored_signature
+from watcher.services.extractor import VGG16Extractor, WeightsSpec
+from watcher.services.ledger import ReindexLedger
+from watcher.services.pca import NotEnoughSamplesError, PCATransform
+
+
+@pytest.fixture(scope="module")
+def other_extractor() -> Iterator[VGG16Extractor]:
+    """The same network with other random weights: what a user switching weights gets."""
+    model = VGG16Extractor(WeightsSpec.parse("random:1"), batch_size=8)
+    yield model
+    model.close()
+
+
+def _top_path(services: Any, image: Path) -> tuple[str, str]:
+    """Search ``image`` the way the daemon does; returns (first result, weights that embedded the query)."""
+    with services.serving.use() as ctx:
+        [result] = search_images([(str(image), image.read_bytes())], ctx, k=3)
+        return result.matches[0].path, ctx.extractor.signature.weights
+
+
+def test_new_weights_build_a_shadow_collection_while_searches_answer_from_the_old_one(
+    settings: Settings, extractor: VGG16Extractor, other_extractor: VGG16Extractor, photos: Path
+) -> None:
+    with open_services(settings, command="test", extractor=extractor) as services:
+        index(services.ctx, photos)
+        old_collection = services.ctx.vectors.collection
+
+    switched = dataclasses.replace(settings, weights="random:1")
+    seen_during_build: list[tuple[str, str]] = []
+    changed, added, removed = photos / "photo2.jpg", photos / "new.jpg", photos / "photo1.jpg"
+
+    with open_services(switched, command="test", extractors=[extractor, other_extractor]) as services:
+        # Served as it is, by the model that made it.
+        assert services.ctx.extractor is extractor
+
+        def while_building(progress: dict[str, Any]) -> None:
+            assert progress["phase"] == "building"
+            seen_during_build.append(_top_path(services, photos / "photo0.jpg"))
+            if len(seen_during_build) == 1:
+                # Live changes meanwhile, handled by the serving (old) context as the daemon would.
+                changed.write_bytes(jpeg_bytes(photo(40, (480, 360))))
+                write_photo(added, 41)
+                removed.unlink()
+                with services.serving.use() as ctx:
+                    for event in (
+                        ImageModified(str(changed)),
+                        ImageCreated(str(added)),
+                        ImageDeleted(str(removed)),
+                    ):
+                        dispatch(event, ctx)
+
+        reindexer = Reindexer(services, batch=2, switch_when_left=1, on_progress=while_building)
+        step = reindexer.pending()
+        assert step is not None and step.mode is Mode.EXTRACT
+        before = other_extractor.images_embedded
+        counts = reindexer.run()
+
+        ctx = services.ctx
+        assert counts["steps"] == 1
+        assert seen_during_build and all(
+            hit == str(photos / "photo0.jpg") and weights == "random:0" for hit, weights in seen_during_build
+        )
+        assert ctx.extractor is other_extractor
+        assert stored_signature(services.catalog) == other_extractor.signature
+        assert ctx.vectors.collection != old_collection
+        assert old_collection not in ctx.vectors.collections()
+        # Every file present has exactly one vector, made by the new weights, for its current content.
+        records = services.catalog.ids_with_vectors()
+        assert {r.path for r in records.values()} == {str(p) for p in photos.rglob("*.jpg")}
+        assert {r.signature for r in records.values()} == {other_extractor.signature.key}
+        assert ctx.vectors.all_ids() == set(records)
+        for path in (changed, added):
+            record = services.catalog.get(str(path))
+            assert record is not None
+            stored = ctx.vectors.get_vectors([record.id])[record.id]
+            assert float(stored @ other_extractor.embed(path.read_bytes())) > 0.999
+        assert other_extractor.images_embedded - before >= len(records)
+        assert _top_path(services, changed) == (str(changed), "random:1")
+        assert ReindexLedger(services.catalog).progress()["total"] == len(records)
+        assert reindexer.pending() is None
+
+
+def test_an_interrupted_reindex_resumes_without_redoing_its_work(
+    settings: Settings, extractor: VGG16Extractor, other_extractor: VGG16Extractor, photos: Path
+) -> None:
+    with open_services(settings, command="test", extractor=extractor) as services:
+        index(services.ctx, photos)
+    switched = dataclasses.replace(settings, weights="random:1")
+    stop = threading.Event()
+    before = other_extractor.images_embedded
+
+    with open_services(switched, command="test", extractors=[extractor, other_extractor]) as services:
+        Reindexer(services, batch=3, switch_when_left=1, on_progress=lambda _p: stop.set()).run(stop)
+        assert services.ctx.extractor is extractor  # not switched
+        assert ReindexLedger(services.catalog).progress()["done"] == 3
+    with open_services(switched, command="test", extractors=[extractor, other_extractor]) as services:
+        Reindexer(services).run()
+        assert services.ctx.extractor is other_extractor
+        assert services.ctx.vectors.count() == 8
+    assert other_extractor.images_embedded - before == 8
+
+
+def test_pca_needs_enough_vectors_and_says_so(
+    settings: Settings, extractor: VGG16Extractor, photos: Path
+) -> None:
+    with open_services(
+        dataclasses.replace(settings, pca=512), command="test", extractor=extractor
+    ) as services:
+        index(services.ctx, photos)
+        reindexer = Reindexer(services)
+        assert reindexer.pending() is not None
+        with pytest.raises(NotEnoughSamplesError, match="needs at least 512 of them; the index has 8"):
+            reindexer.run()
+        # The index keeps working at full size.
+        assert services.ctx.extractor.signature.dimension == 4096
+        assert _top_path(services, photos / "photo3.jpg")[0] == str(photos / "photo3.jpg")
+
+
+def test_pca_512_projects_the_stored_vectors_and_keeps_the_results(
+    settings: Settings, extractor: VGG16Extractor, tmp_path: Path
+) -> None:
+    root = tmp_path / "many"
+    for seed in range(530):
+        write_photo(root / f"{seed:03d}.jpg", 1000 + seed, (160, 120))
+    queries = [
+        write_photo(tmp_path / "queries" / f"q{seed}.jpg", 1000 + seed, (200, 150))
+        for seed in range(0, 530, 53)
+    ]
+    with open_services(settings, command="test", extractor=extractor) as services:
+        index(services.ctx, root)
+        full = {
+            q: [m.path for m in r.matches] for q, r in zip(queries, _search(services, queries), strict=True)
+        }
+
+    with open_services(
+        dataclasses.replace(settings, pca=512), command="test", extractor=extractor
+    ) as services:
+        before = extractor.images_embedded
+        counts = Reindexer(services).run()
+        assert counts == {"steps": 1, "vectors": 530}
+        assert extractor.images_embedded == before  # projected from the stored vectors: no model run
+        ctx = services.ctx
+        signature = ctx.extractor.signature
+        assert signature.dimension == 512 and signature.pca.startswith("4096->512:")
+        assert stored_signature(services.catalog) == signature
+        ids = sorted(ctx.vectors.all_ids())
+        assert len(ids) == 530
+        assert {v.shape for v in ctx.vectors.get_vectors(ids[:5]).values()} == {(512,)}
+        assert (settings.data_dir / "pca" / f"pca-512-{signature.pca_version}.npz").is_file()
+        projected = {
+            q: [m.path for m in r.matches] for q, r in zip(queries, _search(services, queries), strict=True)
+        }
+
+    overlap = np.mean([len(set(full[q]) & set(projected[q])) / 10 for q in queries])
+    assert overlap >= 0.9
+    assert all(projected[q][0] == full[q][0] for q in queries)
+    # A reopened index serves the projection (transform loaded from the data dir).
+    with open_services(
+        dataclasses.replace(settings, pca=512), command="test", extractor=extractor
+    ) as services:
+        assert services.ctx.extractor.signature == signature
+        assert Reindexer(services).pending() is None
+
+
+def _search(services: Any, queries: list[Path]) -> list[Any]:
+    with services.serving.use() as ctx:
+        return search_images([(str(q), q.read_bytes()) for q in queries], ctx, k=10)
+
+
+def test_changing_the_index_type_copies_vectors_into_a_new_index(
+    settings: Settings, extractor: VGG16Extractor, photos: Path
+) -> None:
+    with open_services(settings, command="test", extractor=extractor) as services:
+        index(services.ctx, photos)
+        ids = sorted(services.ctx.vectors.all_ids())
+        vectors = services.ctx.vectors.get_vectors(ids)
+    ivf = dataclasses.replace(settings, index_type="IVF_FLAT")
+    with open_services(ivf, command="test", extractor=extractor) as services:
+        before = extractor.images_embedded
+        Reindexer(services).run()
+        assert extractor.images_embedded == before
+        assert stored_index(services.catalog, ivf) == {"type": "IVF_FLAT", "params": {"nlist": 16}}
+        copied = services.ctx.vectors.get_vectors(ids)
+        assert all(np.allclose(copied[k], vectors[k]) for k in ids)
+        assert _top_path(services, photos / "photo5.jpg")[0] == str(photos / "photo5.jpg")
+
+
+def test_ivf_parameters_follow_the_collection_size_with_hysteresis(
+    settings: Settings, extractor: VGG16Extractor
+) -> None:
+    ivf = dataclasses.replace(settings, index_type="IVF_FLAT")
+    with open_services(ivf, command="test", extractor=extractor) as services:
+        active = {"type": "IVF_FLAT", "params": {"nlist": 128}}
+        assert wanted_index(services, active, 1_500) == active  # ideal 155: within a factor 2
+        assert wanted_index(services, active, 10_000)["params"]["nlist"] == 400
+        assert wanted_index(services, active, 100)["params"]["nlist"] == 40
+    signature = extractor.signature
+    assert next_step(signature, signature, None, active, active) is None
+    grown = {"type": "IVF_FLAT", "params": {"nlist": 400}}
+    step = next_step(signature, signature, None, active, grown)
+    assert step is not None and step.mode is Mode.COPY
+
+
+def test_a_leftover_collection_from_a_crash_is_dropped(
+    settings: Settings, extractor: VGG16Extractor, photos: Path
+) -> None:
+    from watcher.services.vectors import MilvusVectorStore
+
+    with open_services(settings, command="test", extractor=extractor) as services:
+        index(services.ctx, photos)
+        stray = MilvusVectorStore(settings.vectors_uri, dimension=4096, collection="imgwatch_7")
+        stray.close()
+        foreign = MilvusVectorStore(settings.vectors_uri, dimension=8, collection="someone_elses")
+        foreign.close()
+        assert "imgwatch_7" in services.ctx.vectors.collections()
+        Reindexer(services).run()
+        assert services.ctx.vectors.collections() == ["imgwatch", "someone_elses"]
+
+
+def test_pca_transform_round_trip_and_version(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    vectors = np.abs(rng.normal(size=(300, 64))).astype(np.float32)
+    transform = PCATransform.fit([vectors[:100], vectors[100:]], 16)
+    again = PCATransform.fit([vectors], 16)
+    assert transform.version == again.version
+    transform.save(tmp_path)
+    loaded = PCATransform.load(tmp_path, 16, transform.version)
+    assert np.array_equal(loaded.components, transform.components)
+    assert 0 < transform.energy <= 1
+    projected = transform.apply(vectors)
+    assert projected.shape == (300, 16)
+    # Inner products are approximated (the axes are uncentred), never inflated.
+    assert float(np.max(np.linalg.norm(projected, axis=1) - np.linalg.norm(vectors, axis=1))) <= 1e-4
