@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import MilvusTarget
-from watcher.services.vectors import MilvusVectorStore, milvus_string, stored_path
+from watcher.services.vectors import PATH_MAX_BYTES, MilvusVectorStore, milvus_string, stored_path
 
 
 def _unit(seed: int, dim: int = 8) -> np.ndarray:
@@ -112,3 +113,97 @@ def test_every_index_type_milvus_accepts_finds_exact_copies(milvus: MilvusTarget
     finally:
         store.close()
     assert [hits[0].id for hits in results] == [17, 250]
+
+
+# --- What a real server does differently (issue 8); each runs on Lite too -------------------------------
+
+
+def _precreate(milvus: MilvusTarget, consistency_level: str) -> None:
+    """Create the test's collection as another client might have: same schema, another consistency."""
+    from pymilvus import DataType, MilvusClient
+
+    client = MilvusClient(uri=milvus.uri, token=milvus.token or "")
+    try:
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("path", DataType.VARCHAR, max_length=PATH_MAX_BYTES)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=8)
+        index = client.prepare_index_params()
+        index.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
+        client.create_collection(
+            milvus.collection, schema=schema, index_params=index, consistency_level=consistency_level
+        )
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("consistency_level", ["Strong", "Bounded"])
+def test_every_read_sees_the_writes_just_made(milvus: MilvusTarget, consistency_level: str) -> None:
+    # The pipeline reads right after it writes (a copy reuses the vector it just stored; reconcile
+    # compares all ids). On a server a Bounded collection answered get() and the query iterator
+    # without the last writes until the store asked for Strong on every read.
+    _precreate(milvus, consistency_level)
+    store = milvus.open()
+    try:
+        for i in range(5):
+            key, path = 100 + i, f"/r/{i}.jpg"
+            store.upsert([(key, path, _unit(key))])
+            assert key in store.get_vectors([key])
+            assert store.search([_unit(key)], k=1)[0][0].id == key
+            assert store.ids_for_path(path) == [key]
+            assert store.all_ids() == {key} and store.count() == 1
+            store.delete([key])
+            assert store.get_vectors([key]) == {}
+            assert store.all_ids() == set() and store.count() == 0
+    finally:
+        store.close()
+
+
+def test_path_limit_is_in_bytes_and_a_longer_path_is_clipped_not_refused(store: MilvusVectorStore) -> None:
+    exact = "/" + "é" * ((PATH_MAX_BYTES - 1) // 2)  # 65,535 bytes, 32,768 characters
+    longer = "/" + "€" * (PATH_MAX_BYTES // 3)  # 65,536 bytes, 21,846 characters: a server refused it
+    assert len(exact.encode()) == PATH_MAX_BYTES and len(longer.encode()) == PATH_MAX_BYTES + 1
+
+    store.upsert([(1, exact, _unit(1)), (2, longer, _unit(2)), (3, "/short.jpg", _unit(3))])
+
+    assert store.count() == 3
+    assert store.ids_for_path(exact) == [1]
+    [hit] = store.search([_unit(2)], k=1)[0][:1]
+    assert hit.id == 2 and longer.startswith(hit.path) and len(hit.path.encode()) == PATH_MAX_BYTES - 2
+
+
+def test_compact_reaches_milvus(milvus: MilvusTarget, store: MilvusVectorStore) -> None:
+    store.upsert([(i, f"/c/{i}.jpg", _unit(i)) for i in range(200)])
+    store.delete(range(150))
+
+    job = store.compact()["milvus_compaction_job"]
+
+    assert store.count() == 50
+    if milvus.kind == "server":  # Milvus Lite 3.2 compacts too, but answers without a job id (0)
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(uri=milvus.uri, token=milvus.token or "")
+        try:
+            deadline = time.monotonic() + 60
+            while (state := client.get_compaction_state(job)) != "Completed" and time.monotonic() < deadline:
+                time.sleep(0.5)
+        finally:
+            client.close()
+        assert job > 0 and state == "Completed"
+
+
+def test_drop_empties_the_collection_and_the_store_keeps_working(milvus: MilvusTarget) -> None:
+    store = milvus.open()
+    try:
+        store.upsert([(i, f"/d/{i}.jpg", _unit(i)) for i in range(10)])
+        store.drop()
+        assert store.count() == 0 and store.all_ids() == set()
+        store.upsert([(42, "/d/42.jpg", _unit(42))])
+        assert store.search([_unit(42)], k=3)[0][0].id == 42
+    finally:
+        store.close()
+    reopened = milvus.open()
+    try:
+        assert reopened.all_ids() == {42}
+    finally:
+        reopened.close()
