@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import MilvusTarget
+from tests.conftest import WEIGHTS, MilvusServer, MilvusTarget
+from watcher.config import ENV_CONFIG, ENV_DATA_DIR, ENV_MILVUS_TOKEN, ENV_MILVUS_URI, load_settings
+from watcher.errors import StoreUnavailableError
+from watcher.services.build import open_context
+from watcher.services.extractor import VGG16Extractor
 from watcher.services.vectors import PATH_MAX_BYTES, MilvusVectorStore, milvus_string, stored_path
 
 
@@ -207,3 +213,32 @@ def test_drop_empties_the_collection_and_the_store_keeps_working(milvus: MilvusT
         assert reopened.all_ids() == {42}
     finally:
         reopened.close()
+
+
+@pytest.mark.milvus_server
+def test_uri_and_token_from_the_environment_reach_the_server(
+    milvus_server: MilvusServer, tmp_path: Path, extractor: VGG16Extractor
+) -> None:
+    (tmp_path / "config.toml").write_text("")
+    environ = {
+        ENV_CONFIG: str(tmp_path / "config.toml"),
+        ENV_DATA_DIR: str(tmp_path / "data"),
+        ENV_MILVUS_URI: milvus_server.uri,
+        ENV_MILVUS_TOKEN: milvus_server.token or "",
+    }
+    collection = f"test_{uuid.uuid4().hex}"
+    settings = load_settings({"collection": collection, "weights": WEIGHTS}, environ=environ)
+    try:
+        with open_context(settings, command="test", extractor=extractor) as ctx:
+            ctx.vectors.upsert([(1, "/e/1.jpg", _unit(1, dim=4096))])
+            assert ctx.vectors.count() == 1
+        if milvus_server.token:  # our own server has authorisation on; a server given by URI may not
+            wrong = load_settings({"collection": collection}, environ={**environ, ENV_MILVUS_TOKEN: "root:x"})
+            with pytest.raises(StoreUnavailableError):
+                open_context(wrong, command="test", extractor=extractor).__enter__()
+    finally:
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(uri=milvus_server.uri, token=milvus_server.token or "")
+        client.drop_collection(collection)
+        client.close()
