@@ -200,6 +200,9 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusSe
         yield MilvusServer(f"unix:{data / launcher.SOCKET_NAME}", launcher.TOKEN)
     finally:
         _stop_server(proc)
+        # The unpacked server (250 MB) and its data; the logs stay beside the other temporary files.
+        for bulky in ("bin", "data"):
+            shutil.rmtree(data / bulky, ignore_errors=True)
 
 
 @pytest.fixture(params=["lite", pytest.param("server", marks=pytest.mark.milvus_server)])
