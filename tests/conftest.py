@@ -1,16 +1,26 @@
-"""Real services on tmp_path: SQLite migrated by Alembic, Milvus Lite, VGG16 with seeded random weights."""
+"""Real services on tmp_path: SQLite migrated by Alembic, Milvus Lite (and a real Milvus server where
+available), VGG16 with seeded random weights."""
 
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import signal
+import subprocess
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
+from tests import milvus_server as launcher
 from watcher.config import Settings
 from watcher.context import Context
 from watcher.indexer import IndexSummary, normalise_root, plan, run_plan
@@ -18,8 +28,10 @@ from watcher.samples import photo
 from watcher.scan import ScanRules
 from watcher.services.build import open_context
 from watcher.services.extractor import VGG16Extractor, WeightsSpec
+from watcher.services.vectors import MilvusVectorStore
 
 WEIGHTS = "random:0"
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")
@@ -93,3 +105,142 @@ def no_thread_leaks() -> Iterator[None]:
         thread.join(timeout=2)
     still = [t.name for t in leaked if t.is_alive()]
     assert not still, f"threads left running: {still}"
+
+
+# --- Milvus: every store test runs on Milvus Lite and on a real Milvus server (issue 8) -----------------
+# The server variant needs one of:
+ENV_TEST_MILVUS_URI = "IMGWATCH_TEST_MILVUS_URI"
+"""A Milvus server that is already running (with ``IMGWATCH_TEST_MILVUS_TOKEN`` if it wants one)."""
+ENV_TEST_MILVUS_TOKEN = "IMGWATCH_TEST_MILVUS_TOKEN"
+ENV_TEST_MILVUS_PYTHON = "IMGWATCH_TEST_MILVUS_PYTHON"
+"""The Python of a virtualenv holding ``milvus==2.3.5``; default ``.milvus-venv/bin/python`` (``.ci/run``
+makes it). The session then starts its own server in a private network namespace
+(``tests/milvus_server.py``)."""
+SERVER_START_TIMEOUT = 180.0
+
+
+@dataclass(frozen=True)
+class MilvusTarget:
+    """Where a test's vectors go: a Milvus Lite file or a collection of its own on a server."""
+
+    kind: str
+    """``lite`` or ``server``."""
+    uri: str
+    token: str | None = None
+    collection: str = "imgwatch"
+
+    def open(self, dimension: int = 8, **kwargs: Any) -> MilvusVectorStore:
+        return MilvusVectorStore(
+            self.uri, dimension=dimension, collection=self.collection, token=self.token, **kwargs
+        )
+
+
+@dataclass(frozen=True)
+class MilvusServer:
+    uri: str
+    token: str | None
+
+
+def _server_unavailable(reason: str) -> None:
+    """Skip locally; in CI (``CI=true``) the server suite is mandatory, so fail instead."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but the Milvus server is unavailable: {reason}", pytrace=False)
+    pytest.skip(f"Milvus server not available: {reason}")
+
+
+def _stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the launcher (PID 1 of its namespace); SIGKILL ``unshare`` if that does not end it.
+
+    ``unshare --fork`` blocks SIGTERM and SIGINT itself (util-linux 2.38), so the signal goes to its child.
+    """
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    if proc.poll() is None and children.exists():
+        for pid in children.read_text().split():
+            os.kill(int(pid), signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # --kill-child takes the launcher, and with it the whole namespace, down too
+        proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusServer]:
+    """A real Milvus server for the session: the one named by the environment, or our own."""
+    if uri := os.environ.get(ENV_TEST_MILVUS_URI):
+        yield MilvusServer(uri, os.environ.get(ENV_TEST_MILVUS_TOKEN))
+        return
+    python = Path(os.environ.get(ENV_TEST_MILVUS_PYTHON) or REPO / ".milvus-venv" / "bin" / "python")
+    if not python.exists():
+        _server_unavailable(
+            f"{python} does not exist; make it with `python3 -m venv .milvus-venv && "
+            f".milvus-venv/bin/pip install milvus==2.3.5` (as .ci/run does), set {ENV_TEST_MILVUS_PYTHON}, "
+            f"or point {ENV_TEST_MILVUS_URI} at a running server"
+        )
+    missing = [tool for tool in ("unshare", "ip") if shutil.which(tool) is None]
+    if missing:
+        _server_unavailable(f"{', '.join(missing)} not found (util-linux, iproute2)")
+    data = tmp_path_factory.mktemp("milvus-server")
+    # Its own network namespace (only loopback, so nothing of it is reachable from outside) and PID
+    # namespace (it cannot outlive its launcher); see tests/milvus_server.py.
+    command = ["unshare", "--net", "--pid", "--fork", "--kill-child"]
+    if os.geteuid() != 0:
+        command.append("--map-root-user")  # an unprivileged user may still own a user namespace
+    command += ["sh", "-c", 'ip link set lo up && exec "$0" "$1" "$2"']
+    command += [str(python), launcher.__file__, str(data)]
+    with (data.parent / "milvus-server.log").open("wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while not (data / launcher.READY_NAME).exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = (data.parent / "milvus-server.log").read_text(errors="replace")[-2000:]
+                _server_unavailable(f"the server did not start (exit status {proc.poll()}):\n{tail}")
+            time.sleep(0.1)
+        yield MilvusServer(f"unix:{data / launcher.SOCKET_NAME}", launcher.TOKEN)
+    finally:
+        _stop_server(proc)
+        # The unpacked server (250 MB) and its data; the logs stay beside the other temporary files.
+        for bulky in ("bin", "data"):
+            shutil.rmtree(data / bulky, ignore_errors=True)
+
+
+@pytest.fixture(params=["lite", pytest.param("server", marks=pytest.mark.milvus_server)])
+def milvus(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MilvusTarget]:
+    """Each store test runs twice, as APScheduler runs its data-store tests on every store."""
+    if request.param == "lite":
+        yield MilvusTarget("lite", str(tmp_path / "vectors.db"))
+        return
+    server: MilvusServer = request.getfixturevalue("milvus_server")
+    # A collection of its own per test: the server outlives every test.
+    target = MilvusTarget("server", server.uri, server.token, f"test_{uuid.uuid4().hex}")
+    yield target
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=server.uri, token=server.token or "")
+    try:
+        client.drop_collection(target.collection)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def milvus_settings(tmp_path: Path, milvus: MilvusTarget) -> Settings:
+    """``settings``, with the vectors on whichever Milvus this run of the test is for."""
+    if milvus.kind == "lite":
+        return Settings(data_dir=tmp_path / "data", weights=WEIGHTS, batch_size=8)
+    return Settings(
+        data_dir=tmp_path / "data",
+        weights=WEIGHTS,
+        batch_size=8,
+        milvus_uri=milvus.uri,
+        milvus_token=milvus.token,
+        collection=milvus.collection,
+    )
+
+
+@pytest.fixture
+def milvus_ctx(milvus_settings: Settings, extractor: VGG16Extractor) -> Iterator[Context]:
+    """``ctx`` on Lite and on a server."""
+    with open_context(milvus_settings, command="test", extractor=extractor) as context:
+        yield context

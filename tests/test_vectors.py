@@ -1,7 +1,9 @@
-"""The Milvus Lite vector store, for real, in tmp_path."""
+"""The vector store, for real: Milvus Lite in tmp_path, and a real Milvus server (see conftest.milvus)."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,7 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from watcher.services.vectors import MilvusVectorStore, milvus_string, stored_path
+from tests.conftest import WEIGHTS, MilvusServer, MilvusTarget
+from watcher.config import ENV_CONFIG, ENV_DATA_DIR, ENV_MILVUS_TOKEN, ENV_MILVUS_URI, load_settings
+from watcher.errors import StoreUnavailableError
+from watcher.services.build import open_context
+from watcher.services.extractor import VGG16Extractor
+from watcher.services.vectors import PATH_MAX_BYTES, MilvusVectorStore, milvus_string, stored_path
 
 
 def _unit(seed: int, dim: int = 8) -> np.ndarray:
@@ -20,8 +27,8 @@ def _unit(seed: int, dim: int = 8) -> np.ndarray:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[MilvusVectorStore]:
-    vectors = MilvusVectorStore(str(tmp_path / "vectors.db"), dimension=8)
+def store(milvus: MilvusTarget) -> Iterator[MilvusVectorStore]:
+    vectors = milvus.open()
     yield vectors
     vectors.close()
 
@@ -57,11 +64,11 @@ def test_concurrent_writers_lose_nothing(store: MilvusVectorStore) -> None:
     assert store.count() == 48
 
 
-def test_reopened_store_serves_searches(tmp_path: Path) -> None:
-    first = MilvusVectorStore(str(tmp_path / "v.db"), dimension=8)
+def test_reopened_store_serves_searches(milvus: MilvusTarget) -> None:
+    first = milvus.open()
     first.upsert([(1, "/p/1.jpg", _unit(1))])
     first.close()
-    second = MilvusVectorStore(str(tmp_path / "v.db"), dimension=8)
+    second = milvus.open()
     try:
         assert second.search([_unit(1)], k=1)[0][0].id == 1
     finally:
@@ -96,12 +103,142 @@ def test_undecodable_bytes_are_stored_visibly_not_replaced() -> None:
 
 
 @pytest.mark.parametrize("index_type", ["FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ", "AUTOINDEX"])
-def test_every_index_type_milvus_lite_accepts_finds_exact_copies(tmp_path: Path, index_type: str) -> None:
+def test_every_index_type_milvus_accepts_finds_exact_copies(milvus: MilvusTarget, index_type: str) -> None:
     vectors = [_unit(seed, dim=32) for seed in range(300)]
-    store = MilvusVectorStore(str(tmp_path / "v.db"), dimension=32, index_type=index_type)
+    if milvus.kind == "server" and index_type == "HNSW_SQ":
+        # Measured: Milvus 2.3.5 (the CI server) predates HNSW_SQ (Milvus 2.5); Milvus Lite 3.2 has it.
+        from pymilvus import MilvusException
+
+        with pytest.raises(MilvusException, match="invalid index type: HNSW_SQ"):
+            milvus.open(dimension=32, index_type=index_type)
+        return
+    store = milvus.open(dimension=32, index_type=index_type)
     try:
         store.upsert([(i, f"/p/{i}", v) for i, v in enumerate(vectors)])
         results = store.search([vectors[17], vectors[250]], k=3)
     finally:
         store.close()
     assert [hits[0].id for hits in results] == [17, 250]
+
+
+# --- What a real server does differently (issue 8); each runs on Lite too -------------------------------
+
+
+def _precreate(milvus: MilvusTarget, consistency_level: str) -> None:
+    """Create the test's collection as another client might have: same schema, another consistency."""
+    from pymilvus import DataType, MilvusClient
+
+    client = MilvusClient(uri=milvus.uri, token=milvus.token or "")
+    try:
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("path", DataType.VARCHAR, max_length=PATH_MAX_BYTES)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=8)
+        index = client.prepare_index_params()
+        index.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
+        client.create_collection(
+            milvus.collection, schema=schema, index_params=index, consistency_level=consistency_level
+        )
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("consistency_level", ["Strong", "Bounded"])
+def test_every_read_sees_the_writes_just_made(milvus: MilvusTarget, consistency_level: str) -> None:
+    # The pipeline reads right after it writes (a copy reuses the vector it just stored; reconcile
+    # compares all ids). On a server a Bounded collection answered get() and the query iterator
+    # without the last writes until the store asked for Strong on every read.
+    _precreate(milvus, consistency_level)
+    store = milvus.open()
+    try:
+        for i in range(5):
+            key, path = 100 + i, f"/r/{i}.jpg"
+            store.upsert([(key, path, _unit(key))])
+            assert key in store.get_vectors([key])
+            assert store.search([_unit(key)], k=1)[0][0].id == key
+            assert store.ids_for_path(path) == [key]
+            assert store.all_ids() == {key} and store.count() == 1
+            store.delete([key])
+            assert store.get_vectors([key]) == {}
+            assert store.all_ids() == set() and store.count() == 0
+    finally:
+        store.close()
+
+
+def test_path_limit_is_in_bytes_and_a_longer_path_is_clipped_not_refused(store: MilvusVectorStore) -> None:
+    exact = "/" + "é" * ((PATH_MAX_BYTES - 1) // 2)  # 65,535 bytes, 32,768 characters
+    longer = "/" + "€" * (PATH_MAX_BYTES // 3)  # 65,536 bytes, 21,846 characters: a server refused it
+    assert len(exact.encode()) == PATH_MAX_BYTES and len(longer.encode()) == PATH_MAX_BYTES + 1
+
+    store.upsert([(1, exact, _unit(1)), (2, longer, _unit(2)), (3, "/short.jpg", _unit(3))])
+
+    assert store.count() == 3
+    assert store.ids_for_path(exact) == [1]
+    [hit] = store.search([_unit(2)], k=1)[0][:1]
+    assert hit.id == 2 and longer.startswith(hit.path) and len(hit.path.encode()) == PATH_MAX_BYTES - 2
+
+
+def test_compact_reaches_milvus(milvus: MilvusTarget, store: MilvusVectorStore) -> None:
+    store.upsert([(i, f"/c/{i}.jpg", _unit(i)) for i in range(200)])
+    store.delete(range(150))
+
+    job = store.compact()["milvus_compaction_job"]
+
+    assert store.count() == 50
+    if milvus.kind == "server":  # Milvus Lite 3.2 compacts too, but answers without a job id (0)
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(uri=milvus.uri, token=milvus.token or "")
+        try:
+            deadline = time.monotonic() + 60
+            while (state := client.get_compaction_state(job)) != "Completed" and time.monotonic() < deadline:
+                time.sleep(0.5)
+        finally:
+            client.close()
+        assert job > 0 and state == "Completed"
+
+
+def test_drop_empties_the_collection_and_the_store_keeps_working(milvus: MilvusTarget) -> None:
+    store = milvus.open()
+    try:
+        store.upsert([(i, f"/d/{i}.jpg", _unit(i)) for i in range(10)])
+        store.drop()
+        assert store.count() == 0 and store.all_ids() == set()
+        store.upsert([(42, "/d/42.jpg", _unit(42))])
+        assert store.search([_unit(42)], k=3)[0][0].id == 42
+    finally:
+        store.close()
+    reopened = milvus.open()
+    try:
+        assert reopened.all_ids() == {42}
+    finally:
+        reopened.close()
+
+
+@pytest.mark.milvus_server
+def test_uri_and_token_from_the_environment_reach_the_server(
+    milvus_server: MilvusServer, tmp_path: Path, extractor: VGG16Extractor
+) -> None:
+    (tmp_path / "config.toml").write_text("")
+    environ = {
+        ENV_CONFIG: str(tmp_path / "config.toml"),
+        ENV_DATA_DIR: str(tmp_path / "data"),
+        ENV_MILVUS_URI: milvus_server.uri,
+        ENV_MILVUS_TOKEN: milvus_server.token or "",
+    }
+    collection = f"test_{uuid.uuid4().hex}"
+    settings = load_settings({"collection": collection, "weights": WEIGHTS}, environ=environ)
+    try:
+        with open_context(settings, command="test", extractor=extractor) as ctx:
+            ctx.vectors.upsert([(1, "/e/1.jpg", _unit(1, dim=4096))])
+            assert ctx.vectors.count() == 1
+        if milvus_server.token:  # our own server has authorisation on; a server given by URI may not
+            wrong = load_settings({"collection": collection}, environ={**environ, ENV_MILVUS_TOKEN: "root:x"})
+            with pytest.raises(StoreUnavailableError):
+                open_context(wrong, command="test", extractor=extractor).__enter__()
+    finally:
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(uri=milvus_server.uri, token=milvus_server.token or "")
+        client.drop_collection(collection)
+        client.close()

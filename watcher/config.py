@@ -118,7 +118,9 @@ class Settings:
 
     @property
     def uses_milvus_lite(self) -> bool:
-        return self.milvus_uri is None or not self.milvus_uri.startswith(("http://", "https://", "tcp://"))
+        # The same schemes as MilvusVectorStore: a unix: socket is a server too (the tests reach theirs so).
+        server = ("http://", "https://", "tcp://", "unix:")
+        return self.milvus_uri is None or not self.milvus_uri.startswith(server)
 
     @property
     def catalog_path(self) -> Path:

@@ -109,9 +109,14 @@ def milvus_string(value: str) -> str:
 def stored_path(path: str) -> str:
     """The path as Milvus can hold it: valid UTF-8, undecodable bytes shown as ``\\xNN``.
 
-    The catalog keeps the exact bytes; this copy is for readers that only have Milvus.
+    The catalog keeps the exact bytes; this copy is for readers that only have Milvus. It is clipped
+    to ``PATH_MAX_BYTES`` UTF-8 bytes (at a character boundary): a Milvus server counts VARCHAR
+    ``max_length`` in bytes and refuses the whole upsert batch if one path is longer, while Milvus Lite
+    counts characters (measured: 21,846 x "€" = 65,536 bytes passes Lite, fails Milvus 2.3.5). Results
+    are read back by id from the catalog, so a clipped copy loses nothing there.
     """
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    encoded = os.fsencode(path).decode("utf-8", "backslashreplace").encode()
+    return encoded[:PATH_MAX_BYTES].decode("utf-8", "ignore")
 
 
 class MilvusVectorStore:
@@ -218,7 +223,11 @@ class MilvusVectorStore:
         keys = list(ids)
         if not keys:
             return {}
-        rows = self._client.get(self._collection, ids=keys, output_fields=["vector"])
+        # Strong here too, not the collection's default: a collection created by another client may be
+        # Bounded, and then a server does not return rows upserted just before (measured on 2.3.5).
+        rows = self._client.get(
+            self._collection, ids=keys, output_fields=["vector"], consistency_level="Strong"
+        )
         return {int(row["id"]): np.asarray(row["vector"], dtype=np.float32) for row in rows}
 
     def ids_for_path(self, path: str) -> list[int]:
@@ -271,8 +280,8 @@ class MilvusVectorStore:
     def all_ids(self) -> set[int]:
         """Every entity's key (iterated in batches: a collection can be large)."""
         iterator = self._client.query_iterator(
-            self._collection, batch_size=4096, filter="", output_fields=["id"]
-        )
+            self._collection, batch_size=4096, filter="", output_fields=["id"], consistency_level="Strong"
+        )  # Strong: see get_vectors
         ids: set[int] = set()
         try:
             while batch := iterator.next():
