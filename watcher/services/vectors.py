@@ -293,7 +293,11 @@ class MilvusVectorStore:
     def iter_vectors(self, batch_size: int = 1024) -> Iterator[tuple[list[int], Vector]]:
         """Every entity as ``(ids, (n, d) vectors)`` batches, never the whole collection at once."""
         iterator = self._client.query_iterator(
-            self._collection, batch_size=batch_size, filter="", output_fields=["id", "vector"]
+            self._collection,
+            batch_size=batch_size,
+            filter="",
+            output_fields=["id", "vector"],
+            consistency_level="Strong",
         )
         try:
             while batch := iterator.next():
