@@ -132,7 +132,7 @@ def main() -> None:
             "",
         ]
     )
-    results = HERE / "results"
+    results = Path(os.environ.get("IMGWATCH_BENCH_RESULTS", HERE / "results"))
     results.mkdir(exist_ok=True)
     (results / "drop_latency.json").write_text(json.dumps(report, indent=2) + "\n")
     (results / "drop_latency.md").write_text(markdown)

@@ -172,7 +172,7 @@ def main() -> None:
         f"`imgwatch index` start-up (interpreter, model load, stores), excluded above: {report['startup_s']}",
         "",
     ]
-    results = HERE / "results"
+    results = Path(os.environ.get("IMGWATCH_BENCH_RESULTS", HERE / "results"))
     results.mkdir(exist_ok=True)
     (results / "ingest.json").write_text(json.dumps(report, indent=2) + "\n")
     (results / "ingest.md").write_text("\n".join(lines))

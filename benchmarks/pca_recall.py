@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import time
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def main() -> None:
         results[f"recall_at_10_pca{dimension}"] = round(recall(truth, found), 4)
     results["seconds"] = round(time.monotonic() - started, 1)
 
-    out = HERE / "results"
+    out = Path(os.environ.get("IMGWATCH_BENCH_RESULTS", HERE / "results"))
     out.mkdir(exist_ok=True)
     (out / "pca_recall.json").write_text(json.dumps(results, indent=2) + "\n")
     markdown = "\n".join(

@@ -1,0 +1,259 @@
+"""Search latency through a warm daemon and a cold CLI, and the daemon's peak memory, by index size.
+
+For each size (10k and 100k vectors by default) and each vector size (4096-d, and PCA-512), a data
+dir is filled with synthetic vectors (Milvus Lite + catalog rows; no images needed for the store),
+then:
+
+- **warm**: ``imgwatch watch`` runs on it, and one query photo is searched through the daemon's
+  local socket ``--queries`` times (the real path: decode, VGG16, PCA, Milvus, catalog);
+- **cold**: ``imgwatch search QUERY`` runs as a fresh process (no daemon) ``--cold`` times:
+  interpreter, model and store start-up included, as a user of the small CLI sees it;
+- **peak RSS** of the daemon (VmHWM) after its searches.
+
+    python benchmarks/search_latency.py                 # 10k and 100k, 4096-d and PCA-512
+    python benchmarks/search_latency.py --quick         # 2k vectors only: a smoke run
+
+Writes ``results/search_latency.json`` and ``results/search_latency.md`` and prints the Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from watcher.config import Settings
+from watcher.ipc import DaemonClient, DaemonUnavailableError
+from watcher.samples import photo
+from watcher.services.build import COLLECTION_META_KEY, GENERATION_META_KEY, SIGNATURE_META_KEY, open_services
+from watcher.services.catalog import FILES
+from watcher.services.pca import PCATransform, ProjectedExtractor
+
+HERE = Path(__file__).resolve().parent
+WEIGHTS = "random:0"
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def _synthetic(rng: np.random.Generator, count: int) -> np.ndarray:
+    """Non-negative, unit-length 4096-d vectors with shared structure, like fc7 activations."""
+    basis = rng.random((64, 4096), dtype=np.float32)
+    mix = rng.random((count, 64), dtype=np.float32) ** 4
+    vectors = np.maximum(mix @ basis + rng.normal(0, 0.5, (count, 4096)).astype(np.float32), 0)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def fill(data_dir: Path, size: int, pca: int | None) -> None:
+    """A data dir whose index holds ``size`` synthetic vectors (made as the configured extractor's)."""
+    settings = Settings(data_dir=data_dir, weights=WEIGHTS)
+    rng = np.random.default_rng(size)
+    with open_services(settings, command="benchmark") as services:
+        ctx = services.ctx
+        signature = ctx.extractor.signature
+        transform = None
+        if pca is not None:
+            transform = PCATransform.fit([_synthetic(rng, 4 * pca)], pca)
+            transform.save(data_dir / "pca")
+            signature = ProjectedExtractor(ctx.extractor, transform).signature
+            # The projected vectors need a collection of their size: point the catalog at a new one.
+            services.catalog.set_meta(COLLECTION_META_KEY, f"{settings.collection}_1")
+            services.catalog.set_meta(GENERATION_META_KEY, "1")
+        now = datetime.now(UTC).replace(tzinfo=None)
+        with services.catalog.engine.begin() as conn:
+            conn.execute(
+                sa.insert(FILES),
+                [
+                    {
+                        "path": f"/synthetic/{i:07d}.jpg".encode(),
+                        "size": 1,
+                        "mtime_ns": 1,
+                        "content_hash": f"{i:032x}",
+                        "state": "indexed",
+                        "has_vector": True,
+                        "signature": signature.key,
+                        "created_at": now,
+                        "updated_at": now,
+                        "indexed_at": now,
+                    }
+                    for i in range(size)
+                ],
+            )
+        services.catalog.set_meta(SIGNATURE_META_KEY, signature.to_json())
+    # Reopen so the store is created with the signature's dimension.
+    settings = dataclasses.replace(settings, pca=pca)
+    with open_services(settings, command="benchmark") as services:
+        ctx = services.ctx
+        ids = sorted(services.catalog.all_ids())
+        for start in range(0, size, 2000):
+            chunk = ids[start : start + 2000]
+            vectors = _synthetic(rng, len(chunk))
+            if transform is not None:
+                vectors = transform.apply(vectors)
+            ctx.vectors.upsert(
+                [(key, f"/synthetic/{key:07d}.jpg", v) for key, v in zip(chunk, vectors, strict=True)]
+            )
+        ctx.vectors.compact()
+        assert ctx.vectors.count() == size
+
+
+def _env(data_dir: Path, pca: int | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGWATCH_")}
+    env.update(
+        IMGWATCH_WEIGHTS=WEIGHTS, IMGWATCH_DATA_DIR=str(data_dir), XDG_CONFIG_HOME=str(data_dir / "cfg")
+    )
+    if pca is not None:
+        env["IMGWATCH_PCA"] = str(pca)
+    return env
+
+
+def warm(data_dir: Path, root: Path, query: bytes, pca: int | None, count: int) -> dict[str, Any]:
+    log = data_dir.parent / "daemon.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "watcher", "watch", str(root), "--log-level", "warning"],
+            env=_env(data_dir, pca),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        client = DaemonClient(data_dir, timeout=600)
+        started = time.monotonic()
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"daemon exited with {process.returncode}:\n{log.read_text()}")
+            try:
+                client.status()
+                break
+            except DaemonUnavailableError:
+                time.sleep(0.2)
+        ready_s = time.monotonic() - started
+        client.search([("warm-up", query)], 10)
+        latencies = []
+        for _ in range(count):
+            clock = time.perf_counter()
+            [result] = client.search([("query", query)], 10)
+            latencies.append(time.perf_counter() - clock)
+            assert len(result["results"]) == 10
+        peak = _peak_rss_mib(process.pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    return {
+        "daemon_ready_s": round(ready_s, 1),
+        "warm_p50_s": round(statistics.median(latencies), 4),
+        "warm_p95_s": round(_percentile(latencies, 0.95), 4),
+        "daemon_peak_rss_mib": peak,
+    }
+
+
+def cold(data_dir: Path, query_file: Path, pca: int | None, count: int) -> dict[str, Any]:
+    times = []
+    for _ in range(count):
+        clock = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "watcher", "search", str(query_file), "-k", "10"],
+            env=_env(data_dir, pca),
+            check=True,
+            capture_output=True,
+        )
+        times.append(time.perf_counter() - clock)
+    return {"cold_p50_s": round(statistics.median(times), 2), "cold_max_s": round(max(times), 2)}
+
+
+def _peak_rss_mib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+    return -1
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--dims", default="4096,512", help="4096 and/or PCA sizes")
+    parser.add_argument("--queries", type=int, default=30, help="warm searches per configuration")
+    parser.add_argument("--cold", type=int, default=2, help="cold CLI searches per configuration")
+    parser.add_argument("--quick", action="store_true", help="2,000 vectors, 10 queries, 1 cold run")
+    args = parser.parse_args()
+    sizes = [2000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    queries, colds = (10, 1) if args.quick else (args.queries, args.cold)
+    dims = [int(d) for d in args.dims.split(",")]
+
+    buffer = io.BytesIO()
+    photo(4242, (1600, 1200)).save(buffer, "JPEG", quality=90)
+    query = buffer.getvalue()
+    rows = []
+    for size in sizes:
+        for dim in dims:
+            pca = None if dim == 4096 else dim
+            with tempfile.TemporaryDirectory(prefix="imgwatch-search-") as scratch:
+                data_dir, root = Path(scratch) / "data", Path(scratch) / "photos"
+                root.mkdir()
+                query_file = Path(scratch) / "query.jpg"
+                query_file.write_bytes(query)
+                clock = time.monotonic()
+                fill(data_dir, size, pca)
+                fill_s = time.monotonic() - clock
+                row = {"vectors": size, "dimension": dim, "fill_s": round(fill_s, 1)}
+                row |= warm(data_dir, root, query, pca, queries)
+                row |= cold(data_dir, query_file, pca, colds)
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr)
+
+    report = {
+        "machine": f"{_cpu()}, {os.cpu_count()} CPUs",
+        "weights": WEIGHTS,
+        "index": "FLAT",
+        "rows": rows,
+    }
+    out = Path(os.environ.get("IMGWATCH_BENCH_RESULTS", HERE / "results"))
+    out.mkdir(exist_ok=True)
+    name = "search_latency_quick" if args.quick else "search_latency"
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        "# Search latency and daemon memory",
+        "",
+        f"{report['machine']}; weights `{WEIGHTS}`; Milvus Lite, FLAT index; one 2 MP JPEG query, k=10.",
+        "Warm: through the running daemon's socket. Cold: a fresh `imgwatch search` process (no daemon).",
+        "",
+        "| vectors | dim | warm p50 | warm p95 | cold p50 | daemon peak RSS | daemon ready after |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['vectors']:,} | {r['dimension']} | {r['warm_p50_s'] * 1000:.0f} ms | "
+            f"{r['warm_p95_s'] * 1000:.0f} ms | {r['cold_p50_s']:.1f} s | {r['daemon_peak_rss_mib']:,} MiB | "
+            f"{r['daemon_ready_s']} s |"
+        )
+    markdown = "\n".join(lines) + "\n"
+    (out / f"{name}.md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
