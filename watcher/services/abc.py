@@ -147,11 +147,20 @@ class VectorStore(Protocol):
 
     def delete(self, ids: Iterable[int]) -> None: ...
 
-    def search(self, queries: Sequence[Vector], k: int) -> list[list[SearchHit]]: ...
+    def search(
+        self, queries: Sequence[Vector], k: int, *, min_score: float | None = None
+    ) -> list[list[SearchHit]]:
+        """The ``k`` nearest entities per query, best first; with ``min_score``, only those scoring at
+        least that (a range search: fewer than ``k`` when fewer are that close)."""
+        ...
 
     def count(self) -> int: ...
 
     def all_ids(self) -> set[int]: ...
+
+    def iter_vectors(self, batch_size: int = 256) -> Iterator[list[tuple[int, Vector]]]:
+        """Every ``(id, vector)`` in batches of at most ``batch_size``; never all of them at once."""
+        ...
 
     def compact(self) -> dict[str, int]:
         """Reclaim the space deletes left behind, where the engine can."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,19 +166,30 @@ class MilvusVectorStore:
             with self._write_lock:
                 self._client.delete(self._collection, ids=keys)
 
-    def search(self, queries: Sequence[Vector], k: int) -> list[list[SearchHit]]:
+    def search(
+        self, queries: Sequence[Vector], k: int, *, min_score: float | None = None
+    ) -> list[list[SearchHit]]:
         if not queries:
             return []
+        params = self._search_params(k)
+        if min_score is not None:
+            # A range search: Milvus keeps hits with radius < score, so the bound sits a hair below
+            # min_score and the exact ">=" is applied here (scores of unit vectors can round above 1).
+            params["radius"] = min_score - 1e-6
         results = self._client.search(
             self._collection,
             data=[np.asarray(q, dtype=np.float32).tolist() for q in queries],
             limit=k,
             output_fields=["path"],
-            search_params={"metric_type": METRIC, "params": self._search_params(k)},
+            search_params={"metric_type": METRIC, "params": params},
             consistency_level="Strong",
         )
         return [
-            [SearchHit(int(hit["id"]), float(hit["distance"]), str(hit["entity"]["path"])) for hit in hits]
+            [
+                SearchHit(int(hit["id"]), float(hit["distance"]), str(hit["entity"]["path"]))
+                for hit in hits
+                if min_score is None or float(hit["distance"]) >= min_score
+            ]
             for hits in results
         ]
 
@@ -207,6 +218,19 @@ class MilvusVectorStore:
         finally:
             iterator.close()
         return ids
+
+    def iter_vectors(self, batch_size: int = 256) -> Iterator[list[tuple[int, Vector]]]:
+        """Every entity's ``(id, vector)``, ``batch_size`` at a time, so that a pass over the whole
+        collection holds one batch in memory (pymilvus returns vectors as lists of Python floats,
+        about 130 kB per 4096-d vector until they become arrays here)."""
+        iterator = self._client.query_iterator(
+            self._collection, batch_size=batch_size, filter="", output_fields=["vector"]
+        )
+        try:
+            while batch := iterator.next():
+                yield [(int(row["id"]), np.asarray(row["vector"], dtype=np.float32)) for row in batch]
+        finally:
+            iterator.close()
 
     def compact(self) -> dict[str, int]:
         """Flush, then ask Milvus to merge segments and drop deleted rows (a no-op where unsupported)."""
