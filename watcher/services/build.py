@@ -13,7 +13,7 @@ from watcher.config import Settings
 from watcher.context import Context
 from watcher.errors import ExtractorMismatchError
 from watcher.lock import DataDirLock
-from watcher.services.abc import Extractor, ExtractorSignature
+from watcher.services.abc import Extractor, ExtractorSignature, Vector
 from watcher.services.catalog import SQLiteCatalog, open_catalog
 from watcher.services.files import LocalFileReader
 
@@ -43,6 +43,28 @@ def build_extractor(settings: Settings, signature: ExtractorSignature | None = N
     )
 
 
+class NoModel:
+    """The extractor of a context that only reads stored vectors (``search --like``, ``duplicates``):
+    it has the index's signature, and refuses to embed, so such commands never load VGG16."""
+
+    def __init__(self, signature: ExtractorSignature) -> None:
+        self._signature = signature
+
+    @property
+    def signature(self) -> ExtractorSignature:
+        return self._signature
+
+    @property
+    def images_embedded(self) -> int:
+        return 0
+
+    def embed(self, data: bytes) -> Vector:
+        raise RuntimeError("this command opened the index without a model")
+
+    def close(self) -> None:
+        pass
+
+
 def stored_signature(catalog: SQLiteCatalog) -> ExtractorSignature | None:
     text = catalog.get_meta(SIGNATURE_META_KEY)
     return ExtractorSignature.from_json(text) if text else None
@@ -60,11 +82,14 @@ def open_context(
     command: str,
     extractor: Extractor | None = None,
     rebuild: bool = False,
+    model: bool = True,
 ) -> Iterator[Context]:
     """Lock the data dir, open the catalog and the vector store, build (or adopt) the extractor.
 
     Refuses, before loading any model, an index built by a different extractor unless ``rebuild``.
     A passed-in ``extractor`` is used (and not closed): tests share one VGG16 across many contexts.
+    With ``model=False`` no model is loaded: the context's extractor is a :class:`NoModel`, for
+    commands that only read stored vectors.
     """
     from watcher.services.vectors import MilvusVectorStore
 
@@ -88,6 +113,15 @@ def open_context(
             index_params=settings.index_params,
         )
         stack.callback(vectors.close)
+        if not model:
+            # Reading only: nothing is written, so the stored signature (if any) stays as it is.
+            yield Context(
+                catalog=catalog,
+                vectors=vectors,
+                extractor=NoModel(stored or wanted),
+                files=LocalFileReader(settings.max_file_bytes),
+            )
+            return
         if extractor is None:
             extractor = build_extractor(settings, wanted)
             stack.callback(extractor.close)
