@@ -63,12 +63,12 @@ def test_iter_vectors_yields_every_entity_once_in_bounded_batches(store: MilvusV
 
     batches = list(store.iter_vectors(batch_size=4))
 
-    assert all(1 <= len(batch) <= 4 for batch in batches)
-    seen = [key for batch in batches for key, _ in batch]
+    assert all(1 <= len(ids) <= 4 and vectors.shape == (len(ids), 8) for ids, vectors in batches)
+    seen = [key for ids, _ in batches for key in ids]
     assert sorted(seen) == [i for i in range(23) if i != 5]
-    for batch in batches:
-        for key, vector in batch:
-            assert vector.dtype == np.float32
+    for ids, vectors in batches:
+        assert vectors.dtype == np.float32
+        for key, vector in zip(ids, vectors, strict=True):
             np.testing.assert_allclose(vector, _unit(key), atol=1e-6)
 
 

@@ -66,14 +66,16 @@ def find_duplicates(ctx: Context, *, threshold: float = 0.95, batch_size: int = 
     """Groups of indexed files whose vectors score at least ``threshold`` pairwise, closed under
     transitivity (a ~ b and b ~ c puts a, b, c in one group), largest first.
 
+    ``batch_size`` vectors are in flight at a time: pymilvus hands them over as lists of Python
+    floats (about 130 kB per 4096-d vector) before they become arrays, so batches stay small.
     Only files the catalog vouches for (indexed, with a vector) take part; entities without such a
     row are skipped before they could link two groups.
     """
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], not {threshold}")
     sets = _UnionFind()
-    for batch in ctx.vectors.iter_vectors(batch_size):
-        pending = list(batch)
+    for ids, vectors in ctx.vectors.iter_vectors(batch_size):
+        pending = list(zip(ids, vectors, strict=True))
         limit = FIRST_LIMIT
         while pending:
             found = ctx.vectors.search([vector for _, vector in pending], limit, min_score=threshold)

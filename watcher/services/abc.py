@@ -158,8 +158,8 @@ class VectorStore(Protocol):
 
     def all_ids(self) -> set[int]: ...
 
-    def iter_vectors(self, batch_size: int = 256) -> Iterator[list[tuple[int, Vector]]]:
-        """Every ``(id, vector)`` in batches of at most ``batch_size``; never all of them at once."""
+    def iter_vectors(self, batch_size: int = 1024) -> Iterator[tuple[list[int], Vector]]:
+        """Every entity as ``(ids, (n, d) vectors)`` batches, never the whole collection at once."""
         ...
 
     def compact(self) -> dict[str, int]:

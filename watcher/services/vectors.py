@@ -219,16 +219,15 @@ class MilvusVectorStore:
             iterator.close()
         return ids
 
-    def iter_vectors(self, batch_size: int = 256) -> Iterator[list[tuple[int, Vector]]]:
-        """Every entity's ``(id, vector)``, ``batch_size`` at a time, so that a pass over the whole
-        collection holds one batch in memory (pymilvus returns vectors as lists of Python floats,
-        about 130 kB per 4096-d vector until they become arrays here)."""
+    def iter_vectors(self, batch_size: int = 1024) -> Iterator[tuple[list[int], Vector]]:
+        """Every entity as ``(ids, (n, d) vectors)`` batches, never the whole collection at once."""
         iterator = self._client.query_iterator(
-            self._collection, batch_size=batch_size, filter="", output_fields=["vector"]
+            self._collection, batch_size=batch_size, filter="", output_fields=["id", "vector"]
         )
         try:
             while batch := iterator.next():
-                yield [(int(row["id"]), np.asarray(row["vector"], dtype=np.float32)) for row in batch]
+                ids = [int(row["id"]) for row in batch]
+                yield ids, np.asarray([row["vector"] for row in batch], dtype=np.float32)
         finally:
             iterator.close()
 
