@@ -72,20 +72,6 @@ def test_iter_vectors_yields_every_entity_once_in_bounded_batches(store: MilvusV
             np.testing.assert_allclose(vector, _unit(key), atol=1e-6)
 
 
-def test_range_search_keeps_only_hits_at_or_above_min_score(store: MilvusVectorStore) -> None:
-    vectors = [_unit(i) for i in range(30)]
-    store.upsert([(i, f"/p/{i}", v) for i, v in enumerate(vectors)])
-    exact = sorted((float(v @ vectors[3]), i) for i, v in enumerate(vectors))[::-1]
-    cut = (exact[4][0] + exact[5][0]) / 2  # five entities score at least this
-
-    [hits] = store.search([vectors[3]], k=20, min_score=cut)
-    [capped] = store.search([vectors[3]], k=2, min_score=cut)
-
-    assert [h.id for h in hits] == [i for _, i in exact[:5]]
-    assert all(h.score >= cut for h in hits)
-    assert [h.id for h in capped] == [i for _, i in exact[:2]]
-
-
 def test_reopened_store_serves_searches(tmp_path: Path) -> None:
     first = MilvusVectorStore(str(tmp_path / "v.db"), dimension=8)
     first.upsert([(1, "/p/1.jpg", _unit(1))])

@@ -152,8 +152,7 @@ def duplicates_page(groups: Sequence[DuplicateGroup], read: Reader, threshold: f
     body = [f"<h1>imgwatch: {len(groups)} group(s) of near-duplicates (score &ge; {threshold:g})</h1>"]
     for number, group in enumerate(groups, 1):
         body.append(
-            f"<section><h2>Group {number}: {len(group.paths)} files, "
-            f"best pair {group.max_score:.4f}</h2>"
+            f"<section><h2>Group {number}: {len(group.paths)} files, best pair {group.max_score:.4f}</h2>"
         )
         body.append(f'<div class="grid">{"".join(_figure(p, read) for p in group.paths)}</div></section>')
     if not groups:

@@ -147,12 +147,7 @@ class VectorStore(Protocol):
 
     def delete(self, ids: Iterable[int]) -> None: ...
 
-    def search(
-        self, queries: Sequence[Vector], k: int, *, min_score: float | None = None
-    ) -> list[list[SearchHit]]:
-        """The ``k`` nearest entities per query, best first; with ``min_score``, only those scoring at
-        least that (a range search: fewer than ``k`` when fewer are that close)."""
-        ...
+    def search(self, queries: Sequence[Vector], k: int) -> list[list[SearchHit]]: ...
 
     def count(self) -> int: ...
 

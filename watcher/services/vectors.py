@@ -166,30 +166,19 @@ class MilvusVectorStore:
             with self._write_lock:
                 self._client.delete(self._collection, ids=keys)
 
-    def search(
-        self, queries: Sequence[Vector], k: int, *, min_score: float | None = None
-    ) -> list[list[SearchHit]]:
+    def search(self, queries: Sequence[Vector], k: int) -> list[list[SearchHit]]:
         if not queries:
             return []
-        params = self._search_params(k)
-        if min_score is not None:
-            # A range search: Milvus keeps hits with radius < score, so the bound sits a hair below
-            # min_score and the exact ">=" is applied here (scores of unit vectors can round above 1).
-            params["radius"] = min_score - 1e-6
         results = self._client.search(
             self._collection,
             data=[np.asarray(q, dtype=np.float32).tolist() for q in queries],
             limit=k,
             output_fields=["path"],
-            search_params={"metric_type": METRIC, "params": params},
+            search_params={"metric_type": METRIC, "params": self._search_params(k)},
             consistency_level="Strong",
         )
         return [
-            [
-                SearchHit(int(hit["id"]), float(hit["distance"]), str(hit["entity"]["path"]))
-                for hit in hits
-                if min_score is None or float(hit["distance"]) >= min_score
-            ]
+            [SearchHit(int(hit["id"]), float(hit["distance"]), str(hit["entity"]["path"])) for hit in hits]
             for hits in results
         ]
 
