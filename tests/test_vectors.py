@@ -57,21 +57,6 @@ def test_concurrent_writers_lose_nothing(store: MilvusVectorStore) -> None:
     assert store.count() == 48
 
 
-def test_iter_vectors_yields_every_entity_once_in_bounded_batches(store: MilvusVectorStore) -> None:
-    store.upsert([(i, f"/p/{i}", _unit(i)) for i in range(23)])
-    store.delete([5])
-
-    batches = list(store.iter_vectors(batch_size=4))
-
-    assert all(1 <= len(ids) <= 4 and vectors.shape == (len(ids), 8) for ids, vectors in batches)
-    seen = [key for ids, _ in batches for key in ids]
-    assert sorted(seen) == [i for i in range(23) if i != 5]
-    for ids, vectors in batches:
-        assert vectors.dtype == np.float32
-        for key, vector in zip(ids, vectors, strict=True):
-            np.testing.assert_allclose(vector, _unit(key), atol=1e-6)
-
-
 def test_reopened_store_serves_searches(tmp_path: Path) -> None:
     first = MilvusVectorStore(str(tmp_path / "v.db"), dimension=8)
     first.upsert([(1, "/p/1.jpg", _unit(1))])

@@ -65,7 +65,7 @@ def thumbnail(data: bytes) -> str:
         if width * height > MAX_PIXELS:
             raise ValueError(f"{width}x{height} is too large for a preview")
         # libjpeg can decode at 1/2..1/8 scale: a 48 MP photo then costs a fraction of the time.
-        image.draft("RGB", (THUMB_SIZE, THUMB_SIZE))
+        image.draft(image.mode if image.mode in ("RGB", "L") else None, (THUMB_SIZE, THUMB_SIZE))
         small = to_rgb(ImageOps.exif_transpose(image))
         small.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS)
         out = io.BytesIO()

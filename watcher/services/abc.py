@@ -153,9 +153,6 @@ class VectorStore(Protocol):
 
     def all_ids(self) -> set[int]: ...
 
-    def iter_vectors(self, batch_size: int = 1024) -> Iterator[tuple[list[int], Vector]]:
-        """Every entity as ``(ids, (n, d) vectors)`` batches, never the whole collection at once."""
-        ...
 
     def compact(self) -> dict[str, int]:
         """Reclaim the space deletes left behind, where the engine can."""
@@ -231,6 +228,10 @@ class Catalog(Protocol):
     def ids_with_vectors(self) -> dict[int, FileRecord]: ...
 
     def all_ids(self) -> set[int]: ...
+
+    def iter_ids_with_vectors(self, batch_size: int = 1000) -> Iterator[list[int]]:
+        """Ids of indexed rows with a vector, ascending, in batches: never all of them at once."""
+        ...
 
     def prune_journal(self, older_than: datetime) -> int: ...
 
