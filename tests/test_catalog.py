@@ -105,3 +105,20 @@ def test_any_file_name_round_trips_exactly(tmp_path_factory: object, name: bytes
         assert os.fsencode(record.path) == b"/photos/" + name
     finally:
         catalog.close()
+
+
+def test_ids_with_vectors_come_in_ascending_batches(tmp_path: Path) -> None:
+    catalog = open_catalog(tmp_path / "catalog.db")
+    try:
+        records = [catalog.mark_pending(f"/p/{i}.jpg", 1, 1) for i in range(7)]
+        for record in records:
+            if record.id != records[3].id:  # one stays pending: it vouches for no vector
+                blob = FileBlob(record.path, b"x", 1, 1, f"h{record.id}")
+                catalog.mark_indexed(record.id, blob, "sig")
+
+        batches = list(catalog.iter_ids_with_vectors(batch_size=2))
+    finally:
+        catalog.close()
+
+    assert [len(b) for b in batches] == [2, 2, 2]
+    assert [key for batch in batches for key in batch] == [r.id for r in records if r is not records[3]]

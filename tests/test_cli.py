@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import html5lib
 import pytest
+from PIL import Image
 
 from tests.conftest import jpeg_bytes, write_photo
 from watcher.cli import build_parser
@@ -41,12 +43,19 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 def imgwatch(
-    tmp_path: Path, *args: str | bytes, unprivileged: bool = False
+    tmp_path: Path,
+    *args: str | bytes,
+    unprivileged: bool = False,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     prefix = _UNPRIVILEGED if unprivileged else []
+    # In another working directory, `-m watcher` must still find this checkout's package.
+    where = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])} if cwd else {}
     return subprocess.run(
         [*prefix, sys.executable, "-m", "watcher", *args],
-        env=_env(tmp_path),
+        env=_env(tmp_path) | where | (env or {}),
+        cwd=cwd,
         capture_output=True,
         timeout=300,
         check=False,
@@ -61,7 +70,16 @@ def _json(result: subprocess.CompletedProcess[bytes]) -> Any:
 def test_every_command_has_help_text() -> None:
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert set(commands) == {"index", "search", "status", "watch", "invoke", "compact", "reindex"}
+    assert set(commands) == {
+        "index",
+        "search",
+        "status",
+        "watch",
+        "invoke",
+        "compact",
+        "reindex",
+        "duplicates",
+    }
     for name, command in commands.items():
         assert command.description, name
         for action in command._actions:
@@ -209,3 +227,140 @@ def _lock_held_elsewhere(data_dir: Path, command: str) -> Iterator[subprocess.Po
             yield process
         finally:
             process.kill()
+
+
+def _library(tmp_path: Path) -> tuple[Path, bytes]:
+    """Five scenes, a half-size copy of p2, and p9 under a name that is not UTF-8 (returned)."""
+    photos = tmp_path / "photos"
+    for seed in range(5):
+        write_photo(photos / f"p{seed}.jpg", seed)
+    (photos / "p2-half.jpg").write_bytes(jpeg_bytes(photo(2, (480, 360)).resize((240, 180))))
+    odd = os.path.join(os.fsencode(photos), b"caf\xe9 <9> & 'x'.jpg")
+    with open(odd, "wb") as f:
+        f.write(jpeg_bytes(photo(9, (480, 360))))
+    _json(imgwatch(tmp_path, "index", str(photos), "--json"))
+    return photos, odd
+
+
+def test_search_paths_only_min_score_and_html_sheet(tmp_path: Path) -> None:
+    photos, odd = _library(tmp_path)
+    query = tmp_path / "query-of-p2.jpg"
+    query.write_bytes(jpeg_bytes(photo(2, (480, 360)), quality=40))
+    opened = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.sh"  # webbrowser honours $BROWSER: record what it was asked to open
+    browser.write_text(f'#!/bin/sh\nprintf %s "$1" > {opened}\n')
+    browser.chmod(0o755)
+    page = tmp_path / "out.html"
+
+    result = imgwatch(
+        tmp_path,
+        "search",
+        str(query),
+        "-k",
+        "7",
+        "-f",
+        "--html",
+        str(page),
+        "--open",
+        env={"BROWSER": f"{browser} %s"},
+    )
+
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    lines = result.stdout.split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 8
+    assert lines[0] == os.fsencode(photos / "p2.jpg") and lines[1] == os.fsencode(photos / "p2-half.jpg")
+    assert odd in lines  # the exact bytes of a non-UTF-8 name, ready for xargs
+    assert opened.read_text() == page.resolve().as_uri()
+    document = html5lib.HTMLParser(strict=True).parse(page.read_bytes())
+    ns = "{http://www.w3.org/1999/xhtml}"
+    captions = ["".join(c.itertext()) for c in document.iter(f"{ns}figcaption")]
+    assert captions[0] == str(query)  # the query on top
+    score, first = captions[1].split(" ", 1)
+    assert first == str(photos / "p2.jpg") and float(score) > 0.99  # the expected first result
+    assert any(c.endswith("caf\\xe9 <9> & 'x'.jpg") for c in captions)
+    assert len([i for i in document.iter(f"{ns}img") if i.get("src", "").startswith("data:image/jpeg")]) == 8
+
+    scores = [
+        r["score"] for r in _json_lines(imgwatch(tmp_path, "search", str(query), "--json"))[0]["results"]
+    ]
+    floor = (scores[2] + scores[3]) / 2
+    [filtered] = _json_lines(imgwatch(tmp_path, "search", str(query), "--json", "--min-score", str(floor)))
+    assert [r["score"] for r in filtered["results"]] == scores[:3]
+
+
+def test_more_like_this_reads_no_file_and_pipes_nul_separated(tmp_path: Path) -> None:
+    if os.geteuid() == 0 and not _UNPRIVILEGED:
+        pytest.skip("running as root without setpriv: cannot make a file unreadable")
+    photos, odd = _library(tmp_path)
+    (photos / "p2.jpg").chmod(0)  # unreadable now; its vector is in the index
+    (photos / "p4.jpg").unlink()  # gone from disk, still in the catalog
+
+    like = [str(photos / "p2.jpg"), "photos/p4.jpg"]  # a relative query resolves against the cwd
+
+    [p2, p4] = _json_lines(
+        imgwatch(tmp_path, "search", "--like", *like, "-k", "3", "--json", unprivileged=True, cwd=tmp_path)
+    )
+
+    assert p2["query"] == str(photos / "p2.jpg") and p4["query"] == "photos/p4.jpg"
+    assert p2["results"][0]["path"] == str(photos / "p2-half.jpg")
+    assert str(photos / "p2.jpg") not in [r["path"] for r in p2["results"]]  # not its own result
+    assert len(p4["results"]) == 3 and str(photos / "p4.jpg") not in [r["path"] for r in p4["results"]]
+
+    nul = imgwatch(tmp_path, "search", "--like", os.fsdecode(odd), "-k", "6", "-0")
+    assert nul.returncode == 0, nul.stderr
+    others = {os.fsencode(photos / f"{name}.jpg") for name in ("p0", "p1", "p2", "p2-half", "p3", "p4")}
+    assert nul.stdout.endswith(b"\0") and set(nul.stdout[:-1].split(b"\0")) == others
+    # Through xargs -0 as a user would: every name arrives intact (p4 is gone: stat says so).
+    piped = subprocess.run(["xargs", "-0", "stat", "-c", "%n"], input=nul.stdout, capture_output=True)
+    assert set(piped.stdout.splitlines()) == others - {os.fsencode(photos / "p4.jpg")}
+
+    missing = imgwatch(tmp_path, "search", "--like", str(tmp_path / "elsewhere.jpg"), "--json")
+    assert missing.returncode == 3
+    assert json.loads(missing.stdout)["error"] == "not in the index"
+    assert b"not in the index" in missing.stderr
+
+
+def test_duplicates_finds_the_planted_groups_only(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    for seed in range(8):
+        write_photo(photos / f"p{seed}.jpg", seed)
+    original = photo(3, (480, 360))
+    (photos / "copies").mkdir()
+    (photos / "copies" / "p3-small.jpg").write_bytes(
+        jpeg_bytes(original.resize((160, 120), Image.Resampling.LANCZOS))
+    )
+    (photos / "copies" / "p3-q30.jpg").write_bytes(jpeg_bytes(original, quality=30))
+    (photos / "copies" / "p6.png").write_bytes(_png(photo(6, (480, 360))))
+    _json(imgwatch(tmp_path, "index", str(photos), "--json"))
+    page = tmp_path / "dups.html"
+
+    result = imgwatch(tmp_path, "duplicates", "--threshold", "0.99", "--json", "--html", str(page))
+
+    report = _json(result)
+    assert list(report) == ["groups"]
+    assert [(g["paths"], set(g)) for g in report["groups"]] == [
+        (
+            sorted(
+                [
+                    str(photos / "copies" / "p3-q30.jpg"),
+                    str(photos / "copies" / "p3-small.jpg"),
+                    str(photos / "p3.jpg"),
+                ]
+            ),
+            {"paths", "max_score"},
+        ),
+        ([str(photos / "copies" / "p6.png"), str(photos / "p6.jpg")], {"paths", "max_score"}),
+    ]
+    assert all(0.99 <= g["max_score"] <= 1.0 + 1e-5 for g in report["groups"])
+    html5lib.HTMLParser(strict=True).parse(page.read_bytes())
+
+    bad = imgwatch(tmp_path, "duplicates", "--threshold", "1.5")
+    assert bad.returncode == 1 and b"--threshold" in bad.stderr
+
+
+def _png(image: Image.Image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()

@@ -463,3 +463,30 @@ def test_new_weights_reindex_in_the_background_while_searches_answer(
         assert ctx.vectors.collections() == ["imgwatch_1"]
     status_cli = json.loads(imgwatch_cli(daemon.data_dir, "status", "--json").stdout)
     assert status_cli["jobs"]["reindex"]["last_run"]["outcome"] == "ok"
+
+
+def test_more_like_this_and_duplicates_go_through_the_daemon(
+    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
+) -> None:
+    root = tmp_path / "photos"
+    for seed in range(4):
+        write_photo(root / f"p{seed}.jpg", seed)
+    (root / "p1-copy.jpg").write_bytes(jpeg_bytes(photo(1, (480, 360)), quality=30))
+    daemon = daemon_factory(root)
+    daemon.idle()
+    runs = daemon.model_runs()
+    (root / "p1.jpg").chmod(0)  # the daemon's copy of the vector is all --like needs
+
+    like = imgwatch_cli(tmp_path / "data", "search", "--like", str(root / "p1.jpg"), "-k", "2", "--json")
+    dups = imgwatch_cli(tmp_path / "data", "duplicates", "--threshold", "0.99", "--json")
+
+    assert like.returncode == 0, like.stderr
+    [line] = [json.loads(x) for x in like.stdout.splitlines()]
+    assert line["results"][0]["path"] == str(root / "p1-copy.jpg")
+    assert str(root / "p1.jpg") not in [r["path"] for r in line["results"]]
+    assert dups.returncode == 0, dups.stderr
+    assert [g["paths"] for g in json.loads(dups.stdout)["groups"]] == [
+        [str(root / "p1-copy.jpg"), str(root / "p1.jpg")]
+    ]
+    assert daemon.model_runs() == runs  # neither ran the model
+    assert daemon.stop() == 0

@@ -12,7 +12,7 @@ from PIL import Image
 from tests.conftest import index, jpeg_bytes
 from watcher.context import Context
 from watcher.samples import photo
-from watcher.search import search_files
+from watcher.search import search_files, search_like
 
 
 def _variant(kind: str, original: Image.Image) -> bytes:
@@ -99,3 +99,23 @@ def test_same_image_gives_the_same_vector_alone_or_in_a_batch(ctx: Context, phot
     assert float(np.linalg.norm(alone)) == pytest.approx(1.0, abs=1e-5)
     for vector in batched:
         assert float(vector @ alone) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_more_like_this_uses_the_stored_vector_without_the_model_or_the_file(
+    ctx: Context, photos: Path, tmp_path: Path
+) -> None:
+    copy = photos / "trip" / "copy-of-photo2.jpg"
+    copy.write_bytes(jpeg_bytes(photo(2, (480, 360)).resize((240, 180))))
+    index(ctx, photos)
+    query = photos / "photo2.jpg"
+    query.unlink()  # gone from disk, still in the catalog until the next index run
+    before = ctx.extractor.images_embedded
+
+    [result, missing] = search_like([str(query), str(tmp_path / "never-indexed.jpg")], ctx, k=3)
+
+    assert ctx.extractor.images_embedded == before
+    assert result.error is None
+    assert result.matches[0].path == str(copy)
+    assert str(query) not in [m.path for m in result.matches]  # the query is not its own result
+    assert len(result.matches) == 3
+    assert missing.matches == [] and missing.error == "not in the index"

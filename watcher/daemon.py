@@ -30,6 +30,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from handlers import HANDLERS
 from watcher.context import Context
+from watcher.duplicates import find_duplicates
 from watcher.errors import ConfigError, ImgwatchError
 from watcher.events import (
     DirectoryCreated,
@@ -52,7 +53,7 @@ from watcher.metrics import DaemonMetrics
 from watcher.notify import sd_notify, watchdog_interval
 from watcher.reindex import BackgroundReindex, Reindexer
 from watcher.scan import ScanRules
-from watcher.search import search_images
+from watcher.search import search_images, search_like
 from watcher.services.build import Services
 from watcher.sources.fs import OverflowListener, RootWatch, watch_root
 from watcher.sources.webhook import (
@@ -217,6 +218,7 @@ class Daemon:
                 {
                     ("GET", "/status"): self._status_route,
                     ("POST", "/search"): self._search_route,
+                    ("POST", "/duplicates"): self._duplicates_route,
                     ("POST", "/index"): self._index_route,
                     ("POST", "/invoke"): self._invoke_route,
                     ("POST", "/jobs/compact"): lambda _body: (200, self.run_job("compact")),
@@ -769,14 +771,19 @@ class Daemon:
         }
 
     def _search_route(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """Query images as bytes (``queries``), or indexed paths whose stored vectors are the
+        queries (``like``: "more like this", no model run)."""
         import base64
 
-        queries = [
-            (q["query"], q["error"] if "error" in q else base64.b64decode(q["data"], validate=True))
-            for q in body["queries"]
-        ]
         with self._serving.use() as ctx:
-            results = search_images(queries, ctx, k=int(body["k"]))
+            if "like" in body:
+                results = search_like([str(path) for path in body["like"]], ctx, k=int(body["k"]))
+            else:
+                queries = [
+                    (q["query"], q["error"] if "error" in q else base64.b64decode(q["data"], validate=True))
+                    for q in body["queries"]
+                ]
+                results = search_images(queries, ctx, k=int(body["k"]))
         return 200, {
             "results": [
                 {"query": r.query, "results": [{"path": m.path, "score": m.score} for m in r.matches]}
@@ -784,6 +791,13 @@ class Daemon:
                 for r in results
             ]
         }
+
+    def _duplicates_route(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        try:
+            groups = find_duplicates(self._ctx, threshold=float(body.get("threshold", 0.95)))
+        except ValueError as e:
+            return 400, {"error": str(e)}
+        return 200, {"groups": [{"paths": g.paths, "max_score": g.max_score} for g in groups]}
 
     def _invoke_route(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """``imgwatch invoke`` while the daemon runs: the payload takes the webhook's path."""

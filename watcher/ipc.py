@@ -190,6 +190,16 @@ class DaemonClient:
         }
         return list(self.request("POST", "/search", body)["results"])
 
+    def search_like(self, paths: list[str], k: int) -> list[dict[str, Any]]:
+        """"More like this" for indexed ``paths``: the daemon searches with their stored vectors."""
+        return list(self.request("POST", "/search", {"k": k, "like": paths})["results"])
+
+    def duplicates(self, threshold: float) -> dict[str, Any]:
+        # One pass over the whole collection: minutes on a large one, so no client-side timeout.
+        return DaemonClient(self._path.parent, timeout=None).request(
+            "POST", "/duplicates", {"threshold": threshold}
+        )
+
     def index(self, roots: list[str]) -> dict[str, Any]:
         # A big first index runs for hours: no client-side timeout on this one.
         return DaemonClient(self._path.parent, timeout=None).request("POST", "/index", {"roots": roots})

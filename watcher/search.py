@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from watcher.context import Context
 from watcher.errors import ImageError
-from watcher.services.abc import FileReader, FileState, Vector
+from watcher.services.abc import FileReader, FileRecord, FileState, Vector
 
 #: Ask Milvus for a few more than k: entities the catalog no longer vouches for are dropped.
 _SLACK = 8
@@ -69,17 +70,56 @@ def search_images(queries: Sequence[tuple[str, bytes | str]], ctx: Context, *, k
     ]
 
 
-def search_vectors(vectors: Sequence[Vector], ctx: Context, *, k: int) -> list[list[Match]]:
+def search_like(paths: Sequence[str], ctx: Context, *, k: int) -> list[QueryResult]:
+    """"More like this": each query names an indexed file, whose stored vector is the query.
+
+    No model runs and the file is not read (it may be unreadable, or gone from disk while still in
+    the catalog). The query's own entry is left out of its results; other files with the same
+    content are not. A path the index does not hold is answered with an error.
+    """
+    found: dict[str, FileRecord] = {}
+    errors: dict[str, str] = {}
+    for query in paths:
+        # Paths are indexed absolute, symlinks kept as seen: abspath, not realpath.
+        record = ctx.catalog.get(os.path.abspath(query))
+        if record is None:
+            errors[query] = "not in the index"
+        elif record.state is not FileState.INDEXED or not record.has_vector:
+            reason = f": {record.error}" if record.error else ""
+            errors[query] = f"in the index but {record.state.value}, without a vector{reason}"
+        else:
+            found[query] = record
+    stored = ctx.vectors.get_vectors({r.id for r in found.values()})
+    for query, record in found.items():
+        if record.id not in stored:
+            errors[query] = "its vector is missing from the vector store (`imgwatch reindex` repairs it)"
+    answered = [q for q in paths if q not in errors]
+    hits = iter(
+        search_vectors(
+            [stored[found[q].id] for q in answered], ctx, k=k, exclude=[found[q].id for q in answered]
+        )
+    )
+    return [
+        QueryResult(query, [], error=errors[query]) if query in errors else QueryResult(query, next(hits))
+        for query in paths
+    ]
+
+
+def search_vectors(
+    vectors: Sequence[Vector], ctx: Context, *, k: int, exclude: Sequence[int] | None = None
+) -> list[list[Match]]:
     """The ``k`` best matches per vector. Paths come from the catalog (exact bytes); an entity without
-    an indexed catalog row is left out rather than reported under a path nobody vouches for."""
-    raw = ctx.vectors.search(vectors, k + _SLACK)
+    an indexed catalog row is left out rather than reported under a path nobody vouches for.
+    ``exclude`` gives, per vector, an entity id to leave out of its matches (the query's own)."""
+    raw = ctx.vectors.search(vectors, k + _SLACK + (1 if exclude else 0))
     records = ctx.catalog.get_many({hit.id for hits in raw for hit in hits})
+    left_out: Sequence[int | None] = exclude or [None] * len(raw)
     results = []
-    for hits in raw:
+    for hits, own in zip(raw, left_out, strict=True):
         matches = [
             Match(records[hit.id].path, hit.score)
             for hit in hits
-            if hit.id in records and records[hit.id].state is FileState.INDEXED
+            if hit.id != own and hit.id in records and records[hit.id].state is FileState.INDEXED
         ]
         matches.sort(key=lambda m: m.score, reverse=True)
         results.append(matches[:k])

@@ -22,7 +22,7 @@ from watcher.config import Settings
 from watcher.context import Context
 from watcher.errors import ExtractorMismatchError, ImgwatchError
 from watcher.lock import DataDirLock
-from watcher.services.abc import Extractor, ExtractorSignature
+from watcher.services.abc import Extractor, ExtractorSignature, Vector
 from watcher.services.catalog import SQLiteCatalog, open_catalog
 from watcher.services.files import LocalFileReader
 from watcher.serving import Serving
@@ -48,6 +48,28 @@ def configured_signature(settings: Settings) -> ExtractorSignature:
 
     spec = WeightsSpec.parse(settings.weights)
     return signature_for(spec, spec.identity(), settings.precision)
+
+
+class NoModel:
+    """The extractor of a context that only reads stored vectors (``search --like``, ``duplicates``):
+    it has the index's signature, and refuses to embed, so such commands never load VGG16."""
+
+    def __init__(self, signature: ExtractorSignature) -> None:
+        self._signature = signature
+
+    @property
+    def signature(self) -> ExtractorSignature:
+        return self._signature
+
+    @property
+    def images_embedded(self) -> int:
+        return 0
+
+    def embed(self, data: bytes) -> Vector:
+        raise RuntimeError("this command opened the index without a model")
+
+    def close(self) -> None:
+        pass
 
 
 def stored_signature(catalog: SQLiteCatalog) -> ExtractorSignature | None:
@@ -195,6 +217,7 @@ def open_services(
     extractor: Extractor | None = None,
     extractors: Iterable[Extractor] = (),
     rebuild: bool = False,
+    model: bool = True,
 ) -> Iterator[Services]:
     """Lock the data dir, open the catalog and the serving collection, and load the model that made it.
 
@@ -202,6 +225,8 @@ def open_services(
     while :mod:`watcher.reindex` builds its replacement), except by commands that would write the
     configured model's vectors into it: those refuse before loading any model, unless ``rebuild``.
     Passed-in extractors are used and never closed: tests share one VGG16 across many contexts.
+    With ``model=False`` no model is loaded and nothing is written: the context's extractor is a
+    :class:`NoModel`, for commands that only read stored vectors.
     """
     with contextlib.ExitStack() as stack:
         lock = DataDirLock(settings.data_dir, command).acquire()
@@ -226,16 +251,19 @@ def open_services(
             settings, active_collection(catalog, settings), serving_signature.dimension, index
         )
         stack.callback(vectors.close)
-        model = cache.for_signature(serving_signature, catalog.get_meta(WEIGHTS_META_KEY))
-        if stored is None or stored != model.signature:
-            catalog.set_meta(SIGNATURE_META_KEY, model.signature.to_json())
-            catalog.set_meta(INDEX_META_KEY, json.dumps(index))
-            if stored is None or stored.base.key != model.signature.base.key:
-                catalog.set_meta(WEIGHTS_META_KEY, settings.weights)
+        if model:
+            serving = cache.for_signature(serving_signature, catalog.get_meta(WEIGHTS_META_KEY))
+            if stored is None or stored != serving.signature:
+                catalog.set_meta(SIGNATURE_META_KEY, serving.signature.to_json())
+                catalog.set_meta(INDEX_META_KEY, json.dumps(index))
+                if stored is None or stored.base.key != serving.signature.base.key:
+                    catalog.set_meta(WEIGHTS_META_KEY, settings.weights)
+        else:
+            serving = NoModel(serving_signature)
         ctx = Context(
             catalog=catalog,
             vectors=vectors,
-            extractor=model,
+            extractor=serving,
             files=LocalFileReader(settings.max_file_bytes),
         )
         yield Services(settings, catalog, Serving(ctx), cache, stack)
@@ -249,10 +277,11 @@ def open_context(
     extractor: Extractor | None = None,
     extractors: Iterable[Extractor] = (),
     rebuild: bool = False,
+    model: bool = True,
 ) -> Iterator[Context]:
     """The serving context of :func:`open_services`, for commands that need nothing more."""
     with open_services(
-        settings, command=command, extractor=extractor, extractors=extractors, rebuild=rebuild
+        settings, command=command, extractor=extractor, extractors=extractors, rebuild=rebuild, model=model
     ) as services:
         yield services.ctx
 

@@ -428,6 +428,29 @@ class SQLiteCatalog:
         with self._engine.connect() as conn:
             return set(conn.execute(sa.select(FILES.c.id)).scalars())
 
+    def iter_ids_with_vectors(self, batch_size: int = 1000) -> Iterator[list[int]]:
+        """Ids of indexed rows that vouch for a vector, ascending, ``batch_size`` at a time. Each
+        batch is its own short query (keyset paging), so no transaction stays open between them."""
+        after = 0
+        while True:
+            with self._engine.connect() as conn:
+                batch = list(
+                    conn.execute(
+                        sa.select(FILES.c.id)
+                        .where(
+                            FILES.c.id > after,
+                            FILES.c.has_vector.is_(True),
+                            FILES.c.state == FileState.INDEXED.value,
+                        )
+                        .order_by(FILES.c.id)
+                        .limit(batch_size)
+                    ).scalars()
+                )
+            if not batch:
+                return
+            yield batch
+            after = batch[-1]
+
     def prune_journal(self, older_than: datetime) -> int:
         """Delete done journal rows older than ``older_than`` (UTC); returns how many."""
         with self._engine.begin() as conn:

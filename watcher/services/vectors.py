@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -289,22 +289,6 @@ class MilvusVectorStore:
         finally:
             iterator.close()
         return ids
-
-    def iter_vectors(self, batch_size: int = 1024) -> Iterator[tuple[list[int], Vector]]:
-        """Every entity as ``(ids, (n, d) vectors)`` batches, never the whole collection at once."""
-        iterator = self._client.query_iterator(
-            self._collection,
-            batch_size=batch_size,
-            filter="",
-            output_fields=["id", "vector"],
-            consistency_level="Strong",
-        )
-        try:
-            while batch := iterator.next():
-                ids = [int(row["id"]) for row in batch]
-                yield ids, np.asarray([row["vector"] for row in batch], dtype=np.float32)
-        finally:
-            iterator.close()
 
     def compact(self) -> dict[str, int]:
         """Flush, then ask Milvus to merge segments and drop deleted rows (a no-op where unsupported)."""
