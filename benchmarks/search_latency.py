@@ -168,12 +168,14 @@ def cold(data_dir: Path, query_file: Path, pca: int | None, count: int) -> dict[
     times = []
     for _ in range(count):
         clock = time.perf_counter()
-        subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "watcher", "search", str(query_file), "-k", "10"],
             env=_env(data_dir, pca),
-            check=True,
+            check=False,
             capture_output=True,
         )
+        if done.returncode != 0:
+            raise SystemExit(f"imgwatch search failed:\n{done.stderr.decode(errors='replace')}")
         times.append(time.perf_counter() - clock)
     return {"cold_p50_s": round(statistics.median(times), 2), "cold_max_s": round(max(times), 2)}
 
