@@ -148,7 +148,7 @@ def _server_unavailable(reason: str) -> None:
     pytest.skip(f"Milvus server not available: {reason}")
 
 
-def _stop_server(proc: subprocess.Popen[bytes]) -> None:
+def stop_milvus_server(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM the launcher (PID 1 of its namespace); SIGKILL ``unshare`` if that does not end it.
 
     ``unshare --fork`` blocks SIGTERM and SIGINT itself (util-linux 2.38), so the signal goes to its child.
@@ -164,12 +164,8 @@ def _stop_server(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=15)
 
 
-@pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusServer]:
-    """A real Milvus server for the session: the one named by the environment, or our own."""
-    if uri := os.environ.get(ENV_TEST_MILVUS_URI):
-        yield MilvusServer(uri, os.environ.get(ENV_TEST_MILVUS_TOKEN))
-        return
+def _server_python() -> Path:
+    """The Python that runs the server; skips (or fails in CI) when the server cannot run here."""
     python = Path(os.environ.get(ENV_TEST_MILVUS_PYTHON) or REPO / ".milvus-venv" / "bin" / "python")
     if not python.exists():
         _server_unavailable(
@@ -180,26 +176,47 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusSe
     missing = [tool for tool in ("unshare", "ip") if shutil.which(tool) is None]
     if missing:
         _server_unavailable(f"{', '.join(missing)} not found (util-linux, iproute2)")
-    data = tmp_path_factory.mktemp("milvus-server")
-    # Its own network namespace (only loopback, so nothing of it is reachable from outside) and PID
-    # namespace (it cannot outlive its launcher); see tests/milvus_server.py.
+    return python
+
+
+def start_milvus_server(python: Path, data: Path) -> subprocess.Popen[bytes]:
+    """Start a server on ``data`` (its files and socket) and wait until it answers.
+
+    Its own network namespace (only loopback, so nothing of it is reachable from outside) and PID
+    namespace (it cannot outlive its launcher); see tests/milvus_server.py.
+    """
+    (data / launcher.READY_NAME).unlink(missing_ok=True)
     command = ["unshare", "--net", "--pid", "--fork", "--kill-child"]
     if os.geteuid() != 0:
         command.append("--map-root-user")  # an unprivileged user may still own a user namespace
     command += ["sh", "-c", 'ip link set lo up && exec "$0" "$1" "$2"']
     command += [str(python), launcher.__file__, str(data)]
-    with (data.parent / "milvus-server.log").open("wb") as log:
+    log_path = data.parent / f"{data.name}-server.log"
+    with log_path.open("ab") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while not (data / launcher.READY_NAME).exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_milvus_server(proc)
+            tail = log_path.read_text(errors="replace")[-2000:]
+            _server_unavailable(f"the server did not start (exit status {proc.poll()}):\n{tail}")
+        time.sleep(0.1)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusServer]:
+    """A real Milvus server for the session: the one named by the environment, or our own."""
+    if uri := os.environ.get(ENV_TEST_MILVUS_URI):
+        yield MilvusServer(uri, os.environ.get(ENV_TEST_MILVUS_TOKEN))
+        return
+    python = _server_python()
+    data = tmp_path_factory.mktemp("milvus-server")
+    proc = start_milvus_server(python, data)
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while not (data / launcher.READY_NAME).exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = (data.parent / "milvus-server.log").read_text(errors="replace")[-2000:]
-                _server_unavailable(f"the server did not start (exit status {proc.poll()}):\n{tail}")
-            time.sleep(0.1)
         yield MilvusServer(f"unix:{data / launcher.SOCKET_NAME}", launcher.TOKEN)
     finally:
-        _stop_server(proc)
+        stop_milvus_server(proc)
         # The unpacked server (250 MB) and its data; the logs stay beside the other temporary files.
         for bulky in ("bin", "data"):
             shutil.rmtree(data / bulky, ignore_errors=True)

@@ -81,6 +81,8 @@ def main(data_dir: str) -> None:
 
     path = os.path.join(data_dir, SOCKET_NAME)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # left by an earlier run on this data dir (a restart test reuses it)
     listener.bind(path)
     listener.listen(64)
     threading.Thread(target=_forward, args=(listener, server.listen_port), daemon=True).start()

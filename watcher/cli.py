@@ -577,7 +577,8 @@ def _search(args: argparse.Namespace, settings: Settings) -> int:
 def _query_result(raw: dict[str, Any], query: str) -> QueryResult:
     from watcher.search import Match, QueryResult
 
-    return QueryResult(query, [Match(m["path"], m["score"]) for m in raw["results"]], raw.get("error"))
+    matches = [Match(m["path"], m["score"], m.get("node")) for m in raw["results"]]
+    return QueryResult(query, matches, raw.get("error"))
 
 
 def _print_paths(paths: list[str], end: bytes) -> None:
@@ -594,7 +595,7 @@ def _print_results(results: list[QueryResult], *, as_json: bool) -> None:
         if as_json:
             line: dict[str, Any] = {
                 "query": result.query,
-                "results": [{"path": m.path, "score": m.score} for m in result.matches],
+                "results": [m.as_dict() for m in result.matches],
             }
             if result.error:
                 line["error"] = result.error
@@ -606,7 +607,8 @@ def _print_results(results: list[QueryResult], *, as_json: bool) -> None:
         elif not result.matches:
             print("  (no matches)")
         for rank, match in enumerate(result.matches, 1):
-            print(f"  {rank:>3}  {match.score:6.4f}  {match.path}")
+            where = f"[{match.node}] " if match.node is not None else ""
+            print(f"  {rank:>3}  {match.score:6.4f}  {where}{match.path}")
 
 
 def _write_page(path: Path, page: str, open_it: bool) -> None:

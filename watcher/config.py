@@ -20,6 +20,7 @@ ENV_MILVUS_TOKEN = "IMGWATCH_MILVUS_TOKEN"  # noqa: S105 - a variable name, not 
 ENV_CONFIG = "IMGWATCH_CONFIG"
 ENV_DEVICE = "IMGWATCH_DEVICE"
 ENV_PCA = "IMGWATCH_PCA"
+ENV_NODE = "IMGWATCH_NODE"
 ENV_WEBHOOK_TOKEN = "IMGWATCH_WEBHOOK_TOKEN"  # noqa: S105 - a variable name, not a secret
 ENV_WEBHOOK_HMAC_SECRET = "IMGWATCH_WEBHOOK_HMAC_SECRET"  # noqa: S105 - a variable name, not a secret
 
@@ -31,6 +32,7 @@ ENV_VARS: Mapping[str, str] = {
     "milvus_token": ENV_MILVUS_TOKEN,
     "device": ENV_DEVICE,
     "pca": ENV_PCA,
+    "node": ENV_NODE,
     "webhook_token": ENV_WEBHOOK_TOKEN,
     "webhook_hmac_secret": ENV_WEBHOOK_HMAC_SECRET,
 }
@@ -70,6 +72,10 @@ class Settings:
     """A Milvus server (``http://host:19530``); ``None`` means Milvus Lite at ``data_dir/vectors.db``."""
     milvus_token: str | None = None
     collection: str = "imgwatch"
+    node: str | None = None
+    """This watcher's name when several share one Milvus collection (each with its own catalog and
+    roots): its entities' keys are scoped to it, results from others say which node they came from,
+    and its reconcile touches only its own. None: alone in its collection."""
     device: str = "auto"
     precision: str = "auto"
     """``auto`` picks bf16 on CPUs with AMX/avx512-bf16 (after a cosine check), fp16 on CUDA, else fp32."""

@@ -786,7 +786,7 @@ class Daemon:
                 results = search_images(queries, ctx, k=int(body["k"]))
         return 200, {
             "results": [
-                {"query": r.query, "results": [{"path": m.path, "score": m.score} for m in r.matches]}
+                {"query": r.query, "results": [m.as_dict() for m in r.matches]}
                 | ({"error": r.error} if r.error else {})
                 for r in results
             ]

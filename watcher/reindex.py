@@ -52,6 +52,15 @@ SWITCH_WHEN_LEFT = 8
 REBUILD_FACTOR = 2.0
 
 
+class SharedCollectionError(ImgwatchError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"the index needs rebuilding ({reason}), but its collection is shared with other watchers "
+            "(`node` is set): a watcher never replaces a shared collection by itself. See README, "
+            '"Scaling out", for changing the extractor of a shared collection.'
+        )
+
+
 class Mode(StrEnum):
     EXTRACT = "extract"
     """Run the (new) model on every file."""
@@ -158,6 +167,8 @@ class Reindexer:
     def run(self, stop: threading.Event | None = None) -> dict[str, int]:
         """Apply every pending step; returns counts. Raises :class:`NotEnoughSamplesError` when PCA
         must wait for more vectors (the index keeps serving as it is)."""
+        if self._services.settings.node is not None and (step := self.pending()) is not None:
+            raise SharedCollectionError(step.reason)
         if not self._lock.acquire(blocking=False):
             raise ImgwatchError("a reindex is already running")
         try:
@@ -182,7 +193,7 @@ class Reindexer:
         target_extractor, transform = self._target_extractor(step)
         target = target_extractor.signature
         collection = self._target_collection(target, step.index)
-        store = open_store(services.settings, collection, target.dimension, step.index)
+        store = open_store(services.settings, services.catalog, collection, target.dimension, step.index)
         services.stack.callback(store.close)
         self._progress = {
             "phase": "building",
@@ -455,6 +466,7 @@ class BackgroundReindex:
         from watcher.jobs import run_recorded
         from watcher.services.pca import NotEnoughSamplesError
 
+        reraise = (NotEnoughSamplesError, SharedCollectionError)
         while not self._stop.is_set():
             self._wake.clear()
             delay: float | None = None
@@ -465,11 +477,11 @@ class BackgroundReindex:
                         "reindex",
                         lambda: self._reindexer.run(self._stop),
                         self._services.ctx,
-                        reraise=(NotEnoughSamplesError,),
+                        reraise=reraise,
                     )
                     if report["outcome"] != "ok":
                         delay = self.RETRY_S
-            except NotEnoughSamplesError as e:
+            except reraise as e:
                 self._waiting = str(e)
             except Exception:
                 log.exception("reindex check failed; retrying in %.0f s", self.RETRY_S)

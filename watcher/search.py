@@ -20,6 +20,14 @@ class Match:
     path: str
     score: float
     """Cosine similarity to the query (1.0 for identical content)."""
+    node: str | None = None
+    """Another watcher sharing the collection that indexed this file (its path is on that machine)."""
+
+    def as_dict(self) -> dict[str, object]:
+        found: dict[str, object] = {"path": self.path, "score": self.score}
+        if self.node is not None:
+            found["node"] = self.node
+        return found
 
 
 @dataclass(frozen=True)
@@ -108,19 +116,24 @@ def search_like(paths: Sequence[str], ctx: Context, *, k: int) -> list[QueryResu
 def search_vectors(
     vectors: Sequence[Vector], ctx: Context, *, k: int, exclude: Sequence[int] | None = None
 ) -> list[list[Match]]:
-    """The ``k`` best matches per vector. Paths come from the catalog (exact bytes); an entity without
-    an indexed catalog row is left out rather than reported under a path nobody vouches for.
+    """The ``k`` best matches per vector. Paths come from the catalog (exact bytes); an entity of ours
+    without an indexed catalog row is left out rather than reported under a path nobody vouches for.
     ``exclude`` gives, per vector, an entity id to leave out of its matches (the query's own)."""
     raw = ctx.vectors.search(vectors, k + _SLACK + (1 if exclude else 0))
-    records = ctx.catalog.get_many({hit.id for hits in raw for hit in hits})
+    records = ctx.catalog.get_many({hit.id for hits in raw for hit in hits if hit.node is None})
     left_out: Sequence[int | None] = exclude or [None] * len(raw)
     results = []
     for hits, own in zip(raw, left_out, strict=True):
         matches = [
             Match(records[hit.id].path, hit.score)
             for hit in hits
-            if hit.id != own and hit.id in records and records[hit.id].state is FileState.INDEXED
+            if hit.node is None
+            and hit.id != own
+            and hit.id in records
+            and records[hit.id].state is FileState.INDEXED
         ]
+        # Another watcher's files: it vouches for them in its own catalog; the path is the one it stored.
+        matches += [Match(hit.path, hit.score, hit.node) for hit in hits if hit.node is not None]
         matches.sort(key=lambda m: m.score, reverse=True)
         results.append(matches[:k])
     return results

@@ -138,8 +138,11 @@ def content_hash(data: bytes) -> str:
 @dataclass(frozen=True)
 class SearchHit:
     id: int
+    """The catalog row id for this node's entities; the raw Milvus key for another node's."""
     score: float
     path: str
+    node: str | None = None
+    """The watcher that indexed it, when that is another one sharing the collection (else None)."""
 
 
 class Extractor(Protocol):

@@ -37,6 +37,7 @@ COLLECTION_META_KEY = "collection"
 INDEX_META_KEY = "ann_index"
 REINDEX_META_KEY = "reindex"
 GENERATION_META_KEY = "collection_generation"
+NODE_META_KEY = "node_id"
 
 #: Commands that write the configured extractor's vectors, so refuse an index made by another one.
 WRITING_COMMANDS = frozenset({"index"})
@@ -83,6 +84,11 @@ def stored_index(catalog: SQLiteCatalog, settings: Settings) -> dict[str, Any]:
 
     text = catalog.get_meta(INDEX_META_KEY)
     return dict(json.loads(text)) if text else default_index_spec(settings.index_type, settings.index_params)
+
+
+def stored_dimension(catalog: SQLiteCatalog) -> int:
+    signature = stored_signature(catalog)
+    return signature.dimension if signature else 4096
 
 
 def active_collection(catalog: SQLiteCatalog, settings: Settings) -> str:
@@ -178,19 +184,55 @@ def _build_extractor(settings: Settings, weights: str) -> Extractor:
     )
 
 
+def node_identity(catalog: SQLiteCatalog, settings: Settings) -> tuple[int, str]:
+    """``(node id, node name)`` of this watcher in its collection; node id 0 when it is alone there.
+
+    A shared collection's node id is drawn once (random, so watchers need no coordination) and kept
+    in the catalog: it is part of every Milvus key this catalog's rows have.
+    """
+    import secrets
+    import socket
+
+    from watcher.services.abc import FileState
+    from watcher.services.vectors import MAX_NODE_ID
+
+    if settings.node is None:
+        return 0, socket.gethostname()
+    text = catalog.get_meta(NODE_META_KEY)
+    if text is None:
+        if catalog.counts()[FileState.INDEXED]:
+            raise ImgwatchError(
+                f"`node = {settings.node!r}` was set after this catalog indexed files alone, with keys "
+                "that are not scoped to a node; index it again: imgwatch index --rebuild ROOT..."
+            )
+        text = str(secrets.randbelow(MAX_NODE_ID) + 1)
+        catalog.set_meta(NODE_META_KEY, text)
+    return int(text), settings.node
+
+
 def open_store(
-    settings: Settings, collection: str, dimension: int, index: dict[str, Any]
+    settings: Settings, catalog: SQLiteCatalog, collection: str, dimension: int, index: dict[str, Any]
 ) -> Any:  # MilvusVectorStore; Any keeps pymilvus off this module's import path
     from watcher.services.vectors import MilvusVectorStore
 
-    return MilvusVectorStore(
+    node_id, node = node_identity(catalog, settings)
+    store = MilvusVectorStore(
         settings.vectors_uri,
         dimension=dimension,
         collection=collection,
         token=settings.milvus_token,
         index_type=index["type"],
         index_params=index["params"],
+        node_id=node_id,
+        node=node,
     )
+    if (other := store.foreign_node_in_own_range()) is not None:
+        store.close()
+        raise ImgwatchError(
+            f"node id {node_id} of this watcher ({node!r}) is also used by {other!r} in collection "
+            f"{collection!r}; give one of them a fresh catalog (another --data-dir) and index again"
+        )
+    return store
 
 
 @dataclass
@@ -248,7 +290,7 @@ def open_services(
         index = stored_index(catalog, settings) if stored else _configured_index(settings)
         # The store first: an unreachable server should fail in a second, not after loading a model.
         vectors = open_store(
-            settings, active_collection(catalog, settings), serving_signature.dimension, index
+            settings, catalog, active_collection(catalog, settings), serving_signature.dimension, index
         )
         stack.callback(vectors.close)
         if model:
@@ -299,12 +341,22 @@ def _drop_every_collection(settings: Settings, catalog: SQLiteCatalog) -> None:
     """For ``--rebuild``: the serving collection, an unfinished reindex's, and the catalog's claims."""
     from watcher.services.ledger import ReindexLedger
 
-    names = {active_collection(catalog, settings), settings.collection}
-    if reindex := catalog.get_meta(REINDEX_META_KEY):
-        names.add(json.loads(reindex)["collection"])
-    from watcher.services.vectors import drop_collections
+    if settings.node is not None and catalog.get_meta(NODE_META_KEY) is not None:
+        # A shared collection: only this watcher's entities go; the others keep theirs.
+        store = open_store(
+            settings, catalog, settings.collection, stored_dimension(catalog), stored_index(catalog, settings)
+        )
+        try:
+            store.delete(sorted(store.all_ids()))
+        finally:
+            store.close()
+    else:
+        names = {active_collection(catalog, settings), settings.collection}
+        if reindex := catalog.get_meta(REINDEX_META_KEY):
+            names.add(json.loads(reindex)["collection"])
+        from watcher.services.vectors import drop_collections
 
-    drop_collections(settings.vectors_uri, settings.milvus_token, names)
+        drop_collections(settings.vectors_uri, settings.milvus_token, names)
     ReindexLedger(catalog).clear()
     catalog.forget_vectors()
     for key in (SIGNATURE_META_KEY, COLLECTION_META_KEY, INDEX_META_KEY, REINDEX_META_KEY):

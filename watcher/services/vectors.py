@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 
 METRIC = "IP"  # vectors are L2-normalised, so inner product is cosine similarity
 PATH_MAX_BYTES = 65535
+NODE_MAX_BYTES = 255
+#: Milvus keys are ``node_id << ROW_BITS | catalog row id``: several watchers, each with its own
+#: catalog, can share one collection without colliding (2^40 rows per node, 2^23 nodes).
+ROW_BITS = 40
+MAX_NODE_ID = 2**23 - 1
 _DEFAULT_INDEX_PARAMS: Mapping[str, Mapping[str, Any]] = {
     "HNSW": {"M": 16, "efConstruction": 200},
     "HNSW_SQ": {"M": 16, "efConstruction": 200, "sq_type": "SQ8"},
@@ -131,7 +136,15 @@ class MilvusVectorStore:
         token: str | None = None,
         index_type: str = "FLAT",
         index_params: Mapping[str, Any] | None = None,
+        node_id: int = 0,
+        node: str = "",
     ) -> None:
+        if not 0 <= node_id <= MAX_NODE_ID:
+            raise ValueError(f"node_id must be within 0..{MAX_NODE_ID}")
+        self._node_id = node_id
+        self._node = node
+        self._own = (node_id << ROW_BITS, (node_id + 1) << ROW_BITS)
+        self._has_node_field = True
         self._collection = collection
         self._dimension = dimension
         self._index_type = index_type
@@ -187,6 +200,8 @@ class MilvusVectorStore:
                     f"but the extractor makes {self._dimension}-d ones; rebuild with "
                     "`imgwatch index --rebuild ROOT...` or choose another collection"
                 )
+            # Collections made before watchers could share one have no node field.
+            self._has_node_field = any(f["name"] == "node" for f in fields)
             # A reopened collection starts out released; searches and gets need it loaded.
             client.load_collection(self._collection)
             return
@@ -194,6 +209,7 @@ class MilvusVectorStore:
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("path", DataType.VARCHAR, max_length=PATH_MAX_BYTES)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self._dimension)
+        schema.add_field("node", DataType.VARCHAR, max_length=NODE_MAX_BYTES)
         index = client.prepare_index_params()
         index.add_index(
             field_name="vector", index_type=self._index_type, metric_type=METRIC, params=self._index_params
@@ -209,13 +225,57 @@ class MilvusVectorStore:
             self._uri,
         )
 
+    @property
+    def node_id(self) -> int:
+        return self._node_id
+
+    def _key(self, row_id: int) -> int:
+        if self._node_id == 0:
+            return row_id  # alone in the collection: keys are the catalog ids, as before nodes existed
+        if not 0 <= row_id < 1 << ROW_BITS:
+            raise ValueError(f"row id {row_id} does not fit in {ROW_BITS} bits")
+        return self._node_id << ROW_BITS | row_id
+
+    def _row(self, key: int) -> int:
+        return key if self._node_id == 0 else key & ((1 << ROW_BITS) - 1)
+
+    def _is_own(self, key: int) -> bool:
+        return key >> ROW_BITS == self._node_id
+
+    def foreign_node_in_own_range(self) -> str | None:
+        """Another node's name found under this node's keys (two watchers drew the same node id)."""
+        if self._node_id == 0 or not self._has_node_field:
+            return None
+        rows = self._client.query(
+            self._collection,
+            filter=f"{self._own_filter()} and node != {milvus_string(self._node)}",
+            output_fields=["node"],
+            limit=1,
+            consistency_level="Strong",
+        )
+        return str(rows[0]["node"]) if rows else None
+
+    def _own_filter(self) -> str:
+        """This node's entities only (its reconcile must never touch another watcher's)."""
+        if self._node_id == 0:
+            return ""
+        return f"id >= {self._own[0]} and id < {self._own[1]}"
+
     def upsert(self, items: Sequence[tuple[int, str, Vector]]) -> None:
         if not items:
             return
-        rows = [
-            {"id": key, "path": stored_path(path), "vector": np.asarray(vector, dtype=np.float32).tolist()}
+        rows: list[dict[str, Any]] = [
+            {
+                "id": self._key(key),
+                "path": stored_path(path),
+                "vector": np.asarray(vector, dtype=np.float32).tolist(),
+            }
             for key, path, vector in items
         ]
+        if self._has_node_field:
+            node = self._node.encode()[:NODE_MAX_BYTES].decode("utf-8", "ignore")
+            for row in rows:
+                row["node"] = node
         with self._write_lock:
             self._client.upsert(self._collection, rows)
 
@@ -226,25 +286,29 @@ class MilvusVectorStore:
         # Strong here too, not the collection's default: a collection created by another client may be
         # Bounded, and then a server does not return rows upserted just before (measured on 2.3.5).
         rows = self._client.get(
-            self._collection, ids=keys, output_fields=["vector"], consistency_level="Strong"
+            self._collection,
+            ids=[self._key(key) for key in keys],
+            output_fields=["vector"],
+            consistency_level="Strong",
         )
-        return {int(row["id"]): np.asarray(row["vector"], dtype=np.float32) for row in rows}
+        return {self._row(int(row["id"])): np.asarray(row["vector"], dtype=np.float32) for row in rows}
 
     def ids_for_path(self, path: str) -> list[int]:
         """Keys of entities whose stored path is ``path`` (for repairs when the catalog lost track)."""
+        own = self._own_filter()
         rows = self._client.query(
             self._collection,
-            filter=f"path == {milvus_string(stored_path(path))}",
+            filter=f"path == {milvus_string(stored_path(path))}" + (f" and {own}" if own else ""),
             output_fields=["id"],
             consistency_level="Strong",
         )
-        return sorted(int(row["id"]) for row in rows)
+        return sorted(self._row(int(row["id"])) for row in rows)
 
     def delete(self, ids: Iterable[int]) -> None:
         keys = list(ids)
         if keys:
             with self._write_lock:
-                self._client.delete(self._collection, ids=keys)
+                self._client.delete(self._collection, ids=[self._key(key) for key in keys])
 
     def search(self, queries: Sequence[Vector], k: int) -> list[list[SearchHit]]:
         if not queries:
@@ -253,14 +317,18 @@ class MilvusVectorStore:
             self._collection,
             data=[np.asarray(q, dtype=np.float32).tolist() for q in queries],
             limit=k,
-            output_fields=["path"],
+            output_fields=["path", "node"] if self._has_node_field else ["path"],
             search_params={"metric_type": METRIC, "params": self._search_params(k)},
             consistency_level="Strong",
         )
-        return [
-            [SearchHit(int(hit["id"]), float(hit["distance"]), str(hit["entity"]["path"])) for hit in hits]
-            for hits in results
-        ]
+        return [[self._hit(hit) for hit in hits] for hits in results]
+
+    def _hit(self, hit: Mapping[str, Any]) -> SearchHit:
+        key, score, path = int(hit["id"]), float(hit["distance"]), str(hit["entity"]["path"])
+        if self._is_own(key):
+            return SearchHit(self._row(key), score, path)
+        node = str(hit["entity"].get("node") or f"node {key >> ROW_BITS}")
+        return SearchHit(key, score, path, node=node)
 
     def _search_params(self, k: int) -> dict[str, Any]:
         if self._index_type.startswith("HNSW"):
@@ -272,20 +340,28 @@ class MilvusVectorStore:
         return {}
 
     def count(self) -> int:
+        """This node's entities."""
         rows = self._client.query(
-            self._collection, filter="", output_fields=["count(*)"], consistency_level="Strong"
+            self._collection,
+            filter=self._own_filter(),
+            output_fields=["count(*)"],
+            consistency_level="Strong",
         )
         return int(rows[0]["count(*)"])
 
     def all_ids(self) -> set[int]:
-        """Every entity's key (iterated in batches: a collection can be large)."""
+        """The catalog ids of this node's entities (iterated in batches: a collection can be large)."""
         iterator = self._client.query_iterator(
-            self._collection, batch_size=4096, filter="", output_fields=["id"], consistency_level="Strong"
-        )  # Strong: see get_vectors
+            self._collection,
+            batch_size=4096,
+            filter=self._own_filter(),
+            output_fields=["id"],
+            consistency_level="Strong",  # see get_vectors
+        )
         ids: set[int] = set()
         try:
             while batch := iterator.next():
-                ids.update(int(row["id"]) for row in batch)
+                ids.update(self._row(int(row["id"])) for row in batch)
         finally:
             iterator.close()
         return ids
