@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -151,6 +152,22 @@ def cpu_supports_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+def _use_the_cpus_we_may_run_on() -> None:
+    """One intra-op thread per CPU this process may run on.
+
+    torch defaults to the machine's physical cores, ignoring the affinity mask that containers,
+    ``taskset`` and systemd's ``CPUAffinity=`` set: it would then run more threads than CPUs and
+    lose throughput to preemption. Decoding happens in the handler threads, which mostly wait on the
+    model, so they need no CPUs reserved for them.
+    """
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if torch.get_num_threads() != allowed:
+        log.debug(
+            "torch intra-op threads: %d -> %d (CPUs this process may use)", torch.get_num_threads(), allowed
+        )
+        torch.set_num_threads(allowed)
+
+
 def choose_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         raise ImgwatchError("--device cuda was requested but torch sees no CUDA device")
@@ -198,6 +215,8 @@ class VGG16Extractor:
         # limit would otherwise warn (or fail) first with a message that names no file.
         Image.MAX_IMAGE_PIXELS = None
         self._device = choose_device(device)
+        if self._device.type == "cpu":
+            _use_the_cpus_we_may_run_on()
         self._max_pixels = max_pixels
         self._batch_size = batch_size
         self._max_wait = max_wait
