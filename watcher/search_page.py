@@ -147,13 +147,11 @@ class _Handler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         self._set_cookie = None
         try:
-            query = urllib.parse.parse_qs(url.query, keep_blank_values=True, max_num_fields=20)
+            query = _query(url.query)
             self._authorise(query)
             route(url.path, query)
         except RequestError as e:
             self._json(e.status, {"error": str(e)})
-        except ValueError as e:  # parse_qs: too many fields
-            self._json(400, {"error": f"bad query string: {e}"})
         except Exception:
             log.exception("search page request failed")
             self._json(500, {"error": "internal error (logged)"})
@@ -167,12 +165,14 @@ class _Handler(BaseHTTPRequestHandler):
                 raise RequestError(403, "the Host header must be an IP address or localhost")
             return
         expected = token.encode()
-        header = self.headers.get("Authorization", "")
-        if header.startswith("Bearer ") and _same(header.removeprefix("Bearer "), expected):
+        # http.server decodes header lines as latin-1: encoding them back gives the bytes sent.
+        header = self.headers.get("Authorization", "").encode("latin-1", "replace")
+        if header.startswith(b"Bearer ") and _same(header.removeprefix(b"Bearer "), expected):
             return
-        if _same(_cookie(self.headers.get("Cookie", ""), COOKIE_NAME), expected):
+        # The cookie and the query string are percent-encoded UTF-8.
+        if _same(_cookie(self.headers.get("Cookie", ""), COOKIE_NAME).encode("utf-8", "replace"), expected):
             return
-        given = query.get("token", [""])[-1]
+        given = urllib.parse.unquote_to_bytes(query.get("token", [""])[-1])
         if given and _same(given, expected):
             # The browser keeps it from now on; HttpOnly keeps it from scripts, Strict from other sites.
             self._set_cookie = (
@@ -306,9 +306,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def _same(given: str, expected: bytes) -> bool:
+def _same(given: bytes, expected: bytes) -> bool:
     """Constant-time comparison (of bytes: compare_digest refuses non-ASCII str)."""
-    return hmac.compare_digest(given.encode("utf-8", "replace"), expected)
+    return hmac.compare_digest(given, expected)
 
 
 def _cookie(header: str, name: str) -> str:
@@ -331,15 +331,28 @@ def _local_host(host_header: str) -> bool:
     return True
 
 
+def _query(text: str) -> dict[str, list[str]]:
+    """The query string's values, still percent-encoded: ``parse_qs`` would decode them as UTF-8 and
+    replace the bytes of a file name that is not UTF-8; each parameter is decoded by its reader."""
+    fields = [field for field in text.split("&") if field]
+    if len(fields) > 20:
+        raise RequestError(400, "too many query parameters")
+    query: dict[str, list[str]] = {}
+    for field in fields:
+        name, _, value = field.partition("=")
+        query.setdefault(urllib.parse.unquote(name), []).append(value)
+    return query
+
+
 def _k(query: dict[str, list[str]]) -> int:
-    raw = query.get("k", [str(DEFAULT_K)])[-1]
+    raw = urllib.parse.unquote(query.get("k", [str(DEFAULT_K)])[-1])
     if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_K):
         raise RequestError(400, f"k must be a whole number from 1 to {MAX_K}, not {raw!r}")
     return int(raw)
 
 
 def _id(query: dict[str, list[str]]) -> int:
-    raw = query["id"][-1]
+    raw = urllib.parse.unquote(query["id"][-1])
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 18):
         raise RequestError(400, f"id must be a catalog id (a whole number), not {raw!r}")
     return int(raw)
