@@ -19,8 +19,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.conftest import jpeg_bytes, write_photo
+from tests.conftest import index, jpeg_bytes, write_photo
 from tests.test_daemon import RunningDaemon, imgwatch_cli, start_daemon, wait_until
+from watcher.context import Context
 from watcher.errors import ConfigError
 from watcher.samples import photo
 from watcher.search import Match, QueryResult
@@ -31,7 +32,7 @@ from watcher.search_page import (
     path_from_ref,
     path_ref,
 )
-from watcher.thumbnails import ThumbnailCache, ThumbnailNotFoundError
+from watcher.thumbnails import ThumbnailCache, ThumbnailForbiddenError, ThumbnailNotFoundError, Thumbnails
 
 TOKEN = "page-token-\u00e9"  # non-ASCII on purpose: compared as bytes, in constant time
 MAX_UPLOAD = 1024 * 1024
@@ -152,6 +153,36 @@ def test_the_thumbnail_cache_is_bounded_by_bytes() -> None:
     assert cache.get((4, None)) is not None and cache.get((0, None)) is None
     cache.put((9, None), bytes(101))  # bigger than the whole cache: not kept
     assert cache.get((9, None)) is None
+
+
+def test_thumbnails_never_leave_the_roots(ctx: Context, tmp_path: Path) -> None:
+    """In-process, on a real catalog: what the daemon's roots do not hold is refused, whatever the
+    catalog holds (another folder indexed into the same data dir, a directory swapped for a symlink)."""
+    root, other, elsewhere = tmp_path / "root", tmp_path / "other", tmp_path / "elsewhere"
+    write_photo(root / "album" / "a.jpg", 1)
+    write_photo(other / "b.jpg", 2)
+    write_photo(elsewhere / "a.jpg", 3)
+    index(ctx, root, other)
+    thumbnails = Thumbnails(lambda: ctx.catalog, [str(root)], max_file_bytes=10 * 2**20)
+    a = ctx.catalog.get(str(root / "album" / "a.jpg"))
+    b = ctx.catalog.get(str(other / "b.jpg"))
+    assert a is not None and b is not None
+
+    first = thumbnails.by_id(a.id)
+    assert thumbnails.by_path(str(root / "album" / "a.jpg")) is first  # from the cache
+    with pytest.raises(ThumbnailForbiddenError):
+        thumbnails.by_id(b.id)  # indexed, but not under the daemon's roots
+    with pytest.raises(ThumbnailForbiddenError):
+        thumbnails.by_path(str(other / "b.jpg"))
+    with pytest.raises(ThumbnailNotFoundError):
+        thumbnails.by_id(b.id + a.id + 100)
+
+    # The album becomes a symlink to a folder outside, with a file of the same name: refused.
+    thumbnails.cache = ThumbnailCache()
+    shutil.rmtree(root / "album")
+    (root / "album").symlink_to(elsewhere)
+    with pytest.raises(ThumbnailForbiddenError):
+        thumbnails.by_id(a.id)
 
 
 # ---- the real daemon ----------------------------------------------------------------------------
