@@ -431,7 +431,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_in_a_browser_upload_then_more_like_this(served: Served, browser: Any, tmp_path: Path) -> None:
+def test_in_a_browser_upload_then_more_like_this(browser: Any, served: Served, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
