@@ -19,6 +19,7 @@ from watcher.config import (
     ENV_DATA_DIR,
     ENV_MILVUS_URI,
     ENV_PCA,
+    ENV_SEARCH_PAGE,
     ENV_WEIGHTS,
     Settings,
     load_settings,
@@ -214,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also accept events over HTTP (POST /events; GET /healthz, /metrics); token from "
         "IMGWATCH_WEBHOOK_TOKEN, required unless HOST is loopback",
     )
+    watch.add_argument(
+        "--search-page",
+        metavar="HOST:PORT",
+        default=None,
+        help="also serve a search page for the browser at http://HOST:PORT/ (drop an image, see the "
+        f"similar ones, click for more like this; env {ENV_SEARCH_PAGE}); off HOST loopback it requires "
+        "the webhook token (IMGWATCH_WEBHOOK_TOKEN), given once as /?token=TOKEN",
+    )
 
     invoke = commands.add_parser(
         "invoke",
@@ -293,6 +302,7 @@ def _settings(args: argparse.Namespace) -> Settings:
             "poll": getattr(args, "poll", None),
             "poll_interval": getattr(args, "poll_interval", None),
             "webhook": getattr(args, "webhook", None),
+            "search_page": getattr(args, "search_page", None),
         },
         config_file=args.config,
     )
@@ -515,12 +525,15 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
     roots = [os.path.abspath(os.fsdecode(root)) for root in (args.roots or settings.roots)]
     if not roots:
         raise ImgwatchError("nothing to watch: give ROOT arguments or set `roots = [...]` in the config file")
-    if settings.webhook:
-        from watcher.sources.webhook import is_loopback, parse_bind
+    from watcher.sources.webhook import is_loopback, parse_bind
 
-        host, _ = parse_bind(settings.webhook)
-        if settings.webhook_token is None and not is_loopback(host):
-            raise ImgwatchError(f"refusing to listen on {host} without a token: set IMGWATCH_WEBHOOK_TOKEN")
+    for bind, option in ((settings.webhook, "--webhook"), (settings.search_page, "--search-page")):
+        if bind:
+            host, _ = parse_bind(bind, option)
+            if settings.webhook_token is None and not is_loopback(host):
+                raise ImgwatchError(
+                    f"refusing to listen on {host} ({option}) without a token: set IMGWATCH_WEBHOOK_TOKEN"
+                )
     with open_services(settings, command="watch") as services:
         return Daemon(services, roots, _rules(settings)).run()
 

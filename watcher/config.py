@@ -23,6 +23,7 @@ ENV_PCA = "IMGWATCH_PCA"
 ENV_NODE = "IMGWATCH_NODE"
 ENV_WEBHOOK_TOKEN = "IMGWATCH_WEBHOOK_TOKEN"  # noqa: S105 - a variable name, not a secret
 ENV_WEBHOOK_HMAC_SECRET = "IMGWATCH_WEBHOOK_HMAC_SECRET"  # noqa: S105 - a variable name, not a secret
+ENV_SEARCH_PAGE = "IMGWATCH_SEARCH_PAGE"
 
 #: Which setting each environment variable feeds.
 ENV_VARS: Mapping[str, str] = {
@@ -35,6 +36,7 @@ ENV_VARS: Mapping[str, str] = {
     "node": ENV_NODE,
     "webhook_token": ENV_WEBHOOK_TOKEN,
     "webhook_hmac_secret": ENV_WEBHOOK_HMAC_SECRET,
+    "search_page": ENV_SEARCH_PAGE,
 }
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -110,6 +112,10 @@ class Settings:
     webhook_hmac_secret: str | None = None
     """When set, callers must also sign each body: ``X-Imgwatch-Signature: sha256=<hex HMAC>``."""
     webhook_max_bytes: int = 1024 * 1024
+    search_page: str | None = None
+    """``HOST:PORT`` for the daemon's search page; off when unset. Off loopback it needs ``webhook_token``."""
+    search_page_max_bytes: int = 32 * 1024 * 1024
+    """Largest query image the search page accepts (a phone photo is 3-15 MB)."""
     s3_mounts: Mapping[str, str] = field(default_factory=dict)
     """S3/MinIO bucket name -> local directory where that bucket's objects appear."""
     jobs: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: dict(DEFAULT_JOBS))
@@ -189,6 +195,8 @@ def _validated(values: dict[str, Any], source: str) -> Settings:
     for name in ("webhook_token", "webhook_hmac_secret", "milvus_token", "webhook", "milvus_uri"):
         if values.get(name) == "":
             values[name] = None  # an empty secret is no secret: treat it as unset, never as "any"
+    if values.get("search_page") == "":
+        values["search_page"] = None  # `search_page = ""` in the config file: off, like unset
     for name in _PATH_FIELDS & values.keys():
         values[name] = Path(values[name]).expanduser().absolute()
     for name in _TUPLE_FIELDS & values.keys():
@@ -215,7 +223,8 @@ def _validated(values: dict[str, Any], source: str) -> Settings:
             if not isinstance(spec, Mapping) or spec.get("trigger") not in ("interval", "cron", "off"):
                 raise ConfigError(source, f'jobs.{name} needs trigger = "interval", "cron" or "off"')
         values["jobs"] = {**DEFAULT_JOBS, **jobs}
-    for name in ("batch_size", "max_pixels", "max_file_bytes", "mass_delete_min_files", "webhook_max_bytes"):
+    positive = ("batch_size", "max_pixels", "max_file_bytes", "mass_delete_min_files", "webhook_max_bytes")
+    for name in (*positive, "search_page_max_bytes"):
         if name in values and (not isinstance(values[name], int) or values[name] < 1):
             raise ConfigError(source, f"{name} must be a positive integer, not {values[name]!r}")
     if values.get("pca") in (0, "off", "none"):

@@ -53,7 +53,8 @@ from watcher.metrics import DaemonMetrics
 from watcher.notify import sd_notify, watchdog_interval
 from watcher.reindex import BackgroundReindex, Reindexer
 from watcher.scan import ScanRules
-from watcher.search import search_images, search_like
+from watcher.search import QueryResult, search_images, search_like
+from watcher.search_page import SearchPageBackend, SearchPageConfig, SearchPageServer
 from watcher.services.build import Services
 from watcher.sources.fs import OverflowListener, RootWatch, watch_root
 from watcher.sources.webhook import (
@@ -154,6 +155,7 @@ class Daemon:
         self._allowed = allowed_paths(roots, settings.s3_mounts)
         self._metrics = DaemonMetrics(self._queue_depths, self._file_counts)
         self._webhook: WebhookServer | None = None
+        self._search_page: SearchPageServer | None = None
         self._scheduler: BackgroundScheduler | None = None
         # SimpleQueue: its put() is reentrant, so the signal handler may call it at any moment.
         self._inbox: queue.SimpleQueue[tuple[ImageEvent, list[int]]] = queue.SimpleQueue()
@@ -208,6 +210,8 @@ class Daemon:
             # The webhook binds next: a port in use or a refused address must fail before anything runs.
             if self._settings.webhook:
                 self._webhook = self._start_webhook(self._settings.webhook)
+            if self._settings.search_page:
+                self._search_page = self._start_search_page(self._settings.search_page)
             for root in roots:
                 self._start_watch(root)
             for root in roots:
@@ -302,6 +306,8 @@ class Daemon:
         self._reindex.stop(timeout=5.0)
         if self._webhook is not None:
             self._webhook.stop()
+        if self._search_page is not None:
+            self._search_page.stop()
         for root in self._roots.values():
             if root.watch is not None:
                 root.watch.stop()
@@ -709,6 +715,39 @@ class Daemon:
             self._health,
             self._metrics.render,
             lambda method, status: self._metrics.webhook_requests.labels(method, str(status)).inc(),
+        )
+        server.start()
+        return server
+
+    def _start_search_page(self, bind: str) -> SearchPageServer:
+        from watcher.thumbnails import Thumbnails
+
+        host, port = parse_bind(bind, "--search-page")
+        # Thumbnails only of files inside the roots and S3 mount directories: never of other folders
+        # indexed into the same data dir by `imgwatch index`, nor of anything else on the disk.
+        roots = list(self._roots)
+        thumbnails = Thumbnails(lambda: self._ctx.catalog, roots, self._settings.max_file_bytes)
+
+        def search_image(data: bytes, k: int) -> QueryResult:
+            with self._serving.use() as ctx:
+                return search_images([("upload", data)], ctx, k=k)[0]
+
+        def search_like_path(path: str, k: int) -> QueryResult:
+            with self._serving.use() as ctx:
+                return search_like([path], ctx, k=k)[0]
+
+        def path_of(file_id: int) -> str | None:
+            record = self._ctx.catalog.get_many([file_id]).get(file_id)
+            return record.path if record else None
+
+        server = SearchPageServer(
+            SearchPageConfig(host, port, self._settings.webhook_token, self._settings.search_page_max_bytes),
+            SearchPageBackend(
+                search_image,
+                search_like_path,
+                lambda ref: thumbnails.by_id(ref) if isinstance(ref, int) else thumbnails.by_path(ref),
+                path_of,
+            ),
         )
         server.start()
         return server

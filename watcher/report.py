@@ -58,6 +58,11 @@ def file_url(path: str) -> str:
 def thumbnail(data: bytes) -> str:
     """A ``data:image/jpeg`` URI of a small copy of the encoded image ``data``, EXIF orientation
     applied. Raises on anything that is not a decodable image within :data:`MAX_PIXELS`."""
+    return "data:image/jpeg;base64," + base64.b64encode(thumbnail_jpeg(data)).decode("ascii")
+
+
+def thumbnail_jpeg(data: bytes) -> bytes:
+    """The JPEG bytes behind :func:`thumbnail` (the daemon's search page serves them as files)."""
     from watcher.services.images import FORMATS, to_rgb
 
     with Image.open(io.BytesIO(data), formats=FORMATS) as image:
@@ -70,7 +75,7 @@ def thumbnail(data: bytes) -> str:
         small.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS)
         out = io.BytesIO()
         small.save(out, "JPEG", quality=80)
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
+    return out.getvalue()
 
 
 def _picture(data: bytes | None, why_not: str) -> str:

@@ -215,10 +215,10 @@ def _s3_record(
 # ---- HTTP ---------------------------------------------------------------------------------------
 
 
-def parse_bind(text: str) -> tuple[str, int]:
+def parse_bind(text: str, option: str = "--webhook") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not host:
-        raise ConfigError("--webhook", f"expected HOST:PORT (e.g. 127.0.0.1:8765), not {text!r}")
+        raise ConfigError(option, f"expected HOST:PORT (e.g. 127.0.0.1:8765), not {text!r}")
     return host.strip("[]"), int(port)
 
 

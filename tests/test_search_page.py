@@ -1,0 +1,486 @@
+"""The daemon's search page: over HTTP, and in a real headless chromium driven by selenium."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import ipaddress
+import json
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
+from tests.conftest import index, jpeg_bytes, write_photo
+from tests.test_daemon import RunningDaemon, imgwatch_cli, start_daemon, wait_until
+from watcher.context import Context
+from watcher.errors import ConfigError
+from watcher.samples import photo
+from watcher.search import Match, QueryResult
+from watcher.search_page import (
+    SearchPageBackend,
+    SearchPageConfig,
+    SearchPageServer,
+    path_from_ref,
+    path_ref,
+)
+from watcher.thumbnails import ThumbnailCache, ThumbnailForbiddenError, ThumbnailNotFoundError, Thumbnails
+
+TOKEN = "page-token-\u00e9"  # non-ASCII on purpose: compared as bytes, in constant time
+MAX_UPLOAD = 1024 * 1024
+BROWSER_TIMEOUT = 90
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> dict[str, Any]:
+        return dict(json.loads(self.body))
+
+
+def request(
+    host: str,
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> Answer:
+    connection = http.client.HTTPConnection(host, port, timeout=60)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return Answer(response.status, response.headers, response.read())
+    finally:
+        connection.close()
+
+
+# ---- the HTTP layer on its own: auth, refs ------------------------------------------------------
+
+
+@given(st.binary(min_size=1, max_size=64).filter(lambda b: b"\0" not in b))
+def test_path_refs_round_trip_any_bytes(raw: bytes) -> None:
+    path = os.fsdecode(raw)
+    ref = path_ref(path)
+    assert ref.isascii() and not set(ref) & set("?&#+ ")
+    assert path_from_ref(ref) == path
+
+
+@pytest.fixture
+def tokened() -> Iterator[SearchPageServer]:
+    """The server with a token, with plain callables behind it: what is tested here is the HTTP layer."""
+
+    def thumbnail(ref: int | str) -> bytes:
+        raise ThumbnailNotFoundError(str(ref))
+
+    backend = SearchPageBackend(
+        search_image=lambda _data, _k: QueryResult("upload", [Match("/p/a.jpg", 0.9)]),
+        search_like=lambda path, _k: QueryResult(path, []),
+        thumbnail=thumbnail,
+        path_of=lambda _id: None,
+    )
+    server = SearchPageServer(SearchPageConfig("127.0.0.1", 0, TOKEN, MAX_UPLOAD), backend)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_a_token_is_required_when_set(tokened: SearchPageServer) -> None:
+    def get(path: str, **headers: str) -> Answer:
+        return request("127.0.0.1", tokened.port, "GET", path, headers=headers)
+
+    refused = get("/")
+    assert refused.status == 401 and "token" in refused.json()["error"]
+    assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+    assert get("/", Authorization="Bearer wrong").status == 401
+    assert get("/?token=wrong").status == 401
+    assert get("/", Cookie="imgwatch_token=wrong").status == 401
+    bearer = f"Bearer {TOKEN}".encode().decode("latin-1")  # http.client sends header values as latin-1
+    assert get("/", Authorization=bearer).status == 200
+    upload = request(
+        "127.0.0.1", tokened.port, "POST", "/api/search", jpeg_bytes(photo(1)), {"Authorization": bearer}
+    )
+    assert upload.status == 200 and upload.json()["results"][0]["path"] == "/p/a.jpg"
+    assert request("127.0.0.1", tokened.port, "POST", "/api/search", b"x" * 10).status == 401
+
+    # A browser gives the token once in the address; it comes back as a cookie, out of the address.
+    quoted = "page-token-%C3%A9"
+    first = get(f"/?token={quoted}")
+    assert first.status == 303 and first.headers["Location"] == "/"
+    cookie = first.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    assert get("/", Cookie=cookie.split(";")[0]).status == 200
+    assert get("/static/search.js", Cookie="other=1; " + cookie.split(";")[0]).status == 200
+
+
+def test_off_loopback_without_a_token_is_refused() -> None:
+    backend = SearchPageBackend(
+        lambda _d, _k: QueryResult("", []), lambda p, _k: QueryResult(p, []), lambda _r: b"", lambda _i: None
+    )
+    with pytest.raises(ConfigError, match="without a token"):
+        SearchPageServer(SearchPageConfig("0.0.0.0", 0, None, MAX_UPLOAD), backend)  # noqa: S104
+
+
+def test_the_cli_refuses_a_public_page_without_a_token(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    result = imgwatch_cli(tmp_path / "data", "watch", str(root), "--search-page", "0.0.0.0:0")
+    assert result.returncode == 1 and b"--search-page) without a token" in result.stderr
+
+
+def test_the_thumbnail_cache_is_bounded_by_bytes() -> None:
+    cache = ThumbnailCache(max_bytes=100)
+    for n in range(5):
+        cache.put((n, None), bytes(40))
+    assert cache.size_bytes <= 100
+    assert cache.get((4, None)) is not None and cache.get((0, None)) is None
+    cache.put((9, None), bytes(101))  # bigger than the whole cache: not kept
+    assert cache.get((9, None)) is None
+
+
+def test_thumbnails_never_leave_the_roots(ctx: Context, tmp_path: Path) -> None:
+    """In-process, on a real catalog: what the daemon's roots do not hold is refused, whatever the
+    catalog holds (another folder indexed into the same data dir, a directory swapped for a symlink)."""
+    root, other, elsewhere = tmp_path / "root", tmp_path / "other", tmp_path / "elsewhere"
+    write_photo(root / "album" / "a.jpg", 1)
+    write_photo(other / "b.jpg", 2)
+    write_photo(elsewhere / "a.jpg", 3)
+    index(ctx, root, other)
+    thumbnails = Thumbnails(lambda: ctx.catalog, [str(root)], max_file_bytes=10 * 2**20)
+    a = ctx.catalog.get(str(root / "album" / "a.jpg"))
+    b = ctx.catalog.get(str(other / "b.jpg"))
+    assert a is not None and b is not None
+
+    first = thumbnails.by_id(a.id)
+    assert thumbnails.by_path(str(root / "album" / "a.jpg")) is first  # from the cache
+    with pytest.raises(ThumbnailForbiddenError):
+        thumbnails.by_id(b.id)  # indexed, but not under the daemon's roots
+    with pytest.raises(ThumbnailForbiddenError):
+        thumbnails.by_path(str(other / "b.jpg"))
+    with pytest.raises(ThumbnailNotFoundError):
+        thumbnails.by_id(b.id + a.id + 100)
+
+    # The album becomes a symlink to a folder outside, with a file of the same name: refused.
+    thumbnails.cache = ThumbnailCache()
+    shutil.rmtree(root / "album")
+    (root / "album").symlink_to(elsewhere)
+    with pytest.raises(ThumbnailForbiddenError):
+        thumbnails.by_id(a.id)
+
+
+# ---- the real daemon ----------------------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    daemon: RunningDaemon
+    port: int
+    root: Path
+    outside: Path
+
+    def get(self, path: str, **headers: str) -> Answer:
+        return request("127.0.0.1", self.port, "GET", path, headers=headers)
+
+    def post(self, path: str, body: bytes, **headers: str) -> Answer:
+        return request("127.0.0.1", self.port, "POST", path, body, headers)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+
+def resized_copy(seed: int, size: tuple[int, int] = (320, 240), quality: int = 75) -> bytes:
+    """A query: photo ``seed`` as ``write_photo`` makes it, smaller and compressed again."""
+    return jpeg_bytes(photo(seed, (480, 360)).resize(size, Image.Resampling.LANCZOS), quality=quality)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    base = tmp_path_factory.mktemp("page")
+    root, outside = base / "photos", base / "outside"
+    for seed in range(8):
+        write_photo(root / f"photo{seed}.jpg", seed)
+    # A grey copy of photo 3: "more like" photo3.jpg finds it first.
+    (root / "copies").mkdir()
+    (root / "copies" / "photo3-grey.jpg").write_bytes(jpeg_bytes(photo(3, (480, 360)).convert("L")))
+    write_photo(root / os.fsdecode(b"odd \xff\xfe name.jpg"), 11)
+    write_photo(outside / "secret.jpg", 99)
+    # Symlinked files are indexed under the link's path, but this one's file is outside the root.
+    (root / "link-out.jpg").symlink_to(outside / "secret.jpg")
+    config = base / "config.toml"
+    config.write_text(f"search_page_max_bytes = {MAX_UPLOAD}\n")
+    port = _free_port()
+    daemon = start_daemon(
+        base / "data", root, extra=("--search-page", f"127.0.0.1:{port}", "--config", str(config))
+    )
+    try:
+        wait_until(lambda: daemon.status()["vectors"] == 11, timeout=120)
+        daemon.idle()
+        yield Served(daemon, port, root, outside)
+    finally:
+        daemon.process.kill()
+        daemon.process.wait()
+
+
+@pytest.mark.slow
+def test_the_page_and_its_files_are_served(served: Served) -> None:
+    page = served.get("/")
+    assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert b'type="file"' in page.body and b"/static/search.js" in page.body
+    assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+    for name, kind in (("search.js", "text/javascript"), ("search.css", "text/css")):
+        answer = served.get(f"/static/{name}")
+        assert answer.status == 200 and answer.headers["Content-Type"].startswith(kind)
+    assert served.get("/static/../search_page.py").status == 404
+    assert served.get("/static/search.html").status == 404
+    # Loopback without a token: a name other than localhost is what a DNS-rebinding page sends.
+    assert served.get("/", Host="attacker.example").status == 403
+    assert served.get("/", Host=f"localhost:{served.port}").status == 200
+
+
+@pytest.mark.slow
+def test_an_upload_finds_its_photo_and_more_like_this_its_copy(served: Served) -> None:
+    answer = served.post("/api/search?k=3", resized_copy(5), **{"Content-Type": "image/jpeg"})
+    assert answer.status == 200
+    results = answer.json()["results"]
+    assert len(results) == 3
+    assert results[0]["path"] == str(served.root / "photo5.jpg")
+    assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
+
+    photo3 = path_ref(str(served.root / "photo3.jpg"))
+    like = served.get(f"/api/like?path={photo3}&k=5")
+    assert like.status == 200
+    paths = [r["path"] for r in like.json()["results"]]
+    assert paths[0] == str(served.root / "copies" / "photo3-grey.jpg")
+    assert str(served.root / "photo3.jpg") not in paths  # the query itself is left out
+
+    unknown = served.get(f"/api/like?path={path_ref(str(served.root / 'nope.jpg'))}")
+    assert unknown.status == 404 and "not in the index" in unknown.json()["error"]
+
+
+@pytest.mark.slow
+def test_bad_uploads_get_the_right_status(served: Served) -> None:
+    assert served.post("/api/search", b"").status == 400
+    not_image = served.post("/api/search", b"hello, not an image\n" * 10)
+    assert not_image.status == 415 and "not a supported image" in not_image.json()["error"]
+    truncated = served.post("/api/search", jpeg_bytes(photo(1))[:2000])
+    assert truncated.status == 415
+    too_big = _post_headers_only(served.port, {"Content-Length": str(MAX_UPLOAD + 1)})
+    assert too_big.status == 413 and "search_page_max_bytes" in too_big.json()["error"]
+    assert _post_headers_only(served.port, {}).status == 411
+    assert _post_headers_only(served.port, {"Transfer-Encoding": "chunked"}).status == 411
+    for k in ("0", "abc", "201", "-1"):
+        assert served.post(f"/api/search?k={k}", jpeg_bytes(photo(1))).status == 400
+    assert served.post("/api/nothing", b"x").status == 404
+    assert request("127.0.0.1", served.port, "PUT", "/api/search", b"x").status == 405
+
+
+@pytest.mark.slow
+def test_thumbnails_only_of_indexed_files_inside_the_roots(served: Served) -> None:
+    root, outside = served.root, served.outside
+    good = served.get(f"/thumb?path={path_ref(str(root / 'photo1.jpg'))}")
+    assert good.status == 200 and good.headers["Content-Type"] == "image/jpeg"
+    with Image.open(io.BytesIO(good.body)) as thumb:
+        assert max(thumb.size) == 200
+    forbidden = [
+        str(outside / "secret.jpg"),  # outside, exists
+        f"{root}/../outside/secret.jpg",  # out of the root with ..
+        f"{root}/copies/../../outside/secret.jpg",
+        str(root / "link-out.jpg"),  # indexed, but a symlink whose file is outside
+        "/etc/passwd",
+        "relative/photo1.jpg",
+    ]
+    for path in forbidden:
+        answer = served.get(f"/thumb?path={path_ref(path)}")
+        assert answer.status == 403, path
+        assert answer.headers["Content-Type"] == "application/json" and "error" in answer.json()
+    assert served.get(f"/thumb?path={path_ref(str(root / 'missing.jpg'))}").status == 404
+    assert served.get(f"/thumb?path={path_ref(str(root / 'copies'))}").status == 404  # a directory
+    assert served.get(f"/thumb?path={path_ref(str(root))}%ff%fe.jpg").status == 403  # a sibling of root
+    odd = root / os.fsdecode(b"odd \xff\xfe name.jpg")  # not UTF-8: must reach the catalog as these bytes
+    assert served.get(f"/thumb?path={path_ref(str(odd))}").status == 200
+    assert served.get(f"/thumb?path={path_ref(str(root))}/photo1.jpg%00.png").status == 400
+    assert served.get("/thumb?path=").status == 400
+    assert served.get("/thumb").status == 400
+    assert served.get("/thumb?id=abc").status == 400
+    assert served.get("/thumb?id=999999").status == 404
+    # By catalog id: ids of files inside the roots work, the symlink's does not.
+    ids = _ids_by_path(served)
+    assert served.get(f"/thumb?id={ids[str(root / 'photo2.jpg')]}").status == 200
+    assert served.get(f"/thumb?id={ids[str(root / 'link-out.jpg')]}").status == 403
+
+
+def _ids_by_path(served: Served) -> dict[str, int]:
+    """Catalog ids, found through the page itself: /api/like?id= answers with an id's path."""
+    found: dict[str, int] = {}
+    for file_id in range(1, 40):
+        answer = served.get(f"/api/like?id={file_id}&k=1")
+        if answer.status == 200:
+            found[answer.json()["query"]] = file_id
+    return found
+
+
+def _post_headers_only(port: int, headers: dict[str, str]) -> Answer:
+    """A POST of ``headers`` alone: the answer must come before any body is sent (http.client would
+    otherwise add ``Content-Length: 0``, and a big body would meet a closed connection)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.putrequest("POST", "/api/search")
+        for name, value in headers.items():
+            connection.putheader(name, value)
+        connection.endheaders()
+        response = connection.getresponse()
+        return Answer(response.status, response.headers, response.read())
+    finally:
+        connection.close()
+
+
+# ---- the real daemon off loopback: the token, as for the webhook --------------------------------
+
+
+def _own_address() -> str | None:
+    """A non-loopback address of this machine (a UDP connect sends nothing), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only the route is looked up
+        except OSError:
+            return None
+        address = str(s.getsockname()[0])
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+@pytest.mark.slow
+def test_off_loopback_the_daemon_requires_the_token(tmp_path: Path) -> None:
+    host = _own_address()
+    if host is None:
+        pytest.skip("no non-loopback address on this machine (the handler-level tests above cover auth)")
+    root = tmp_path / "root"
+    write_photo(root / "a.jpg", 1)
+    config = tmp_path / "config.toml"
+    config.write_text(f'webhook_token = "{TOKEN}"\n')
+    port = _free_port(host)
+    extra = ("--search-page", f"{host}:{port}", "--config", str(config))
+    daemon = start_daemon(tmp_path / "data", root, extra=extra)
+    try:
+        assert request(host, port, "GET", "/").status == 401
+        assert request(host, port, "POST", "/api/search", jpeg_bytes(photo(1))).status == 401
+        first = request(host, port, "GET", "/?token=page-token-%C3%A9")
+        assert first.status == 303
+        cookie = first.headers["Set-Cookie"].split(";")[0]
+        assert request(host, port, "GET", "/", headers={"Cookie": cookie}).status == 200
+        wait_until(lambda: daemon.status()["vectors"] == 1, timeout=60)
+        upload = request(host, port, "POST", "/api/search?k=1", jpeg_bytes(photo(1)), {"Cookie": cookie})
+        assert upload.status == 200 and upload.json()["results"][0]["path"] == str(root / "a.jpg")
+    finally:
+        assert daemon.stop() == 0
+
+
+# ---- a real browser ------------------------------------------------------------------------------
+
+
+def _browser_unavailable(reason: str) -> None:
+    """Skip locally; in CI (``CI=true``) the browser test is mandatory, so fail instead."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but the browser test cannot run: {reason}", pytrace=False)
+    pytest.skip(f"headless browser not available: {reason}")
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Debian's chromium, headless, through its chromedriver (no download: Selenium Manager is bypassed)."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        _browser_unavailable("selenium is not installed (pip install -e '.[test]')")
+    binary, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if binary is None or driver_path is None:
+        _browser_unavailable("chromium or chromedriver not found (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        options.add_argument(argument)
+    if os.geteuid() == 0:
+        options.add_argument("--no-sandbox")  # chromium refuses to run as root with its sandbox
+    try:
+        driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    except Exception as e:  # noqa: BLE001 - any start-up failure is "no browser here"
+        _browser_unavailable(f"chromium did not start: {e}")
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_in_a_browser_upload_then_more_like_this(browser: Any, served: Served, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def grid() -> list[tuple[str, str]]:
+        """(class, path text) of each figure in the grid, in order (read at once: it may be redrawn)."""
+        return [
+            (css, path)
+            for css, path in browser.execute_script(
+                "return [...document.querySelectorAll('#grid figure')]"
+                ".map(f => [f.className, f.querySelector('.path').textContent]);"
+            )
+        ]
+
+    def thumbnails_loaded(_driver: Any) -> bool:
+        return bool(
+            browser.execute_script(
+                "const imgs = [...document.querySelectorAll('#grid figure.result img')];"
+                "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);"
+            )
+        )
+
+    wait = WebDriverWait(browser, BROWSER_TIMEOUT)
+    browser.get(served.url)
+    query = tmp_path / "query.jpg"
+    query.write_bytes(resized_copy(5))
+    browser.find_element(By.ID, "file").send_keys(str(query))
+    wait.until(lambda _d: any(css == "result" for css, _ in grid()))
+    shown = grid()
+    assert shown[0] == ("query", "query.jpg")
+    assert shown[1] == ("result", str(served.root / "photo5.jpg"))
+    assert len(shown) == 1 + 11  # k defaults to 20; eleven files are indexed
+    wait.until(thumbnails_loaded)
+    browser.save_screenshot(str(tmp_path / "search-page.png"))
+
+    # Click the first result: more like photo5.jpg, by its stored vector.
+    browser.find_elements(By.CSS_SELECTOR, "#grid figure.result")[0].click()
+    wait.until(lambda _d: browser.find_element(By.ID, "title").text == "More like this")
+    shown = grid()
+    assert shown[0] == ("query", str(served.root / "photo5.jpg"))
+    assert str(served.root / "photo5.jpg") not in [path for css, path in shown if css == "result"]
+
+    # Its first result is a file with a copy in the folder: that copy comes first.
+    photo3 = next(
+        figure
+        for figure in browser.find_elements(By.CSS_SELECTOR, "#grid figure.result")
+        if figure.find_element(By.CSS_SELECTOR, ".path").text == str(served.root / "photo3.jpg")
+    )
+    photo3.click()
+    wait.until(lambda _d: grid()[0] == ("query", str(served.root / "photo3.jpg")))
+    assert grid()[1] == ("result", str(served.root / "copies" / "photo3-grey.jpg"))
+    wait.until(thumbnails_loaded)
+    assert not browser.find_element(By.ID, "status").get_attribute("class")  # no error shown
