@@ -833,7 +833,8 @@ class Daemon:
 
     def _duplicates_route(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         try:
-            groups = find_duplicates(self._ctx, threshold=float(body.get("threshold", 0.95)))
+            with self._serving.use() as ctx:
+                groups = find_duplicates(ctx, threshold=float(body.get("threshold", 0.95)))
         except ValueError as e:
             return 400, {"error": str(e)}
         return 200, {"groups": [{"paths": g.paths, "max_score": g.max_score} for g in groups]}
