@@ -366,8 +366,7 @@ class _Build:
         self.done = 0
 
     def left(self) -> int:
-        progress = self._ledger.progress()
-        return progress["total"] - progress["done"]
+        return self._ledger.remaining()
 
     def sync(self, limit: int, *, held: Context | None = None) -> int:
         """Give up to ``limit`` rows their new vector; returns how many rows were taken.

@@ -82,10 +82,17 @@ class ReindexLedger:
         with self._engine.begin() as conn:
             conn.execute(sa.delete(LEDGER))
 
+    def remaining(self) -> int:
+        """Rows still to do (one query: the build checks this after every batch)."""
+        with self._engine.connect() as conn:
+            return int(
+                conn.execute(sa.select(sa.func.count()).select_from(_JOINED).where(_TODO)).scalar_one()
+            )
+
     def progress(self) -> dict[str, int]:
+        todo = self.remaining()
         with self._engine.connect() as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(FILES).where(_VOUCHED)).scalar_one()
-            todo = conn.execute(sa.select(sa.func.count()).select_from(_JOINED).where(_TODO)).scalar_one()
             failed = conn.execute(
                 sa.select(sa.func.count()).select_from(LEDGER).where(LEDGER.c.error.is_not(None))
             ).scalar_one()

@@ -80,14 +80,14 @@ def default_index_spec(index_type: str, params: Mapping[str, Any] | None = None)
 
 def drop_collections(uri: str, token: str | None, names: Iterable[str]) -> None:
     """Drop these collections where they exist (for ``index --rebuild``)."""
-    store = MilvusVectorStore.__new__(MilvusVectorStore)
-    store._connect(uri, token)
+    connection = _Connection(uri, token)
     try:
         for name in names:
-            if store._client.has_collection(name):
-                store._client.drop_collection(name)
+            if connection.client.has_collection(name):
+                with connection.write_lock:
+                    connection.client.drop_collection(name)
     finally:
-        store.close()
+        connection.close()
 
 
 def milvus_string(value: str) -> str:
@@ -124,6 +124,44 @@ def stored_path(path: str) -> str:
     return encoded[:PATH_MAX_BYTES].decode("utf-8", "ignore")
 
 
+class _Connection:
+    """A client of one Milvus: a server, or a Lite file whose in-process server this process shares."""
+
+    def __init__(self, uri: str, token: str | None) -> None:
+        from pymilvus import MilvusClient
+
+        self._uri = uri
+        self._lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
+        # Milvus Lite's WAL opens its file lazily without a lock: two concurrent upserts can both open
+        # it, and one write then lands in a file object that is dropped (measured: ResourceWarning
+        # "unclosed file ... wal_data_*.arrow" with 12 writer threads). Writes go one at a time.
+        self.write_lock = _acquire_lite(uri) if self._lite else threading.Lock()
+        self._closed = False
+        try:
+            self.client = MilvusClient(uri=uri, token=token or "")
+        except Exception as e:
+            self._release()
+            cause = e.__cause__ or e.__context__
+            if type(cause).__name__ == "DataDirLockedError":
+                raise DataDirBusyError(Path(uri).parent, None, None) from e
+            raise StoreUnavailableError(uri, str(e)) from e
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.client.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._lite and _release_lite(self._uri):
+            # Milvus Lite serves the file from a gRPC server thread in this process; closing the client
+            # leaves it running (and the file locked) until exit unless we release it.
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self._uri)
+
+
 class MilvusVectorStore:
     """The real vector store service (see :class:`watcher.services.abc.VectorStore`)."""
 
@@ -149,27 +187,11 @@ class MilvusVectorStore:
         self._dimension = dimension
         self._index_type = index_type
         self._index_params = dict(index_params or _DEFAULT_INDEX_PARAMS.get(index_type, {}))
-        self._connect(uri, token)
-        self._ensure_collection()
-
-    def _connect(self, uri: str, token: str | None) -> None:
-        from pymilvus import MilvusClient
-
         self._uri = uri
-        self._lite = not uri.startswith(("http://", "https://", "tcp://", "unix:"))
-        # Milvus Lite's WAL opens its file lazily without a lock: two concurrent upserts can both open
-        # it, and one write then lands in a file object that is dropped (measured: ResourceWarning
-        # "unclosed file ... wal_data_*.arrow" with 12 writer threads). Writes go one at a time.
-        self._write_lock = _acquire_lite(uri) if self._lite else threading.Lock()
-        self._closed = False
-        try:
-            self._client = MilvusClient(uri=uri, token=token or "")
-        except Exception as e:
-            self._release()
-            cause = e.__cause__ or e.__context__
-            if type(cause).__name__ == "DataDirLockedError":
-                raise DataDirBusyError(Path(uri).parent, None, None) from e
-            raise StoreUnavailableError(uri, str(e)) from e
+        self._connection = _Connection(uri, token)
+        self._client = self._connection.client
+        self._write_lock = self._connection.write_lock
+        self._ensure_collection()
 
     @property
     def uri(self) -> str:
@@ -387,16 +409,4 @@ class MilvusVectorStore:
                 self._client.drop_collection(name)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._client.close()
-        self._release()
-
-    def _release(self) -> None:
-        if self._lite and _release_lite(self._uri):
-            # Milvus Lite serves the file from a gRPC server thread in this process; closing the client
-            # leaves it running (and the file locked) until exit unless we release it.
-            from milvus_lite.server_manager import server_manager_instance
-
-            server_manager_instance.release_server(self._uri)
+        self._connection.close()
