@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from watcher.services.extractor import (
     cpu_supports_bf16,
     imagenet_weights_file,
 )
+from watcher.services.images import prepare
 
 
 def test_signature_names_model_weights_layer_preprocessing_dimension_dtype(extractor: VGG16Extractor) -> None:
@@ -138,3 +141,30 @@ def test_rebuild_re_extracts_everything(open_ctx: OpenContext, photos: Path) -> 
         assert summary.updated + summary.added == 8
         assert ctx.extractor.images_embedded == before + 8
         assert ctx.vectors.count() == 8
+
+
+def test_a_lone_image_does_not_wait_for_a_batch_to_fill() -> None:
+    # A minute's wait for company would show: a lone search or dropped file must not pay it.
+    patient = VGG16Extractor(WeightsSpec.parse("random:0"), batch_size=8, max_wait=60.0)
+    try:
+        started = time.monotonic()
+        patient.embed(jpeg_bytes(photo(1)))
+        assert time.monotonic() - started < 30
+        assert patient.batch_sizes == {1: 1}
+    finally:
+        patient.close()
+
+
+def test_images_that_arrive_while_the_model_runs_share_batches(extractor: VGG16Extractor) -> None:
+    pixels = [prepare(jpeg_bytes(photo(seed)), 10**8) for seed in range(24)]
+    before = extractor.batch_sizes
+
+    with ThreadPoolExecutor(max_workers=24) as pool:
+        vectors = list(pool.map(extractor.embed_prepared, pixels))
+
+    after = extractor.batch_sizes
+    ran = {size: after.get(size, 0) - before.get(size, 0) for size in after}
+    assert sum(size * count for size, count in ran.items()) == 24
+    assert max(size for size, count in ran.items() if count) > 1
+    for one, seed in ((vectors[3], 3), (vectors[17], 17)):
+        assert float(one @ extractor.embed_prepared(pixels[seed])) == pytest.approx(1.0, abs=1e-3)

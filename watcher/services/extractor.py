@@ -1,12 +1,14 @@
 """VGG16 fc7 feature extractor: the classic VGG + Milvus image-search recipe, batched.
 
 Callers in many threads hand over encoded images; each decodes its own image (in its own thread), and
-one model thread runs whatever has gathered as a batch. A lone image waits at most ``max_wait``
-seconds for company, so batching never holds a single file back for long.
+one model thread runs whatever has gathered as a batch. While images keep coming, a batch waits at
+most ``max_wait`` seconds to fill; an image that finds the model idle does not wait at all (a lone
+search or a single dropped file), and the images that arrive while it runs form the next batch.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import os
@@ -231,6 +233,9 @@ class VGG16Extractor:
             weights, weights_identity or weights.identity(), _name_of(self._dtype)
         )
         self._embedded = 0
+        self._batch_sizes: collections.Counter[int] = collections.Counter()
+        self._busy = False
+        """Whether images arrived while the last batch ran: then more are on their way."""
         self._count_lock = threading.Lock()
         self._requests: queue.Queue[tuple[npt.NDArray[np.uint8], Future[Vector]] | None] = queue.Queue()
         self._closed = False
@@ -249,6 +254,12 @@ class VGG16Extractor:
     @property
     def images_embedded(self) -> int:
         return self._embedded
+
+    @property
+    def batch_sizes(self) -> dict[int, int]:
+        """How many batches of each size the model thread has run."""
+        with self._count_lock:
+            return dict(self._batch_sizes)
 
     def embed(self, data: bytes) -> Vector:
         return self.embed_prepared(prepare(data, self._max_pixels))
@@ -301,8 +312,12 @@ class VGG16Extractor:
                 return
 
     def _gather(self, batch: list[tuple[npt.NDArray[np.uint8], Future[Vector]]]) -> bool:
-        """Add waiting requests to ``batch`` until it is full or ``max_wait`` passes; True on close."""
-        deadline = time.monotonic() + self._max_wait
+        """Add waiting requests to ``batch`` until it is full or ``max_wait`` passes; True on close.
+
+        Only a busy model waits for company. An image that finds it idle would wait for nobody
+        (a lone search, one dropped file); images that arrive while it runs mark it busy.
+        """
+        deadline = time.monotonic() + (self._max_wait if self._busy else 0.0)
         while len(batch) < self._batch_size:
             remaining = deadline - time.monotonic()
             try:
@@ -315,12 +330,16 @@ class VGG16Extractor:
         return False
 
     def _run(self, batch: list[tuple[npt.NDArray[np.uint8], Future[Vector]]]) -> None:
+        with self._count_lock:
+            self._batch_sizes[len(batch)] += 1
         try:
             vectors = self.forward(np.stack([pixels for pixels, _ in batch]))
         except Exception as e:  # noqa: BLE001 - hand the failure to every waiting caller
             for _, future in batch:
                 future.set_exception(e)
             return
+        finally:
+            self._busy = not self._requests.empty()
         for (_, future), vector in zip(batch, vectors, strict=True):
             future.set_result(vector)
 
