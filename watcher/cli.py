@@ -372,8 +372,9 @@ def _index(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        counts = ", ".join(f"{n} {name}" for name, n in result.items() if name not in ("failures", "reindex"))
-        print(f"{counts} ({', '.join(roots)})")
+        shown = ("failures", "reindex", "seconds")
+        counts = ", ".join(f"{n} {name}" for name, n in result.items() if name not in shown)
+        print(f"{counts} in {result['seconds']:.1f} s ({', '.join(roots)})")
     return EXIT_OK
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,8 @@ class IndexSummary:
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     """``(path, reason)`` of each file that failed in this run."""
+    seconds: float = 0.0
+    """Time spent applying the plan (reading, decoding, the model, both stores), start-up excluded."""
 
     def count(self, outcome: Outcome) -> None:
         setattr(self, outcome.value, getattr(self, outcome.value) + 1)
@@ -39,6 +42,7 @@ class IndexSummary:
     def as_dict(self) -> dict[str, object]:
         counts: dict[str, object] = {o.value: getattr(self, o.value) for o in Outcome}
         counts["failures"] = [{"path": path, "error": reason} for path, reason in self.failures]
+        counts["seconds"] = round(self.seconds, 3)
         return counts
 
 
@@ -143,6 +147,7 @@ def run_plan(
 ) -> IndexSummary:
     """Handle the planned events: moves and deletions first (cheap, and they free paths), then the
     rest concurrently so decoding overlaps the model."""
+    started = time.monotonic()
     summary = IndexSummary(unchanged=work.unchanged)
 
     def record(event: ImageEvent, outcome: Outcome) -> None:
@@ -157,4 +162,5 @@ def run_plan(
     for event in [*work.moves, *work.deletions]:
         record(event, dispatch(event, ctx))
     dispatch_all(work.changes, ctx, workers=workers, on_handled=record)
+    summary.seconds = time.monotonic() - started
     return summary

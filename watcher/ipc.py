@@ -191,7 +191,7 @@ class DaemonClient:
         return list(self.request("POST", "/search", body)["results"])
 
     def search_like(self, paths: list[str], k: int) -> list[dict[str, Any]]:
-        """"More like this" for indexed ``paths``: the daemon searches with their stored vectors."""
+        """Search "more like this" for indexed ``paths``: the daemon uses their stored vectors."""
         return list(self.request("POST", "/search", {"k": k, "like": paths})["results"])
 
     def duplicates(self, threshold: float) -> dict[str, Any]:

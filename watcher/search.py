@@ -79,7 +79,7 @@ def search_images(queries: Sequence[tuple[str, bytes | str]], ctx: Context, *, k
 
 
 def search_like(paths: Sequence[str], ctx: Context, *, k: int) -> list[QueryResult]:
-    """"More like this": each query names an indexed file, whose stored vector is the query.
+    """Search "more like this": each query names an indexed file, whose stored vector is the query.
 
     No model runs and the file is not read (it may be unreadable, or gone from disk while still in
     the catalog). The query's own entry is left out of its results; other files with the same
