@@ -48,7 +48,8 @@ def _chunk(index: int) -> np.ndarray:
             # Noise of norm ~0.1 next to a unit vector: cosine ~0.995, far above THRESHOLD, while two
             # unrelated random 4096-d vectors score about 0 +- 0.016.
             vectors[start + copy] = base + rng.standard_normal(DIMENSION).astype(np.float32) * (0.1 / 64)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit: np.ndarray = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return unit
 
 
 def _status_kb(field: str) -> int:

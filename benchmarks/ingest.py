@@ -2,8 +2,8 @@
 
 1. model only: the project's extractor (its best configuration here) on pre-decoded 224x224 batches;
 2. the classic recipe: PIL open -> Resize/CenterCrop/normalise -> fp32 VGG16 fc7, one image at a time;
-3. end to end: ``imgwatch index`` (a subprocess, cold: model load included and reported apart) on
-   2 MP JPEGs, 12 MP JPEGs and PNGs.
+3. end to end: ``imgwatch index`` (a subprocess; the rate is its own timing of the indexing work, and
+   the start-up around it is reported apart) on 2 MP JPEGs, 12 MP JPEGs and PNGs.
 
     python benchmarks/ingest.py                  # defaults sized for a 2-core CPU (a few minutes)
     python benchmarks/ingest.py --images 256     # more images, steadier figures
@@ -62,18 +62,21 @@ def _write_images(folder: Path, kind: str, count: int) -> list[Path]:
     return paths
 
 
-def model_only(weights: str, images: list[Path], batch: int) -> float:
+def model_only(weights: str, images: list[Path], batch: int, passes: int = 2) -> float:
+    """The fastest of ``passes`` passes over as many images as the other rows, in full batches: the
+    roofline's best case, so the ratios against it are conservative."""
     extractor = VGG16Extractor(WeightsSpec.parse(weights), batch_size=batch)
     try:
-        pixels = np.stack([prepare(p.read_bytes(), 10**9) for p in images[: max(batch * 2, 16)]])
-        extractor.forward(pixels[:batch])  # warm-up
-        started = time.perf_counter()
-        done = 0
-        while done < len(images):
-            chunk = pixels[: min(batch, len(images) - done)]
-            extractor.forward(chunk)
-            done += len(chunk)
-        return done / (time.perf_counter() - started)
+        pixels = np.stack([prepare(p.read_bytes(), 10**9) for p in images[:batch]])
+        extractor.forward(pixels)  # warm-up
+        best = 0.0
+        for _ in range(passes):
+            started = time.perf_counter()
+            done = 0
+            while done < len(images):
+                done += len(extractor.forward(pixels[: min(batch, len(images) - done)]))
+            best = max(best, done / (time.perf_counter() - started))
+        return best
     finally:
         extractor.close()
 
@@ -98,18 +101,9 @@ def classic(weights: str, images: list[Path]) -> float:
 
 
 def end_to_end(weights: str, folder: Path, data_dir: Path) -> tuple[float, float]:
-    """Images/s of ``imgwatch index`` excluding start-up, and the start-up seconds."""
+    """Images/s of ``imgwatch index`` applying its plan (as it reports it), and the seconds around
+    that: interpreter and model start-up, the folder scan, shutdown."""
     env = {**os.environ, "IMGWATCH_WEIGHTS": weights, "IMGWATCH_DATA_DIR": str(data_dir)}
-    empty = folder.parent / "empty"
-    empty.mkdir(exist_ok=True)
-    started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "watcher", "index", str(empty), "--json"],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    startup = time.perf_counter() - started
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "watcher", "index", str(folder), "--json"],
@@ -117,9 +111,9 @@ def end_to_end(weights: str, folder: Path, data_dir: Path) -> tuple[float, float
         check=True,
         capture_output=True,
     )
-    elapsed = time.perf_counter() - started - startup
-    added = json.loads(result.stdout)["added"]
-    return added / elapsed, startup
+    elapsed = time.perf_counter() - started
+    summary = json.loads(result.stdout)
+    return summary["added"] / summary["seconds"], elapsed - summary["seconds"]
 
 
 def main() -> None:
@@ -169,7 +163,8 @@ def main() -> None:
         "| --- | --- |",
         *(f"| {name} | {value} |" for name, value in report["ratios"].items()),
         "",
-        f"`imgwatch index` start-up (interpreter, model load, stores), excluded above: {report['startup_s']}",
+        "`imgwatch index` rates are its own figure for applying the plan (read, hash, decode, model, Milvus,",
+        f"SQLite). Seconds around that (start-up, model load, scan), excluded above: {report['startup_s']}",
         "",
     ]
     results = Path(os.environ.get("IMGWATCH_BENCH_RESULTS", HERE / "results"))

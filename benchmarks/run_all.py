@@ -1,11 +1,12 @@
 """The whole benchmark suite in one command, and a report that checks the performance targets.
 
-    python benchmarks/run_all.py            # the full suite (about 15-25 minutes on 2 cores)
+    python benchmarks/run_all.py            # the full suite (about 13 minutes on 2 cores)
     python benchmarks/run_all.py --quick    # a smoke run of every script (a few minutes)
 
-Runs ``ingest.py``, ``drop_latency.py``, ``search_latency.py`` and ``pca_recall.py`` one after the
-other (never side by side: each measures ratios within its own run, on a machine left to it), then
-writes ``results/REPORT.md`` with each target and whether this run met it, and by how much.
+Runs the scripts in steps. A timed step runs alone, so each ratio it reports is measured on a
+machine left to it. Only untimed preparation shares the machine: the search benchmark's synthetic
+stores are filled while ``pca_recall.py`` (a recall figure, no clock) runs beside them. Then it
+writes ``REPORT.md`` with each target, whether this run met it, by how much, and what bounds it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,75 +27,115 @@ RESULTS = HERE / "results"
 QUICK_RESULTS = RESULTS / "quick"
 """Where ``--quick`` runs write: their figures must never overwrite the real ones."""
 
-FULL = {
-    "profile_model.py": [],
-    "ingest.py": [],
-    "drop_latency.py": [],
-    "search_latency.py": [],
-    "pca_recall.py": [],
-}
-QUICK = {
-    "profile_model.py": [],
-    "ingest.py": ["--images", "8", "--classic-images", "4"],
-    "drop_latency.py": ["--drops", "5"],
-    "search_latency.py": ["--quick"],
-    "pca_recall.py": ["--images", "520", "--queries", "20"],
-}
+Command = list[str]
+STORE = "{store}"
+"""Stands for the search benchmark's store dir, made per run."""
 
 
-def _load(folder: Path, name: str) -> dict[str, Any] | None:
+def plan(quick: bool) -> list[list[Command]]:
+    """Steps of commands; the commands of one step run side by side."""
+    search = ["search_latency.py", "--store", STORE, *(["--quick"] if quick else [])]
+    pca = ["pca_recall.py", *(["--images", "520", "--queries", "20"] if quick else [])]
+    return [
+        [["profile_model.py", *(["--quick"] if quick else [])]],
+        [["ingest.py", *(["--images", "8", "--classic-images", "4"] if quick else [])]],
+        [["drop_latency.py", *(["--drops", "5"] if quick else [])]],
+        [[*search, "--fill-only"], pca],
+        [search],
+    ]
+
+
+def _load(folder: Path, name: str) -> dict[str, Any]:
     path = folder / name
-    return json.loads(path.read_text()) if path.exists() else None
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _check(name: str, value: float | None, target: float, *, at_most: bool = False) -> str:
+def _check(name: str, value: float | None, target: float, *, at_most: bool = False) -> tuple[str, bool]:
     if value is None:
-        return f"| {name} | not measured | {'≤' if at_most else '≥'} {target} | - |"
+        return f"| {name} | not measured | {'≤' if at_most else '≥'} {target} | - |", False
     met = value <= target if at_most else value >= target
     margin = (target / value if at_most else value / target) if value else 0.0
-    verdict = "met" if met else f"**missed** ({margin:.0%} of target)"
-    return f"| {name} | {value} | {'≤' if at_most else '≥'} {target} | {verdict} |"
+    verdict = "met" if met else f"**missed**: {margin:.0%} of target"
+    return f"| {name} | {value} | {'≤' if at_most else '≥'} {target} | {verdict} |", met
 
 
-def report(folder: Path, quick: bool) -> str:
-    ingest = _load(folder, "ingest.json") or {}
-    drop = _load(folder, "drop_latency.json") or {}
-    search = _load(folder, "search_latency_quick.json" if quick else "search_latency.json") or {}
-    pca = _load(folder, "pca_recall.json") or {}
-    prof = _load(folder, "profile_model.json") or {}
+def report(folder: Path, quick: bool, seconds: float) -> str:
+    ingest = _load(folder, "ingest.json")
+    drop = _load(folder, "drop_latency.json")
+    search = _load(folder, "search_latency_quick.json" if quick else "search_latency.json")
+    pca = _load(folder, "pca_recall.json")
+    prof = _load(folder, "profile_model.json")
     ratios = ingest.get("ratios", {})
+    speeds = ingest.get("images_per_s", {})
     rows = {(r["vectors"], r["dimension"]): r for r in search.get("rows", [])}
     largest = max((size for size, _ in rows), default=None)
-    pca512 = rows.get((largest, 512)) if largest else None
-    full = rows.get((largest, 4096)) if largest else None
-    lines = [
-        "# Benchmark report" + (" (quick smoke run: figures are not meaningful)" if quick else ""),
-        "",
-        f"Machine: {ingest.get('machine', 'unknown')}; weights {ingest.get('weights', '?')}.",
-        "",
-        "| target | this run | target | verdict |",
-        "| --- | --- | --- | --- |",
-        _check("ingest 2 MP JPEG / model-only roofline", ratios.get("2mp-jpeg / model_only"), 0.85),
-        _check("ingest 2 MP JPEG / classic one-at-a-time", ratios.get("2mp-jpeg / classic"), 4.5),
-        _check("drop -> searchable p50 (s)", drop.get("p50_s"), 0.5, at_most=True),
-        _check(
+    pca512 = rows.get((largest, 512), {}) if largest else {}
+    full = rows.get((largest, 4096), {}) if largest else {}
+
+    checks = {
+        "roofline": _check(
+            "ingest 2 MP JPEG / model-only roofline", ratios.get("2mp-jpeg / model_only"), 0.85
+        ),
+        "classic": _check("ingest 2 MP JPEG / classic one-at-a-time", ratios.get("2mp-jpeg / classic"), 4.5),
+        "drop": _check("drop -> searchable p50 (s)", drop.get("p50_s"), 0.5, at_most=True),
+        "search": _check(
             f"warm search p50 at {largest or '?'} vectors, PCA-512 (s)",
-            pca512["warm_p50_s"] if pca512 else None,
+            pca512.get("warm_p50_s"),
             0.25,
             at_most=True,
         ),
-        _check("recall@10 PCA-512 vs 4096-d", pca.get("recall_at_10_pca512"), 0.98),
+        "recall": _check("recall@10 PCA-512 vs 4096-d", pca.get("recall_at_10_pca512"), 0.98),
+    }
+    why = {
+        "roofline": "The pipeline around the model (decode, hash, catalog, Milvus) costs more than 15 % "
+        "of the model's own time: see `ingest.md` for where.",
+        "classic": (
+            f"The model alone runs at {speeds.get('model_only', '?')} images/s, "
+            f"{_ratio(speeds.get('model_only'), speeds.get('classic_one_at_a_time'))}x the classic recipe "
+            f"({speeds.get('classic_one_at_a_time', '?')} images/s), and end-to-end ingest cannot beat "
+            f"the model. The model runs at {_share(prof.get('model_share_of_peak'))} of this CPU's measured "
+            f"{prof.get('precision', '?')} peak, and that peak is {prof.get('bf16_over_fp32_peak', '?')}x "
+            f"its fp32 peak (AMX: {prof.get('amx', '?')}), so against fp32 one-at-a-time no pipeline can "
+            "reach 4.5x here. The 4.5x assumes a CPU whose bf16 units are 4-5x its fp32 ones (AMX). "
+            "Profile: `profile_model.md`."
+        ),
+        "drop": "See `drop_latency.md`.",
+        "search": (
+            "A warm search is one decode and VGG16 pass of the query "
+            f"({_ms(search.get('query_embedding_p50_s'))} p50, the same at any index size) plus the "
+            "vector store's search "
+            f"({_ms(pca512.get('store_search_p50_s'))} p50 at {largest or '?'} PCA-512 vectors, measured in "
+            "process), plus the daemon's socket and catalog. Milvus Lite searches in Python: per search it "
+            "walks every entity's primary key to drop superseded and deleted rows, and a FLAT search copies "
+            "the vectors it scans (py-spy: `execute_search_with_index`, `BruteForceIndex.search`), so its "
+            "share grows with the collection. A Milvus server keeps that part in C++."
+        ),
+        "recall": (
+            "Measured on seeded random-weight features (no ImageNet weights can be downloaded here); "
+            "see `pca_recall.md`."
+        ),
+    }
+    lines = [
+        "# Benchmark report" + (" (quick smoke run: figures are not meaningful)" if quick else ""),
         "",
-        f"Also measured: warm search p50 at {largest or '?'} vectors, 4096-d: "
-        f"{full['warm_p50_s'] if full else '-'} s; daemon peak RSS "
-        f"{full['daemon_peak_rss_mib'] if full else '-'} MiB (4096-d) vs "
-        f"{pca512['daemon_peak_rss_mib'] if pca512 else '-'} MiB (PCA-512).",
+        f"{datetime.now(UTC):%Y-%m-%d}; machine: {ingest.get('machine', 'unknown')}; weights "
+        f"{ingest.get('weights', '?')}; `run_all.py` took {seconds / 60:.1f} minutes.",
         "",
-        f"Model-only throughput here: {prof.get('model_images_per_s', '-')} images/s, "
-        f"{prof.get('model_share_of_matmul_peak', '-')} of this CPU's measured matmul peak "
-        "(`profile_model.md`): end-to-end ingest cannot exceed the model, so against the classic "
-        "recipe it is bound by model-only / classic.",
+        "| target | this run | target | verdict |",
+        "| --- | --- | --- | --- |",
+        *(line for line, _ in checks.values()),
         "",
+        f"Also measured: warm search p50 at {largest or '?'} vectors, 4096-d: {_ms(full.get('warm_p50_s'))}; "
+        f"daemon peak RSS {full.get('daemon_peak_rss_mib', '-')} MiB (4096-d) vs "
+        f"{pca512.get('daemon_peak_rss_mib', '-')} MiB (PCA-512).",
+        "",
+    ]
+    missed = [key for key, (_, met) in checks.items() if not met]
+    if missed:
+        lines += ["## Why the missed targets are missed", ""]
+        lines += [f"- **{checks[key][0].split(' | ')[0].lstrip('| ')}**: {why[key]}" for key in missed]
+        lines.append("")
+    lines += [
         "Details: `profile_model.md`, `ingest.md`, `drop_latency.md`, "
         f"`{'search_latency_quick.md' if quick else 'search_latency.md'}`, `pca_recall.md`.",
         "",
@@ -100,23 +143,46 @@ def report(folder: Path, quick: bool) -> str:
     return "\n".join(lines)
 
 
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a and b else "?"
+
+
+def _share(value: float | None) -> str:
+    return f"{value:.0%}" if value is not None else "?"
+
+
+def _ms(seconds: float | None) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds is not None else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run of every script")
     parser.add_argument("--only", nargs="*", help="run only these scripts (e.g. search_latency.py)")
     args = parser.parse_args()
-    plan = QUICK if args.quick else FULL
     folder = QUICK_RESULTS if args.quick else RESULTS
     folder.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"IMGWATCH_BENCH_RESULTS": str(folder)}
-    for script, extra in plan.items():
-        if args.only and script not in args.only:
-            continue
-        started = time.monotonic()
-        print(f"== {script} {' '.join(extra)}", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, str(HERE / script), *extra], check=True, env=env)
-        print(f"== {script}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-    text = report(folder, args.quick)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="imgwatch-bench-") as store:
+        for step in plan(args.quick):
+            commands = [c for c in step if not args.only or c[0] in args.only]
+            if not commands:
+                continue
+            clock = time.monotonic()
+            names = " + ".join(" ".join(c) for c in commands).replace(STORE, "STORE")
+            print(f"== {names}", file=sys.stderr, flush=True)
+            running = [
+                subprocess.Popen(
+                    [sys.executable, str(HERE / c[0]), *(store if a == STORE else a for a in c[1:])], env=env
+                )
+                for c in commands
+            ]
+            failed = [c[0] for c, p in zip(commands, running, strict=True) if p.wait() != 0]
+            if failed:
+                raise SystemExit(f"benchmark failed: {', '.join(failed)}")
+            print(f"== {time.monotonic() - clock:.0f} s", file=sys.stderr, flush=True)
+    text = report(folder, args.quick, time.monotonic() - started)
     (folder / "REPORT.md").write_text(text)
     print(text)
 
