@@ -168,3 +168,12 @@ def test_images_that_arrive_while_the_model_runs_share_batches(extractor: VGG16E
     assert max(size for size, count in ran.items() if count) > 1
     for one, seed in ((vectors[3], 3), (vectors[17], 17)):
         assert float(one @ extractor.embed_prepared(pixels[seed])) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_cpu_model_keeps_numpy_to_one_blas_thread(extractor: VGG16Extractor) -> None:
+    # Idle OpenBLAS threads spin after each numpy call and take cores from the model's forward passes.
+    from threadpoolctl import threadpool_info
+
+    assert extractor.device.type == "cpu"
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas and all(pool["num_threads"] == 1 for pool in blas)

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from threadpoolctl import threadpool_limits
 
 from watcher.errors import ImgwatchError
 from watcher.services.abc import Extractor, ExtractorSignature, Vector
+from watcher.services.cpu import cpus_we_may_run_on
 
 PCA_DIMENSIONS = (256, 512)
 #: Vectors read to fit a transform: more adds little to a 4096-d covariance and costs a full pass.
@@ -85,17 +87,20 @@ class PCATransform:
         """Fit on vectors given in ``(n, d)`` batches (at most :data:`MAX_FIT_SAMPLES` are used)."""
         moment: npt.NDArray[np.float64] | None = None
         count = 0
-        for batch in batches:
-            rows = np.asarray(batch, dtype=np.float64)[: MAX_FIT_SAMPLES - count]
-            if moment is None:
-                moment = np.zeros((rows.shape[1], rows.shape[1]))
-            moment += rows.T @ rows
-            count += len(rows)
-            if count >= MAX_FIT_SAMPLES:
-                break
-        if moment is None or count < dimension:
-            raise NotEnoughSamplesError(dimension, count)
-        values, axes = np.linalg.eigh(moment / count)  # ascending
+        # A process with a CPU model keeps numpy to one BLAS thread (extractor._use_the_cpus_we_may_run_on);
+        # this is the one big matrix product it does, so let it use every CPU while it lasts.
+        with threadpool_limits(limits=cpus_we_may_run_on(), user_api="blas"):
+            for batch in batches:
+                rows = np.asarray(batch, dtype=np.float64)[: MAX_FIT_SAMPLES - count]
+                if moment is None:
+                    moment = np.zeros((rows.shape[1], rows.shape[1]))
+                moment += rows.T @ rows
+                count += len(rows)
+                if count >= MAX_FIT_SAMPLES:
+                    break
+            if moment is None or count < dimension:
+                raise NotEnoughSamplesError(dimension, count)
+            values, axes = np.linalg.eigh(moment / count)  # ascending
         components = axes[:, ::-1][:, :dimension]
         # eigh's sign per axis is arbitrary; fix it so refits on the same data give the same version.
         signs = np.sign(components[np.argmax(np.abs(components), axis=0), np.arange(dimension)])
