@@ -62,7 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--images", type=int, default=1200)
+    parser.add_argument("--images", type=int, default=900)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--weights", default="random:0")
     args = parser.parse_args()

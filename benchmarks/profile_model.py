@@ -33,7 +33,7 @@ GFLOP_PER_IMAGE = 30.9  # VGG16 convolutions + fc6 + fc7 at 224x224 (2 FLOP per 
 BATCH = 16
 
 
-def _best_rate(run: Callable[[], object], flop: float, seconds: float = 2.0, tries: int = 3) -> float:
+def _best_rate(run: Callable[[], object], flop: float, seconds: float = 1.2, tries: int = 3) -> float:
     """GFLOP/s of the fastest of ``tries`` timed windows (a shared machine only ever slows a window)."""
     run()
     best = 0.0
@@ -62,7 +62,7 @@ def peak_gflops(dtype: torch.dtype, seconds: float) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short timing windows: a smoke run")
-    seconds = 0.3 if parser.parse_args().quick else 2.0
+    seconds = 0.3 if parser.parse_args().quick else 1.2
     results: dict[str, object] = {"threads": torch.get_num_threads(), "cpus": os.cpu_count()}
     peaks: dict[str, float] = {}
     with torch.inference_mode():

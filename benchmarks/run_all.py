@@ -1,6 +1,6 @@
 """The whole benchmark suite in one command, and a report that checks the performance targets.
 
-    python benchmarks/run_all.py            # the full suite (about 13 minutes on 2 cores)
+    python benchmarks/run_all.py            # the full suite (about 14 minutes on 2 cores)
     python benchmarks/run_all.py --quick    # a smoke run of every script (a few minutes)
 
 Runs the scripts in steps. A timed step runs alone, so each ratio it reports is measured on a
