@@ -55,7 +55,7 @@ def _check(name: str, value: float | None, target: float, *, at_most: bool = Fal
         return f"| {name} | not measured | {'≤' if at_most else '≥'} {target} | - |", False
     met = value <= target if at_most else value >= target
     margin = (target / value if at_most else value / target) if value else 0.0
-    verdict = "met" if met else f"**missed**: {margin:.0%} of target"
+    verdict = "met" if met else f"**missed**: {margin:.1%} of target"
     return f"| {name} | {value} | {'≤' if at_most else '≥'} {target} | {verdict} |", met
 
 
@@ -159,14 +159,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run of every script")
     parser.add_argument("--only", nargs="*", help="run only these scripts (e.g. search_latency.py)")
+    parser.add_argument("--report-only", action="store_true", help="rewrite REPORT.md from the last results")
     args = parser.parse_args()
     folder = QUICK_RESULTS if args.quick else RESULTS
     folder.mkdir(parents=True, exist_ok=True)
+    timing = folder / "run_all.json"
+    if not args.report_only:
+        timing.write_text(json.dumps({"seconds": round(run(args.quick, args.only, folder), 1)}) + "\n")
+    text = report(folder, args.quick, float(_load(folder, "run_all.json").get("seconds", 0.0)))
+    (folder / "REPORT.md").write_text(text)
+    print(text)
+
+
+def run(quick: bool, only: list[str] | None, folder: Path) -> float:
+    """Run the plan's steps; the seconds it took."""
     env = os.environ | {"IMGWATCH_BENCH_RESULTS": str(folder)}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="imgwatch-bench-") as store:
-        for step in plan(args.quick):
-            commands = [c for c in step if not args.only or c[0] in args.only]
+        for step in plan(quick):
+            commands = [c for c in step if not only or c[0] in only]
             if not commands:
                 continue
             clock = time.monotonic()
@@ -182,9 +193,7 @@ def main() -> None:
             if failed:
                 raise SystemExit(f"benchmark failed: {', '.join(failed)}")
             print(f"== {time.monotonic() - clock:.0f} s", file=sys.stderr, flush=True)
-    text = report(folder, args.quick, time.monotonic() - started)
-    (folder / "REPORT.md").write_text(text)
-    print(text)
+    return time.monotonic() - started
 
 
 if __name__ == "__main__":
