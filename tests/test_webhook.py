@@ -21,13 +21,23 @@ from hypothesis import strategies as st
 
 from tests.conftest import write_photo
 from tests.test_daemon import RunningDaemon, _env, daemon_factory, imgwatch_cli, start_daemon, wait_until
-from watcher.events import DirectoryCreated, DirectoryDeleted, ImageCreated, ImageDeleted, ImageMoved, Source
+from watcher.events import (
+    DirectoryCreated,
+    DirectoryDeleted,
+    ImageCreated,
+    ImageDeleted,
+    ImageEvent,
+    ImageMoved,
+    Source,
+)
 from watcher.sources.webhook import (
     GENERIC_TYPES,
     AllowedPaths,
     ForbiddenPathError,
     InvalidEventError,
     MalformedBodyError,
+    WebhookConfig,
+    WebhookServer,
     parse_body,
 )
 
@@ -472,3 +482,38 @@ def test_invoke_goes_through_a_running_daemon(served: tuple[RunningDaemon, Webho
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"accepted": 1, "ignored": []}
     wait_until(lambda: daemon.paths_found(target, k=1) == [str(target)], timeout=30)
+
+
+def test_a_non_ascii_token_matches_the_bytes_the_client_sends(tmp_path: Path, allowed: AllowedPaths) -> None:
+    # http.server decodes header lines as latin-1; the token is compared as the bytes on the wire.
+    token = "clé-ünïcode-✓"
+    received: list[ImageEvent] = []
+    server = WebhookServer(
+        WebhookConfig("127.0.0.1", 0, token, None, 1 << 20, allowed),
+        received.append,
+        lambda: (200, {}),
+        lambda: (b"", "text/plain"),
+    )
+    server.start()
+    try:
+        event = {"type": "created", "path": str(tmp_path / "root" / "a.jpg")}
+        body = json.dumps({"events": [event]}).encode()
+
+        def post(authorization: bytes) -> int:
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            try:
+                connection.putrequest("POST", "/events")
+                connection.putheader("Authorization", authorization)
+                connection.putheader("Content-Type", "application/json")
+                connection.putheader("Content-Length", str(len(body)))
+                connection.endheaders(body)
+                return connection.getresponse().status
+            finally:
+                connection.close()
+
+        assert post(b"Bearer " + token.encode()) == 202
+        assert post(b"Bearer " + "clé-ünïcode-✗".encode()) == 401
+        assert post(b"Bearer " + token.encode("latin-1", "replace")) == 401
+    finally:
+        server.stop()
+    assert received == [ImageCreated(str(tmp_path / "root" / "a.jpg"), source=WH)]

@@ -292,9 +292,10 @@ class _Handler(BaseHTTPRequestHandler):
         # Until the body is read, the connection cannot carry another request.
         self.close_connection = True
         if config.token is not None:
-            given = self.headers.get("Authorization", "")
-            expected = f"Bearer {config.token}"
-            if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode()):
+            # http.server decodes header lines as latin-1: encoding back gives the bytes sent, which
+            # a client sends as UTF-8 for a token that is not ASCII.
+            given = self.headers.get("Authorization", "").encode("latin-1", "replace")
+            if not hmac.compare_digest(given, f"Bearer {config.token}".encode()):
                 return 401, {"error": "missing or wrong bearer token"}
         if self.headers.get("Transfer-Encoding"):
             return 411, {"error": "send a Content-Length (chunked bodies are not accepted)"}
