@@ -253,6 +253,11 @@ def test_the_page_and_its_files_are_served(served: Served) -> None:
     # Loopback without a token: a name other than localhost is what a DNS-rebinding page sends.
     assert served.get("/", Host="attacker.example").status == 403
     assert served.get("/", Host=f"localhost:{served.port}").status == 200
+    # `imgwatch status` tells where the page is.
+    url = f"http://127.0.0.1:{served.port}/"
+    assert served.daemon.status()["search_page"] == url
+    status = imgwatch_cli(served.daemon.data_dir, "status")
+    assert status.returncode == 0 and f"search:     {url}".encode() in status.stdout
 
 
 @pytest.mark.slow

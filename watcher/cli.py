@@ -733,6 +733,8 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         )
     if daemon.get("webhook"):
         lines.append(f"webhook:    {daemon['webhook']}")
+    if daemon.get("search_page"):
+        lines.append(f"search:     {daemon['search_page']}")
     for name, job in (daemon.get("jobs") or report["jobs"]).items():
         run = job.get("last_run")
         last = f"last {run['started_at']}: {run['outcome']} in {run['duration_s']} s" if run else "never run"

@@ -800,6 +800,7 @@ class Daemon:
             ],
             "s3_mounts": dict(self._settings.s3_mounts),
             "webhook": f"http://{self._settings.webhook}/events" if self._webhook else None,
+            "search_page": self._search_page.url if self._search_page else None,
             "queue": self._queue_depths(),
             "journal": self._ctx.catalog.journal_counts(),
             "events_received": dict(self._stats.received),
