@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from watcher.ipc import DaemonClient, DaemonUnavailableError
-from watcher.samples import photo
+from imgwatch.ipc import DaemonClient, DaemonUnavailableError
+from imgwatch.samples import photo
 
 HERE = Path(__file__).resolve().parent
 
@@ -81,7 +81,7 @@ def main() -> None:
         root.mkdir()
         env = {**os.environ, "IMGWATCH_WEIGHTS": args.weights, "IMGWATCH_DATA_DIR": str(data)}
         process = subprocess.Popen(
-            [sys.executable, "-m", "watcher", "watch", str(root), "--log-level", "warning"], env=env
+            [sys.executable, "-m", "imgwatch", "watch", str(root), "--log-level", "warning"], env=env
         )
         try:
             client = DaemonClient(data)

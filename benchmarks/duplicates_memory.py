@@ -2,7 +2,7 @@
 
 For each size, one subprocess fills a Milvus Lite collection and a catalog in a temp dir (random unit
 vectors; in every 100, two noisy copies of the first, i.e. n/100 planted groups of 3), and a
-fresh subprocess opens them and runs :func:`watcher.duplicates.find_duplicates`. That process
+fresh subprocess opens them and runs :func:`imgwatch.duplicates.find_duplicates`. That process
 reports its resident memory after opening the stores (Milvus Lite runs inside it and holds the
 loaded collection, which grows with n whatever our pass does), then resets the kernel's high-water
 mark (``/proc/self/clear_refs``) and reads ``VmHWM`` after the pass: the difference is the pass's
@@ -63,8 +63,8 @@ def _status_kb(field: str) -> int:
 def fill(data_dir: Path, n: int, index_type: str) -> None:
     import sqlalchemy as sa
 
-    from watcher.services.catalog import FILES, open_catalog
-    from watcher.services.vectors import MilvusVectorStore
+    from imgwatch.services.catalog import FILES, open_catalog
+    from imgwatch.services.vectors import MilvusVectorStore
 
     catalog = open_catalog(data_dir / "catalog.db")
     store = MilvusVectorStore(str(data_dir / "vectors.db"), dimension=DIMENSION, index_type=index_type)
@@ -102,13 +102,13 @@ def fill(data_dir: Path, n: int, index_type: str) -> None:
 
 
 def measure(data_dir: Path, batch_size: int, index_type: str) -> dict[str, object]:
-    from watcher.context import Context
-    from watcher.duplicates import find_duplicates
-    from watcher.services.abc import ExtractorSignature
-    from watcher.services.build import NoModel
-    from watcher.services.catalog import open_catalog
-    from watcher.services.files import LocalFileReader
-    from watcher.services.vectors import MilvusVectorStore
+    from imgwatch.context import Context
+    from imgwatch.duplicates import find_duplicates
+    from imgwatch.services.abc import ExtractorSignature
+    from imgwatch.services.build import NoModel
+    from imgwatch.services.catalog import open_catalog
+    from imgwatch.services.files import LocalFileReader
+    from imgwatch.services.vectors import MilvusVectorStore
 
     catalog = open_catalog(data_dir / "catalog.db")
     store = MilvusVectorStore(str(data_dir / "vectors.db"), dimension=DIMENSION, index_type=index_type)

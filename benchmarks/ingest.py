@@ -29,9 +29,9 @@ import torchvision
 from PIL import Image
 from torchvision import transforms
 
-from watcher.samples import photo
-from watcher.services.extractor import FC7, VGG16Extractor, WeightsSpec, build_vgg16
-from watcher.services.images import prepare
+from imgwatch.samples import photo
+from imgwatch.services.extractor import FC7, VGG16Extractor, WeightsSpec, build_vgg16
+from imgwatch.services.images import prepare
 
 HERE = Path(__file__).resolve().parent
 SIZES = {"2mp-jpeg": (1632, 1224), "12mp-jpeg": (4000, 3000), "2mp-png": (1632, 1224)}
@@ -106,7 +106,7 @@ def end_to_end(weights: str, folder: Path, data_dir: Path) -> tuple[float, float
     env = {**os.environ, "IMGWATCH_WEIGHTS": weights, "IMGWATCH_DATA_DIR": str(data_dir)}
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "watcher", "index", str(folder), "--json"],
+        [sys.executable, "-m", "imgwatch", "index", str(folder), "--json"],
         env=env,
         check=True,
         capture_output=True,

@@ -24,10 +24,10 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from watcher.samples import photo
-from watcher.services.extractor import VGG16Extractor, WeightsSpec
-from watcher.services.images import prepare
-from watcher.services.pca import PCATransform
+from imgwatch.samples import photo
+from imgwatch.services.extractor import VGG16Extractor, WeightsSpec
+from imgwatch.services.images import prepare
+from imgwatch.services.pca import PCATransform
 
 HERE = Path(__file__).resolve().parent
 K = 10

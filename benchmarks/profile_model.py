@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from watcher.services.extractor import VGG16Extractor, WeightsSpec
+from imgwatch.services.extractor import VGG16Extractor, WeightsSpec
 
 HERE = Path(__file__).resolve().parent
 GFLOP_PER_IMAGE = 30.9  # VGG16 convolutions + fc6 + fc7 at 224x224 (2 FLOP per multiply-add)

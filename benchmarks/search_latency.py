@@ -41,12 +41,17 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from watcher.config import Settings
-from watcher.ipc import DaemonClient, DaemonUnavailableError
-from watcher.samples import photo
-from watcher.services.build import COLLECTION_META_KEY, GENERATION_META_KEY, SIGNATURE_META_KEY, open_services
-from watcher.services.catalog import FILES
-from watcher.services.pca import PCATransform, ProjectedExtractor
+from imgwatch.config import Settings
+from imgwatch.ipc import DaemonClient, DaemonUnavailableError
+from imgwatch.samples import photo
+from imgwatch.services.build import (
+    COLLECTION_META_KEY,
+    GENERATION_META_KEY,
+    SIGNATURE_META_KEY,
+    open_services,
+)
+from imgwatch.services.catalog import FILES
+from imgwatch.services.pca import PCATransform, ProjectedExtractor
 
 HERE = Path(__file__).resolve().parent
 WEIGHTS = "random:0"
@@ -133,7 +138,7 @@ def warm(data_dir: Path, root: Path, query: bytes, pca: int | None, count: int) 
     log = data_dir.parent / "daemon.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "watcher", "watch", str(root), "--log-level", "warning"],
+            [sys.executable, "-m", "imgwatch", "watch", str(root), "--log-level", "warning"],
             env=_env(data_dir, pca),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -174,7 +179,7 @@ def cold(data_dir: Path, query_file: Path, pca: int | None, count: int) -> dict[
     for _ in range(count):
         clock = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-m", "watcher", "search", str(query_file), "-k", "10"],
+            [sys.executable, "-m", "imgwatch", "search", str(query_file), "-k", "10"],
             env=_env(data_dir, pca),
             check=False,
             capture_output=True,
@@ -206,7 +211,7 @@ def store_search(data_dir: Path, pca: int | None, count: int) -> dict[str, Any]:
 def query_embedding(query: bytes, count: int) -> float:
     """Median seconds to decode the query photo and run it alone through the model (as a warm search
     does); the same for every index size, so measured once."""
-    from watcher.services.extractor import VGG16Extractor, WeightsSpec
+    from imgwatch.services.extractor import VGG16Extractor, WeightsSpec
 
     extractor = VGG16Extractor(WeightsSpec.parse(WEIGHTS))
     try:

@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from handlers import directory_deleted, directory_moved, image_changed, image_deleted, image_moved
-from watcher.context import Context
-from watcher.events import (
+from imgwatch.context import Context
+from imgwatch.events import (
     DirectoryDeleted,
     DirectoryMoved,
     ImageCreated,
@@ -22,6 +21,7 @@ from watcher.events import (
     ImageMoved,
     Outcome,
 )
+from imgwatch.handlers import directory_deleted, directory_moved, image_changed, image_deleted, image_moved
 
 Handler = Callable[[Any, Context], Outcome]
 

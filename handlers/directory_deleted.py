@@ -6,8 +6,8 @@ which a replay (or the next scan) deletes again.
 
 from __future__ import annotations
 
-from watcher.context import Context
-from watcher.events import DirectoryDeleted, Outcome
+from imgwatch.context import Context
+from imgwatch.events import DirectoryDeleted, Outcome
 
 BATCH = 500
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 
-from watcher.context import Context
-from watcher.events import DirectoryMoved, Outcome
+from imgwatch.context import Context
+from imgwatch.events import DirectoryMoved, Outcome
 
 BATCH = 256
 

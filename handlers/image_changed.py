@@ -6,10 +6,10 @@ A crash in between leaves a pending row whose redo upserts the same id again: no
 
 from __future__ import annotations
 
-from watcher.context import Context
-from watcher.errors import ImageError
-from watcher.events import ImageCreated, ImageModified, Outcome
-from watcher.services.abc import FileBlob, FileRecord, FileState, Vector
+from imgwatch.context import Context
+from imgwatch.errors import ImageError
+from imgwatch.events import ImageCreated, ImageModified, Outcome
+from imgwatch.services.abc import FileBlob, FileRecord, FileState, Vector
 
 
 def handle(event: ImageCreated | ImageModified, ctx: Context) -> Outcome:

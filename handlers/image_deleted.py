@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from watcher.context import Context
-from watcher.events import ImageDeleted, Outcome
+from imgwatch.context import Context
+from imgwatch.events import ImageDeleted, Outcome
 
 
 def handle(event: ImageDeleted, ctx: Context) -> Outcome:

@@ -7,9 +7,9 @@ with the same content, emits this event again, and the replay writes the same en
 
 from __future__ import annotations
 
-from handlers import image_changed
-from watcher.context import Context
-from watcher.events import ImageCreated, ImageMoved, Outcome
+from imgwatch.context import Context
+from imgwatch.events import ImageCreated, ImageMoved, Outcome
+from imgwatch.handlers import image_changed
 
 
 def handle(event: ImageMoved, ctx: Context) -> Outcome:

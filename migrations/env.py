@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
+from sqlalchemy.engine import Connection
 
 config = context.config
 
 
-def run_on(connection: object) -> None:
+def run_on(connection: Connection) -> None:
     # render_as_batch: SQLite cannot ALTER most things in place; batch mode rebuilds the table.
     context.configure(connection=connection, target_metadata=None, render_as_batch=True)
     with context.begin_transaction():

@@ -20,15 +20,15 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from imgwatch.config import Settings
+from imgwatch.context import Context
+from imgwatch.indexer import IndexSummary, normalise_root, plan, run_plan
+from imgwatch.samples import photo
+from imgwatch.scan import ScanRules
+from imgwatch.services.build import open_context
+from imgwatch.services.extractor import VGG16Extractor, WeightsSpec
+from imgwatch.services.vectors import MilvusVectorStore
 from tests import milvus_server as launcher
-from watcher.config import Settings
-from watcher.context import Context
-from watcher.indexer import IndexSummary, normalise_root, plan, run_plan
-from watcher.samples import photo
-from watcher.scan import ScanRules
-from watcher.services.build import open_context
-from watcher.services.extractor import VGG16Extractor, WeightsSpec
-from watcher.services.vectors import MilvusVectorStore
 
 WEIGHTS = "random:0"
 REPO = Path(__file__).resolve().parent.parent

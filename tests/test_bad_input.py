@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgwatch.context import Context
+from imgwatch.errors import ImageError
+from imgwatch.indexer import plan, run_plan
+from imgwatch.samples import photo
+from imgwatch.scan import ScanRules
+from imgwatch.search import search_files
+from imgwatch.services.abc import FileState
+from imgwatch.services.images import prepare
 from tests.conftest import index, jpeg_bytes
-from watcher.context import Context
-from watcher.errors import ImageError
-from watcher.indexer import plan, run_plan
-from watcher.samples import photo
-from watcher.scan import ScanRules
-from watcher.search import search_files
-from watcher.services.abc import FileState
-from watcher.services.images import prepare
 
 
 def _png_header_only(width: int, height: int) -> bytes:

@@ -11,9 +11,9 @@ from alembic.migration import MigrationContext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from migrations import downgrade, upgrade
-from watcher.services.abc import FileBlob, FileState
-from watcher.services.catalog import Base, create_sqlite_engine, open_catalog
+from imgwatch.migrations import downgrade, upgrade
+from imgwatch.services.abc import FileBlob, FileState
+from imgwatch.services.catalog import Base, create_sqlite_engine, open_catalog
 
 
 def test_migrations_create_the_schema_the_code_expects(tmp_path: Path) -> None:

@@ -16,11 +16,11 @@ import html5lib
 import pytest
 from PIL import Image
 
+from imgwatch.cli import build_parser
+from imgwatch.config import Settings
+from imgwatch.samples import photo
+from imgwatch.status import gather_status
 from tests.conftest import jpeg_bytes, write_photo
-from watcher.cli import build_parser
-from watcher.config import Settings
-from watcher.samples import photo
-from watcher.status import gather_status
 
 pytestmark = pytest.mark.slow
 
@@ -50,10 +50,10 @@ def imgwatch(
     cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     prefix = _UNPRIVILEGED if unprivileged else []
-    # In another working directory, `-m watcher` must still find this checkout's package.
+    # In another working directory, `-m imgwatch` must still find this checkout's package.
     where = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])} if cwd else {}
     return subprocess.run(
-        [*prefix, sys.executable, "-m", "watcher", *args],
+        [*prefix, sys.executable, "-m", "imgwatch", *args],
         env=_env(tmp_path) | where | (env or {}),
         cwd=cwd,
         capture_output=True,
@@ -85,7 +85,7 @@ def test_every_command_has_help_text() -> None:
         for action in command._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help"
     result = subprocess.run(
-        [sys.executable, "-m", "watcher", "search", "--help"], capture_output=True, check=False
+        [sys.executable, "-m", "imgwatch", "search", "--help"], capture_output=True, check=False
     )
     assert result.returncode == 0 and b"most similar" in result.stdout
 
@@ -218,7 +218,7 @@ def test_status_reports_a_running_daemon_without_touching_its_lock(tmp_path: Pat
 def _lock_held_elsewhere(data_dir: Path, command: str) -> Iterator[subprocess.Popen[bytes]]:
     """Another process holding the data dir lock, as a daemon or a long index run would."""
     code = (
-        "import sys, time; from pathlib import Path; from watcher.lock import DataDirLock; "
+        "import sys, time; from pathlib import Path; from imgwatch.lock import DataDirLock; "
         f"DataDirLock(Path(sys.argv[1]), {command!r}).acquire(); print('held', flush=True); time.sleep(120)"
     )
     with subprocess.Popen([sys.executable, "-c", code, str(data_dir)], stdout=subprocess.PIPE) as process:

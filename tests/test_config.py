@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from watcher.config import ENV_DATA_DIR, ENV_WEIGHTS, Settings, load_settings
-from watcher.errors import ConfigError
+from imgwatch.config import ENV_DATA_DIR, ENV_WEIGHTS, Settings, load_settings
+from imgwatch.errors import ConfigError
 
 
 def _config(tmp_path: Path, text: str) -> Path:

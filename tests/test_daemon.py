@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
+from imgwatch.config import Settings
+from imgwatch.daemon import SHUTDOWN_TIMEOUT_S
+from imgwatch.ipc import DaemonClient, DaemonUnavailableError
+from imgwatch.samples import photo
+from imgwatch.services.abc import FileState
+from imgwatch.services.build import open_context
 from tests.conftest import jpeg_bytes, write_photo
-from watcher.config import Settings
-from watcher.daemon import SHUTDOWN_TIMEOUT_S
-from watcher.ipc import DaemonClient, DaemonUnavailableError
-from watcher.samples import photo
-from watcher.services.abc import FileState
-from watcher.services.build import open_context
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +91,7 @@ def _env(data_dir: Path) -> dict[str, str]:
 def imgwatch_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     """The real command, on ``data_dir`` (through its daemon when one runs there)."""
     return subprocess.run(
-        [sys.executable, "-m", "watcher", *args],
+        [sys.executable, "-m", "imgwatch", *args],
         env=_env(data_dir),
         capture_output=True,
         check=False,
@@ -103,7 +103,7 @@ def start_daemon(data_dir: Path, *roots: Path, extra: tuple[str, ...] = ()) -> R
     log = data_dir.parent / f"daemon-{time.monotonic_ns()}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "watcher", "watch", *map(str, roots), "--log-level", "info", *extra],
+            [sys.executable, "-m", "imgwatch", "watch", *map(str, roots), "--log-level", "info", *extra],
             env=_env(data_dir),
             stdout=out,
             stderr=subprocess.STDOUT,

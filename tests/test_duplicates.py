@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from imgwatch import duplicates
+from imgwatch.context import Context
+from imgwatch.duplicates import find_duplicates
+from imgwatch.samples import photo
 from tests.conftest import index, jpeg_bytes
-from watcher import duplicates
-from watcher.context import Context
-from watcher.duplicates import find_duplicates
-from watcher.samples import photo
 
 # Seeded random weights score unrelated scenes up to about 0.96 and copies above 0.99; real
 # ImageNet weights separate them far more, where the CLI's default of 0.95 applies.

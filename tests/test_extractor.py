@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import OpenContext, index, jpeg_bytes
-from watcher.config import Settings
-from watcher.errors import ExtractorMismatchError, WeightsFileError, WeightsUnavailableError
-from watcher.samples import photo
-from watcher.services.build import configured_signature, open_context
-from watcher.services.extractor import (
+from imgwatch.config import Settings
+from imgwatch.errors import ExtractorMismatchError, WeightsFileError, WeightsUnavailableError
+from imgwatch.samples import photo
+from imgwatch.services.build import configured_signature, open_context
+from imgwatch.services.extractor import (
     DIMENSION,
     VGG16Extractor,
     WeightsSpec,
@@ -23,7 +22,8 @@ from watcher.services.extractor import (
     cpu_supports_bf16,
     imagenet_weights_file,
 )
-from watcher.services.images import prepare
+from imgwatch.services.images import prepare
+from tests.conftest import OpenContext, index, jpeg_bytes
 
 
 def test_signature_names_model_weights_layer_preprocessing_dimension_dtype(extractor: VGG16Extractor) -> None:

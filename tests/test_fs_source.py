@@ -20,8 +20,7 @@ from watchdog.events import (
     FileOpenedEvent,
 )
 
-from tests.conftest import write_photo
-from watcher.events import (
+from imgwatch.events import (
     DirectoryCreated,
     DirectoryDeleted,
     DirectoryMoved,
@@ -34,8 +33,8 @@ from watcher.events import (
     Source,
     paths_of,
 )
-from watcher.scan import ScanRules
-from watcher.sources.fs import (
+from imgwatch.scan import ScanRules
+from imgwatch.sources.fs import (
     EventTranslator,
     OverflowListener,
     PathFilter,
@@ -43,6 +42,7 @@ from watcher.sources.fs import (
     is_network_filesystem,
     watch_root,
 )
+from tests.conftest import write_photo
 
 ROOT = "/photos"
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imgwatch.context import Context
+from imgwatch.events import ImageCreated, ImageDeleted, ImageMoved, Outcome
+from imgwatch.runtime import dispatch
+from imgwatch.samples import photo
+from imgwatch.scan import ScanRules
+from imgwatch.search import search_files
+from imgwatch.services.abc import FileState
 from tests.conftest import OpenContext, index, jpeg_bytes, write_photo
-from watcher.context import Context
-from watcher.events import ImageCreated, ImageDeleted, ImageMoved, Outcome
-from watcher.runtime import dispatch
-from watcher.samples import photo
-from watcher.scan import ScanRules
-from watcher.search import search_files
-from watcher.services.abc import FileState
 
 
 def _model_runs(ctx: Context) -> int:

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
+from imgwatch import jobs
+from imgwatch.config import Settings
+from imgwatch.context import Context
+from imgwatch.samples import photo
+from imgwatch.scan import ScanRules
+from imgwatch.search import search_files
+from imgwatch.status import gather_status
 from tests.conftest import index, jpeg_bytes, write_photo
 from tests.test_daemon import daemon_factory, imgwatch_cli, wait_until
-from watcher import jobs
-from watcher.config import Settings
-from watcher.context import Context
-from watcher.samples import photo
-from watcher.scan import ScanRules
-from watcher.search import search_files
-from watcher.status import gather_status
 
 __all__ = ["daemon_factory"]  # the fixture, shared with test_daemon
 

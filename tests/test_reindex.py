@@ -11,17 +11,17 @@ from typing import Any
 import numpy as np
 import pytest
 
+from imgwatch.config import Settings
+from imgwatch.events import ImageCreated, ImageDeleted, ImageModified
+from imgwatch.reindex import Mode, Reindexer, next_step, wanted_index
+from imgwatch.runtime import dispatch
+from imgwatch.samples import photo
+from imgwatch.search import search_images
+from imgwatch.services.build import open_services, stored_index, stored_signature
+from imgwatch.services.extractor import VGG16Extractor, WeightsSpec
+from imgwatch.services.ledger import ReindexLedger
+from imgwatch.services.pca import NotEnoughSamplesError, PCATransform
 from tests.conftest import index, jpeg_bytes, write_photo
-from watcher.config import Settings
-from watcher.events import ImageCreated, ImageDeleted, ImageModified
-from watcher.reindex import Mode, Reindexer, next_step, wanted_index
-from watcher.runtime import dispatch
-from watcher.samples import photo
-from watcher.search import search_images
-from watcher.services.build import open_services, stored_index, stored_signature
-from watcher.services.extractor import VGG16Extractor, WeightsSpec
-from watcher.services.ledger import ReindexLedger
-from watcher.services.pca import NotEnoughSamplesError, PCATransform
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +225,7 @@ def test_ivf_parameters_follow_the_collection_size_with_hysteresis(
 def test_a_leftover_collection_from_a_crash_is_dropped(
     settings: Settings, extractor: VGG16Extractor, photos: Path
 ) -> None:
-    from watcher.services.vectors import MilvusVectorStore
+    from imgwatch.services.vectors import MilvusVectorStore
 
     with open_services(settings, command="test", extractor=extractor) as services:
         index(services.ctx, photos)

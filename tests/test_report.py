@@ -10,12 +10,12 @@ from pathlib import Path
 import html5lib
 from PIL import Image
 
+from imgwatch.duplicates import DuplicateGroup
+from imgwatch.report import display_path, duplicates_page, search_page, thumbnail
+from imgwatch.samples import photo
+from imgwatch.search import Match, QueryResult
+from imgwatch.services.files import LocalFileReader
 from tests.conftest import jpeg_bytes
-from watcher.duplicates import DuplicateGroup
-from watcher.report import display_path, duplicates_page, search_page, thumbnail
-from watcher.samples import photo
-from watcher.search import Match, QueryResult
-from watcher.services.files import LocalFileReader
 
 _NS = "{http://www.w3.org/1999/xhtml}"
 

@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from imgwatch.config import Settings
+from imgwatch.jobs import repair_vectors
+from imgwatch.search import search_files
+from imgwatch.services.build import open_context
+from imgwatch.services.extractor import VGG16Extractor
 from tests import test_daemon
 from tests.conftest import (
     MilvusServer,
@@ -22,11 +27,6 @@ from tests.conftest import (
 )
 from tests.milvus_server import SOCKET_NAME, TOKEN
 from tests.test_daemon import RunningDaemon, imgwatch_cli, wait_until
-from watcher.config import Settings
-from watcher.jobs import repair_vectors
-from watcher.search import search_files
-from watcher.services.build import open_context
-from watcher.services.extractor import VGG16Extractor
 
 pytestmark = pytest.mark.milvus_server
 

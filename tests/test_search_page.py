@@ -19,20 +19,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.conftest import index, jpeg_bytes, write_photo
-from tests.test_daemon import RunningDaemon, imgwatch_cli, start_daemon, wait_until
-from watcher.context import Context
-from watcher.errors import ConfigError
-from watcher.samples import photo
-from watcher.search import Match, QueryResult
-from watcher.search_page import (
+from imgwatch.context import Context
+from imgwatch.errors import ConfigError
+from imgwatch.samples import photo
+from imgwatch.search import Match, QueryResult
+from imgwatch.search_page import (
     SearchPageBackend,
     SearchPageConfig,
     SearchPageServer,
     path_from_ref,
     path_ref,
 )
-from watcher.thumbnails import ThumbnailCache, ThumbnailForbiddenError, ThumbnailNotFoundError, Thumbnails
+from imgwatch.thumbnails import ThumbnailCache, ThumbnailForbiddenError, ThumbnailNotFoundError, Thumbnails
+from tests.conftest import index, jpeg_bytes, write_photo
+from tests.test_daemon import RunningDaemon, imgwatch_cli, start_daemon, wait_until
 
 TOKEN = "page-token-\u00e9"  # non-ASCII on purpose: compared as bytes, in constant time
 MAX_UPLOAD = 1024 * 1024

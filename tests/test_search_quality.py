@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgwatch.context import Context
+from imgwatch.samples import photo
+from imgwatch.search import search_files, search_like
 from tests.conftest import index, jpeg_bytes
-from watcher.context import Context
-from watcher.samples import photo
-from watcher.search import search_files, search_like
 
 
 def _variant(kind: str, original: Image.Image) -> bytes:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from watcher.config import ENV_CONFIG, ENV_VARS, load_settings
-from watcher.daemon import SHUTDOWN_TIMEOUT_S
+from imgwatch.config import ENV_CONFIG, ENV_VARS, load_settings
+from imgwatch.daemon import SHUTDOWN_TIMEOUT_S
 
 SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
 SYSTEM_UNIT = SYSTEMD_DIR / "imgwatch.service"
@@ -73,7 +73,7 @@ def daemon_command() -> str:
     """An ExecStart= command line that exists here: this interpreter's console script, else ``-m``."""
     script = Path(sys.executable).parent / "imgwatch"
     argv = (
-        [str(script), "watch"] if os.access(script, os.X_OK) else [sys.executable, "-m", "watcher", "watch"]
+        [str(script), "watch"] if os.access(script, os.X_OK) else [sys.executable, "-m", "imgwatch", "watch"]
     )
     # Quoted for systemd's own command-line syntax; "%" would start a specifier.
     return " ".join(f'"{arg}"'.replace("%", "%%") for arg in argv)

@@ -13,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from imgwatch.config import ENV_CONFIG, ENV_DATA_DIR, ENV_MILVUS_TOKEN, ENV_MILVUS_URI, load_settings
+from imgwatch.errors import StoreUnavailableError
+from imgwatch.services.build import open_context
+from imgwatch.services.extractor import VGG16Extractor
+from imgwatch.services.vectors import PATH_MAX_BYTES, MilvusVectorStore, milvus_string, stored_path
 from tests.conftest import WEIGHTS, MilvusServer, MilvusTarget
-from watcher.config import ENV_CONFIG, ENV_DATA_DIR, ENV_MILVUS_TOKEN, ENV_MILVUS_URI, load_settings
-from watcher.errors import StoreUnavailableError
-from watcher.services.build import open_context
-from watcher.services.extractor import VGG16Extractor
-from watcher.services.vectors import PATH_MAX_BYTES, MilvusVectorStore, milvus_string, stored_path
 
 
 def _unit(seed: int, dim: int = 8) -> np.ndarray:

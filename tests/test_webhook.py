@@ -19,9 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import write_photo
-from tests.test_daemon import RunningDaemon, _env, daemon_factory, imgwatch_cli, start_daemon, wait_until
-from watcher.events import (
+from imgwatch.events import (
     DirectoryCreated,
     DirectoryDeleted,
     ImageCreated,
@@ -30,7 +28,7 @@ from watcher.events import (
     ImageMoved,
     Source,
 )
-from watcher.sources.webhook import (
+from imgwatch.sources.webhook import (
     GENERIC_TYPES,
     AllowedPaths,
     ForbiddenPathError,
@@ -40,6 +38,8 @@ from watcher.sources.webhook import (
     WebhookServer,
     parse_body,
 )
+from tests.conftest import write_photo
+from tests.test_daemon import RunningDaemon, _env, daemon_factory, imgwatch_cli, start_daemon, wait_until
 
 EVENTS = Path(__file__).parent / "events"
 __all__ = ["daemon_factory"]  # the fixture, shared with test_daemon
@@ -432,7 +432,7 @@ def test_invoke_replays_a_recorded_event_without_a_daemon(tmp_path: Path) -> Non
             [
                 sys.executable,
                 "-m",
-                "watcher",
+                "imgwatch",
                 "invoke",
                 str(EVENTS / name),
                 "--json",
@@ -451,7 +451,7 @@ def test_invoke_replays_a_recorded_event_without_a_daemon(tmp_path: Path) -> Non
     (camera / "2024" / "summer" / "cat on sofa.jpg").unlink()
     assert invoke("minio-delete.json")["outcomes"][0]["outcome"] == "removed"
     refused = subprocess.run(
-        [sys.executable, "-m", "watcher", "invoke", str(EVENTS / "minio-get.json"), "--config", str(config)],
+        [sys.executable, "-m", "imgwatch", "invoke", str(EVENTS / "minio-get.json"), "--config", str(config)],
         env=env,
         capture_output=True,
         check=False,
@@ -461,7 +461,7 @@ def test_invoke_replays_a_recorded_event_without_a_daemon(tmp_path: Path) -> Non
 
 
 def test_an_empty_token_is_no_token() -> None:
-    from watcher.config import load_settings
+    from imgwatch.config import load_settings
 
     assert load_settings({}, environ={"IMGWATCH_WEBHOOK_TOKEN": ""}).webhook_token is None
 

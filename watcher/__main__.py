@@ -1,3 +1,3 @@
-from watcher.cli import main
+from imgwatch.cli import main
 
 raise SystemExit(main())

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from watcher import __version__
-from watcher.config import (
+from imgwatch import __version__
+from imgwatch.config import (
     DEVICES,
     ENV_CONFIG,
     ENV_DATA_DIR,
@@ -24,13 +24,13 @@ from watcher.config import (
     Settings,
     load_settings,
 )
-from watcher.errors import ImgwatchError
+from imgwatch.errors import ImgwatchError
 
 if TYPE_CHECKING:
-    from watcher.ipc import DaemonClient
-    from watcher.scan import ScanRules
-    from watcher.search import QueryResult
-    from watcher.services.build import Services
+    from imgwatch.ipc import DaemonClient
+    from imgwatch.scan import ScanRules
+    from imgwatch.search import QueryResult
+    from imgwatch.services.build import Services
 
 log = logging.getLogger("imgwatch")
 
@@ -339,8 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _index(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from watcher.indexer import normalise_root, plan, run_plan
-    from watcher.services.build import open_services
+    from imgwatch.indexer import normalise_root, plan, run_plan
+    from imgwatch.services.build import open_services
 
     roots = [normalise_root(root) for root in args.roots]
     daemon = _running_daemon(settings)
@@ -382,8 +382,8 @@ def _reindex_now(services: Services) -> dict[str, int] | None:
     """Apply a pending PCA or ANN-index change in the foreground; None when there was none.
 
     Not enough vectors for the PCA yet is a warning: the index stays full-size and works."""
-    from watcher.reindex import Reindexer
-    from watcher.services.pca import NotEnoughSamplesError
+    from imgwatch.reindex import Reindexer
+    from imgwatch.services.pca import NotEnoughSamplesError
 
     reindexer = Reindexer(services)
     step = reindexer.pending()
@@ -398,7 +398,7 @@ def _reindex_now(services: Services) -> dict[str, int] | None:
 
 
 def _rules(settings: Settings) -> ScanRules:
-    from watcher.scan import ScanRules
+    from imgwatch.scan import ScanRules
 
     return ScanRules(settings.include, settings.exclude, settings.include_hidden, settings.follow_symlinks)
 
@@ -409,8 +409,8 @@ def _running_daemon(settings: Settings, wait: float = 120.0) -> DaemonClient | N
     A daemon that holds the data dir but does not answer yet is starting (loading the model):
     wait for it rather than fail on the lock.
     """
-    from watcher.ipc import DaemonClient, DaemonUnavailableError
-    from watcher.lock import lock_holder
+    from imgwatch.ipc import DaemonClient, DaemonUnavailableError
+    from imgwatch.lock import lock_holder
 
     deadline = time.monotonic() + wait
     while True:
@@ -432,11 +432,11 @@ def _running_daemon(settings: Settings, wait: float = 120.0) -> DaemonClient | N
 
 
 def _invoke(args: argparse.Namespace, settings: Settings) -> int:
-    from watcher.events import DirectoryCreated, Source
-    from watcher.indexer import plan, run_plan
-    from watcher.runtime import dispatch
-    from watcher.services.build import open_context
-    from watcher.sources.webhook import (
+    from imgwatch.events import DirectoryCreated, Source
+    from imgwatch.indexer import plan, run_plan
+    from imgwatch.runtime import dispatch
+    from imgwatch.services.build import open_context
+    from imgwatch.sources.webhook import (
         ForbiddenPathError,
         InvalidEventError,
         MalformedBodyError,
@@ -482,9 +482,9 @@ def _invoke(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _job(args: argparse.Namespace, settings: Settings) -> int:
-    from watcher import jobs
-    from watcher.indexer import normalise_root
-    from watcher.services.build import open_services
+    from imgwatch import jobs
+    from imgwatch.indexer import normalise_root
+    from imgwatch.services.build import open_services
 
     name = "compact" if args.command == "compact" else "reconcile"
     daemon = _running_daemon(settings)
@@ -520,13 +520,13 @@ def _job(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _watch(args: argparse.Namespace, settings: Settings) -> int:
-    from watcher.daemon import Daemon
-    from watcher.services.build import open_services
+    from imgwatch.daemon import Daemon
+    from imgwatch.services.build import open_services
 
     roots = [os.path.abspath(os.fsdecode(root)) for root in (args.roots or settings.roots)]
     if not roots:
         raise ImgwatchError("nothing to watch: give ROOT arguments or set `roots = [...]` in the config file")
-    from watcher.sources.webhook import is_loopback, parse_bind
+    from imgwatch.sources.webhook import is_loopback, parse_bind
 
     for bind, option in ((settings.webhook, "--webhook"), (settings.search_page, "--search-page")):
         if bind:
@@ -540,9 +540,9 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _search(args: argparse.Namespace, settings: Settings) -> int:
-    from watcher.search import QueryResult, read_queries, search_images, search_like
-    from watcher.services.build import open_context
-    from watcher.services.files import LocalFileReader
+    from imgwatch.search import QueryResult, read_queries, search_images, search_like
+    from imgwatch.services.build import open_context
+    from imgwatch.services.files import LocalFileReader
 
     if args.k < 1:
         raise ImgwatchError("-k must be at least 1")
@@ -578,7 +578,7 @@ def _search(args: argparse.Namespace, settings: Settings) -> int:
     else:
         _print_results(results, as_json=args.json)
     if args.html is not None:
-        from watcher.report import search_page
+        from imgwatch.report import search_page
 
         given = {name: data for name, data in queries if isinstance(data, bytes)}
         _write_page(args.html, search_page(results, lambda path: files.read(path).data, given), args.open)
@@ -589,7 +589,7 @@ def _search(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _query_result(raw: dict[str, Any], query: str) -> QueryResult:
-    from watcher.search import Match, QueryResult
+    from imgwatch.search import Match, QueryResult
 
     matches = [Match(m["path"], m["score"], m.get("node")) for m in raw["results"]]
     return QueryResult(query, matches, raw.get("error"))
@@ -639,9 +639,9 @@ def _write_page(path: Path, page: str, open_it: bool) -> None:
 
 
 def _duplicates(args: argparse.Namespace, settings: Settings) -> int:
-    from watcher.duplicates import DuplicateGroup, find_duplicates
-    from watcher.services.build import open_context
-    from watcher.services.files import LocalFileReader
+    from imgwatch.duplicates import DuplicateGroup, find_duplicates
+    from imgwatch.services.build import open_context
+    from imgwatch.services.files import LocalFileReader
 
     if not 0.0 < args.threshold <= 1.0:
         raise ImgwatchError("--threshold must be above 0 and at most 1 (a cosine similarity)")
@@ -668,7 +668,7 @@ def _duplicates(args: argparse.Namespace, settings: Settings) -> int:
         if not groups:
             print(f"no near-duplicates (threshold {args.threshold:g})")
     if args.html is not None:
-        from watcher.report import duplicates_page
+        from imgwatch.report import duplicates_page
 
         files = LocalFileReader(settings.max_file_bytes)
         page = duplicates_page(groups, lambda path: files.read(path).data, args.threshold)
@@ -677,11 +677,11 @@ def _duplicates(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    from watcher.status import gather_status
+    from imgwatch.status import gather_status
 
     report = gather_status(settings, include_failures=args.failed)
     if report["daemon"]["running"]:
-        from watcher.ipc import DaemonClient, DaemonUnavailableError
+        from imgwatch.ipc import DaemonClient, DaemonUnavailableError
 
         try:
             live = DaemonClient(settings.data_dir, timeout=10).status()

@@ -11,7 +11,7 @@ from typing import Any
 
 import platformdirs
 
-from watcher.errors import ConfigError
+from imgwatch.errors import ConfigError
 
 ENV_DATA_DIR = "IMGWATCH_DATA_DIR"
 ENV_WEIGHTS = "IMGWATCH_WEIGHTS"

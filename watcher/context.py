@@ -1,10 +1,10 @@
-"""The context handlers receive: the services, built once by :mod:`watcher.services.build`."""
+"""The context handlers receive: the services, built once by :mod:`imgwatch.services.build`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from watcher.services.abc import Catalog, Extractor, FileReader, VectorStore
+from imgwatch.services.abc import Catalog, Extractor, FileReader, VectorStore
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,10 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from handlers import HANDLERS
-from watcher.context import Context
-from watcher.duplicates import find_duplicates
-from watcher.errors import ConfigError, ImgwatchError
-from watcher.events import (
+from imgwatch.context import Context
+from imgwatch.duplicates import find_duplicates
+from imgwatch.errors import ConfigError, ImgwatchError
+from imgwatch.events import (
     DirectoryCreated,
     DirectoryDeleted,
     DirectoryMoved,
@@ -46,18 +45,19 @@ from watcher.events import (
     Source,
     paths_of,
 )
-from watcher.indexer import Plan, plan, run_plan
-from watcher.ipc import LocalEndpoint
-from watcher.jobs import compact, repair_vectors, run_recorded
-from watcher.metrics import DaemonMetrics
-from watcher.notify import sd_notify, watchdog_interval
-from watcher.reindex import BackgroundReindex, Reindexer
-from watcher.scan import ScanRules
-from watcher.search import QueryResult, search_images, search_like
-from watcher.search_page import SearchPageBackend, SearchPageConfig, SearchPageServer
-from watcher.services.build import Services
-from watcher.sources.fs import OverflowListener, RootWatch, watch_root
-from watcher.sources.webhook import (
+from imgwatch.handlers import HANDLERS
+from imgwatch.indexer import Plan, plan, run_plan
+from imgwatch.ipc import LocalEndpoint
+from imgwatch.jobs import compact, repair_vectors, run_recorded
+from imgwatch.metrics import DaemonMetrics
+from imgwatch.notify import sd_notify, watchdog_interval
+from imgwatch.reindex import BackgroundReindex, Reindexer
+from imgwatch.scan import ScanRules
+from imgwatch.search import QueryResult, search_images, search_like
+from imgwatch.search_page import SearchPageBackend, SearchPageConfig, SearchPageServer
+from imgwatch.services.build import Services
+from imgwatch.sources.fs import OverflowListener, RootWatch, watch_root
+from imgwatch.sources.webhook import (
     ForbiddenPathError,
     InvalidEventError,
     MalformedBodyError,
@@ -720,7 +720,7 @@ class Daemon:
         return server
 
     def _start_search_page(self, bind: str) -> SearchPageServer:
-        from watcher.thumbnails import Thumbnails
+        from imgwatch.thumbnails import Thumbnails
 
         host, port = parse_bind(bind, "--search-page")
         # Thumbnails only of files inside the roots and S3 mount directories: never of other folders
@@ -851,7 +851,7 @@ class Daemon:
         return 200, {"accepted": len(parsed.events), "ignored": parsed.ignored}
 
     def _index_route(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        from watcher.indexer import normalise_root
+        from imgwatch.indexer import normalise_root
 
         try:
             roots = [normalise_root(root) for root in body["roots"]]

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from watcher.context import Context
-from watcher.services.abc import FileState
+from imgwatch.context import Context
+from imgwatch.services.abc import FileState
 
 #: Neighbours asked for per vector at first. A vector whose neighbours all pass the threshold is
 #: asked again with a larger limit, so a group bigger than this is still found whole.

@@ -13,12 +13,12 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from watcher.context import Context
-from watcher.errors import ImageError, ImgwatchError
-from watcher.events import ImageCreated, ImageDeleted, ImageEvent, ImageModified, ImageMoved, Outcome
-from watcher.runtime import dispatch, dispatch_all
-from watcher.scan import ScanResult, ScanRules, scan
-from watcher.services.abc import FileRecord
+from imgwatch.context import Context
+from imgwatch.errors import ImageError, ImgwatchError
+from imgwatch.events import ImageCreated, ImageDeleted, ImageEvent, ImageModified, ImageMoved, Outcome
+from imgwatch.runtime import dispatch, dispatch_all
+from imgwatch.scan import ScanResult, ScanRules, scan
+from imgwatch.services.abc import FileRecord
 
 log = logging.getLogger(__name__)
 

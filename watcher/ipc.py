@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from watcher.errors import ImgwatchError
+from imgwatch.errors import ImgwatchError
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
-from watcher.context import Context
-from watcher.events import ImageModified, Source
-from watcher.indexer import plan, run_plan
-from watcher.runtime import dispatch
-from watcher.scan import ScanRules
+from imgwatch.context import Context
+from imgwatch.events import ImageModified, Source
+from imgwatch.indexer import plan, run_plan
+from imgwatch.runtime import dispatch
+from imgwatch.scan import ScanRules
 
 log = logging.getLogger(__name__)
 

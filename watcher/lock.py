@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from watcher.errors import DataDirBusyError
+from imgwatch.errors import DataDirBusyError
 
 LOCK_NAME = "imgwatch.lock"
 #: Commands that hold the lock only for a moment; others wait for them instead of failing.

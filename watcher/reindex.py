@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from watcher.context import Context
-from watcher.errors import ImageError, ImgwatchError
-from watcher.services.abc import Extractor, ExtractorSignature, FileRecord, Vector
-from watcher.services.build import (
+from imgwatch.context import Context
+from imgwatch.errors import ImageError, ImgwatchError
+from imgwatch.services.abc import Extractor, ExtractorSignature, FileRecord, Vector
+from imgwatch.services.build import (
     COLLECTION_META_KEY,
     GENERATION_META_KEY,
     INDEX_META_KEY,
@@ -40,8 +40,8 @@ from watcher.services.build import (
     stored_index,
     stored_signature,
 )
-from watcher.services.ledger import ReindexLedger
-from watcher.services.pca import PCATransform, ProjectedExtractor
+from imgwatch.services.ledger import ReindexLedger
+from imgwatch.services.pca import PCATransform, ProjectedExtractor
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def next_step(
 def wanted_index(services: Services, active: dict[str, Any], entities: int) -> dict[str, Any]:
     """The index the settings ask for. Automatically sized parameters follow the collection's size,
     with hysteresis: they change only when off by :data:`REBUILD_FACTOR` or more."""
-    from watcher.services.vectors import auto_index_params
+    from imgwatch.services.vectors import auto_index_params
 
     settings = services.settings
     if settings.index_params:
@@ -462,8 +462,8 @@ class BackgroundReindex:
         return report
 
     def _loop(self) -> None:
-        from watcher.jobs import run_recorded
-        from watcher.services.pca import NotEnoughSamplesError
+        from imgwatch.jobs import run_recorded
+        from imgwatch.services.pca import NotEnoughSamplesError
 
         reraise = (NotEnoughSamplesError, SharedCollectionError)
         while not self._stop.is_set():

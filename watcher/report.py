@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from PIL import Image, ImageOps
 
-from watcher.duplicates import DuplicateGroup
-from watcher.search import QueryResult
+from imgwatch.duplicates import DuplicateGroup
+from imgwatch.search import QueryResult
 
 #: Longest side of a thumbnail, in pixels.
 THUMB_SIZE = 200
@@ -63,7 +63,7 @@ def thumbnail(data: bytes) -> str:
 
 def thumbnail_jpeg(data: bytes) -> bytes:
     """The JPEG bytes behind :func:`thumbnail` (the daemon's search page serves them as files)."""
-    from watcher.services.images import FORMATS, to_rgb
+    from imgwatch.services.images import FORMATS, to_rgb
 
     with Image.open(io.BytesIO(data), formats=FORMATS) as image:
         width, height = image.size

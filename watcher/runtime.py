@@ -6,9 +6,9 @@ import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from handlers import HANDLERS
-from watcher.context import Context
-from watcher.events import ImageEvent, Outcome
+from imgwatch.context import Context
+from imgwatch.events import ImageEvent, Outcome
+from imgwatch.handlers import HANDLERS
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from watcher.context import Context
-from watcher.errors import ImageError
-from watcher.services.abc import FileReader, FileRecord, FileState, Vector
+from imgwatch.context import Context
+from imgwatch.errors import ImageError
+from imgwatch.services.abc import FileReader, FileRecord, FileState, Vector
 
 #: Ask Milvus for a few more than k: entities the catalog no longer vouches for are dropped.
 _SLACK = 8

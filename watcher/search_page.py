@@ -36,11 +36,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
-from watcher.errors import ConfigError
-from watcher.report import display_path
-from watcher.search import QueryResult
-from watcher.sources.webhook import is_loopback
-from watcher.thumbnails import ThumbnailForbiddenError, ThumbnailNotFoundError, ThumbnailUnavailableError
+from imgwatch.errors import ConfigError
+from imgwatch.report import display_path
+from imgwatch.search import QueryResult
+from imgwatch.sources.webhook import is_loopback
+from imgwatch.thumbnails import ThumbnailForbiddenError, ThumbnailNotFoundError, ThumbnailUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def path_from_ref(ref: str) -> str:
 
 
 def _static(name: str) -> bytes:
-    return resources.files("watcher").joinpath("static", name).read_bytes()
+    return resources.files("imgwatch").joinpath("static", name).read_bytes()
 
 
 class _Server(ThreadingHTTPServer):

@@ -11,7 +11,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-from watcher.context import Context
+from imgwatch.context import Context
 
 
 class Serving:

@@ -8,12 +8,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from watcher.config import Settings
-from watcher.errors import DataDirBusyError
-from watcher.lock import DataDirLock, lock_holder
-from watcher.services.abc import FileState
-from watcher.services.build import REINDEX_META_KEY, active_collection, stored_index, stored_signature
-from watcher.services.catalog import SQLiteCatalog, create_sqlite_engine
+from imgwatch.config import Settings
+from imgwatch.errors import DataDirBusyError
+from imgwatch.lock import DataDirLock, lock_holder
+from imgwatch.services.abc import FileState
+from imgwatch.services.build import REINDEX_META_KEY, active_collection, stored_index, stored_signature
+from imgwatch.services.catalog import SQLiteCatalog, create_sqlite_engine
 
 
 def gather_status(settings: Settings, *, include_failures: bool = False) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def _reindex_progress(catalog: SQLiteCatalog) -> dict[str, Any] | None:
     """An unfinished reindex as the catalog records it (a running daemon reports more)."""
     import json
 
-    from watcher.services.ledger import ReindexLedger
+    from imgwatch.services.ledger import ReindexLedger
 
     text = catalog.get_meta(REINDEX_META_KEY)
     if not text or "reindex_vectors" not in sa.inspect(catalog.engine).get_table_names():
@@ -87,7 +87,7 @@ def _has_schema(catalog: SQLiteCatalog) -> bool:
 
 def _count_vectors(settings: Settings, collection: str, dimension: int | None, *, busy: object) -> int | None:
     """Entities in Milvus, or ``None`` when another process has the (Lite) store open."""
-    from watcher.services.vectors import MilvusVectorStore
+    from imgwatch.services.vectors import MilvusVectorStore
 
     if dimension is None:
         return 0

@@ -18,8 +18,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from watcher.report import display_path, thumbnail_jpeg
-from watcher.services.abc import Catalog, FileRecord, FileState
+from imgwatch.report import display_path, thumbnail_jpeg
+from imgwatch.services.abc import Catalog, FileRecord, FileState
 
 #: Default bound of the cache, in bytes of JPEG data.
 DEFAULT_CACHE_BYTES = 32 * 1024 * 1024

@@ -1,6 +1,6 @@
 """Interfaces and plain data shared between handlers and services.
 
-Handlers import only this module (and ``watcher.events``): never torch, pymilvus or SQLAlchemy.
+Handlers import only this module (and ``imgwatch.events``): never torch, pymilvus or SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from watcher.events import ImageEvent
+    from imgwatch.events import ImageEvent
 
 Vector = npt.NDArray[np.float32]
 
@@ -39,7 +39,7 @@ class ExtractorSignature:
     uses a reduced precision when its vectors stay within cosine 0.999 of fp32."""
     pca: str = ""
     """``""`` for the model's own vectors, else ``"SOURCE->DIM:VERSION"``: projected by the fitted PCA
-    transform ``VERSION`` from SOURCE to DIM dimensions (:mod:`watcher.services.pca`)."""
+    transform ``VERSION`` from SOURCE to DIM dimensions (:mod:`imgwatch.services.pca`)."""
 
     COMPARED = ("model", "weights", "layer", "preprocessing", "dimension", "pca")
 
@@ -156,7 +156,7 @@ class Extractor(Protocol):
 
     def embed(self, data: bytes) -> Vector:
         """Decode an encoded image and return its L2-normalised feature vector. Thread-safe; calls
-        from several threads are batched together. Raises :class:`watcher.errors.ImageError`."""
+        from several threads are batched together. Raises :class:`imgwatch.errors.ImageError`."""
         ...
 
     def close(self) -> None: ...
@@ -294,6 +294,6 @@ class FileReader(Protocol):
         ...
 
     def read(self, path: str) -> FileBlob:
-        """Read a whole file once; raises :class:`watcher.errors.ImageError` for files that cannot be
+        """Read a whole file once; raises :class:`imgwatch.errors.ImageError` for files that cannot be
         read (vanished, unreadable, too big, not a regular file)."""
         ...

@@ -4,7 +4,7 @@ Everything else receives them, so tests build exactly these classes on ``tmp_pat
 
 The catalog's ``meta`` table says what the index *is*: the extractor signature of its vectors, the
 weights setting that made them, the Milvus collection that holds them and its ANN index. The settings
-say what it *should be*. Commands serve the index as it is; a reindex (:mod:`watcher.reindex`) makes
+say what it *should be*. Commands serve the index as it is; a reindex (:mod:`imgwatch.reindex`) makes
 it what it should be.
 """
 
@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from watcher.config import Settings
-from watcher.context import Context
-from watcher.errors import ExtractorMismatchError, ImgwatchError
-from watcher.lock import DataDirLock
-from watcher.services.abc import Extractor, ExtractorSignature, Vector
-from watcher.services.catalog import SQLiteCatalog, open_catalog
-from watcher.services.files import LocalFileReader
-from watcher.serving import Serving
+from imgwatch.config import Settings
+from imgwatch.context import Context
+from imgwatch.errors import ExtractorMismatchError, ImgwatchError
+from imgwatch.lock import DataDirLock
+from imgwatch.services.abc import Extractor, ExtractorSignature, Vector
+from imgwatch.services.catalog import SQLiteCatalog, open_catalog
+from imgwatch.services.files import LocalFileReader
+from imgwatch.serving import Serving
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ WRITING_COMMANDS = frozenset({"index"})
 
 def configured_signature(settings: Settings) -> ExtractorSignature:
     """The signature the configured model will have (before any PCA), without loading it."""
-    from watcher.services.extractor import WeightsSpec, signature_for
+    from imgwatch.services.extractor import WeightsSpec, signature_for
 
     spec = WeightsSpec.parse(settings.weights)
     return signature_for(spec, spec.identity(), settings.precision)
@@ -80,7 +80,7 @@ def stored_signature(catalog: SQLiteCatalog) -> ExtractorSignature | None:
 
 def stored_index(catalog: SQLiteCatalog, settings: Settings) -> dict[str, Any]:
     """The active collection's ANN index; indexes made before this was recorded used the defaults."""
-    from watcher.services.vectors import default_index_spec
+    from imgwatch.services.vectors import default_index_spec
 
     text = catalog.get_meta(INDEX_META_KEY)
     return dict(json.loads(text)) if text else default_index_spec(settings.index_type, settings.index_params)
@@ -134,7 +134,7 @@ class ExtractorCache:
 
     def for_signature(self, signature: ExtractorSignature, weights_setting: str | None) -> Extractor:
         """An extractor making exactly ``signature`` vectors: the model, then its PCA transform."""
-        from watcher.services.pca import PCATransform, ProjectedExtractor
+        from imgwatch.services.pca import PCATransform, ProjectedExtractor
 
         model = self.base(signature, weights_setting)
         version = signature.pca_version
@@ -156,7 +156,7 @@ class ExtractorCache:
         self._owned.clear()
 
     def _weights_setting(self, base: ExtractorSignature, recorded: str | None) -> str:
-        from watcher.services.extractor import IMAGENET_IDENTITY
+        from imgwatch.services.extractor import IMAGENET_IDENTITY
 
         if base.key == configured_signature(self._settings).base.key:
             return self._settings.weights
@@ -173,7 +173,7 @@ class ExtractorCache:
 
 
 def _build_extractor(settings: Settings, weights: str) -> Extractor:
-    from watcher.services.extractor import VGG16Extractor, WeightsSpec
+    from imgwatch.services.extractor import VGG16Extractor, WeightsSpec
 
     return VGG16Extractor(
         WeightsSpec.parse(weights),
@@ -193,8 +193,8 @@ def node_identity(catalog: SQLiteCatalog, settings: Settings) -> tuple[int, str]
     import secrets
     import socket
 
-    from watcher.services.abc import FileState
-    from watcher.services.vectors import MAX_NODE_ID
+    from imgwatch.services.abc import FileState
+    from imgwatch.services.vectors import MAX_NODE_ID
 
     if settings.node is None:
         return 0, socket.gethostname()
@@ -213,7 +213,7 @@ def node_identity(catalog: SQLiteCatalog, settings: Settings) -> tuple[int, str]
 def open_store(
     settings: Settings, catalog: SQLiteCatalog, collection: str, dimension: int, index: dict[str, Any]
 ) -> Any:  # MilvusVectorStore; Any keeps pymilvus off this module's import path
-    from watcher.services.vectors import MilvusVectorStore
+    from imgwatch.services.vectors import MilvusVectorStore
 
     node_id, node = node_identity(catalog, settings)
     store = MilvusVectorStore(
@@ -264,7 +264,7 @@ def open_services(
     """Lock the data dir, open the catalog and the serving collection, and load the model that made it.
 
     An index made by another model than the configured one is served as it is (searches keep working
-    while :mod:`watcher.reindex` builds its replacement), except by commands that would write the
+    while :mod:`imgwatch.reindex` builds its replacement), except by commands that would write the
     configured model's vectors into it: those refuse before loading any model, unless ``rebuild``.
     Passed-in extractors are used and never closed: tests share one VGG16 across many contexts.
     With ``model=False`` no model is loaded and nothing is written: the context's extractor is a
@@ -331,7 +331,7 @@ def open_context(
 def _configured_index(settings: Settings) -> dict[str, Any]:
     """A new collection's index: as configured, else sized for an empty collection (a reindex resizes it
     as the collection grows)."""
-    from watcher.services.vectors import auto_index_params
+    from imgwatch.services.vectors import auto_index_params
 
     params = settings.index_params or auto_index_params(settings.index_type, 0)
     return {"type": settings.index_type, "params": dict(params)}
@@ -339,7 +339,7 @@ def _configured_index(settings: Settings) -> dict[str, Any]:
 
 def _drop_every_collection(settings: Settings, catalog: SQLiteCatalog) -> None:
     """For ``--rebuild``: the serving collection, an unfinished reindex's, and the catalog's claims."""
-    from watcher.services.ledger import ReindexLedger
+    from imgwatch.services.ledger import ReindexLedger
 
     if settings.node is not None and catalog.get_meta(NODE_META_KEY) is not None:
         # A shared collection: only this watcher's entities go; the others keep theirs.
@@ -354,7 +354,7 @@ def _drop_every_collection(settings: Settings, catalog: SQLiteCatalog) -> None:
         names = {active_collection(catalog, settings), settings.collection}
         if reindex := catalog.get_meta(REINDEX_META_KEY):
             names.add(json.loads(reindex)["collection"])
-        from watcher.services.vectors import drop_collections
+        from imgwatch.services.vectors import drop_collections
 
         drop_collections(settings.vectors_uri, settings.milvus_token, names)
     ReindexLedger(catalog).clear()

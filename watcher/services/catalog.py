@@ -19,8 +19,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from watcher.events import EVENT_TYPES, ImageEvent, Source, paths_of
-from watcher.services.abc import FileBlob, FileRecord, FileState
+from imgwatch.events import EVENT_TYPES, ImageEvent, Source, paths_of
+from imgwatch.services.abc import FileBlob, FileRecord, FileState
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -157,7 +157,7 @@ def create_sqlite_engine(path: Path) -> Engine:
 
 def open_catalog(path: Path) -> SQLiteCatalog:
     """Open (creating if needed) the catalog at ``path`` and bring its schema to the latest revision."""
-    from migrations import upgrade
+    from imgwatch.migrations import upgrade
 
     path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_sqlite_engine(path)
@@ -166,7 +166,7 @@ def open_catalog(path: Path) -> SQLiteCatalog:
 
 
 class SQLiteCatalog:
-    """The real catalog service (see :class:`watcher.services.abc.Catalog`). Thread-safe: every call
+    """The real catalog service (see :class:`imgwatch.services.abc.Catalog`). Thread-safe: every call
     is its own short transaction on a pooled connection."""
 
     def __init__(self, engine: Engine) -> None:

@@ -29,10 +29,10 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 from torchvision.models import VGG16_Weights
 
-from watcher.errors import ImgwatchError, WeightsFileError, WeightsUnavailableError
-from watcher.services.abc import ExtractorSignature, Vector
-from watcher.services.cpu import cpus_we_may_run_on
-from watcher.services.images import PREPROCESSING_VERSION, prepare
+from imgwatch.errors import ImgwatchError, WeightsFileError, WeightsUnavailableError
+from imgwatch.services.abc import ExtractorSignature, Vector
+from imgwatch.services.cpu import cpus_we_may_run_on
+from imgwatch.services.images import PREPROCESSING_VERSION, prepare
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class FC7(nn.Module):
 
 
 class VGG16Extractor:
-    """The real extractor service (see :class:`watcher.services.abc.Extractor`)."""
+    """The real extractor service (see :class:`imgwatch.services.abc.Extractor`)."""
 
     def __init__(
         self,

@@ -6,12 +6,12 @@ import errno
 import os
 import stat
 
-from watcher.errors import ImageError
-from watcher.services.abc import FileBlob, content_hash
+from imgwatch.errors import ImageError
+from imgwatch.services.abc import FileBlob, content_hash
 
 
 class LocalFileReader:
-    """The real file access service (see :class:`watcher.services.abc.FileReader`)."""
+    """The real file access service (see :class:`imgwatch.services.abc.FileReader`)."""
 
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes

@@ -14,7 +14,7 @@ import numpy.typing as npt
 import torchvision.transforms.functional as tvf
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from watcher.errors import ImageError
+from imgwatch.errors import ImageError
 
 #: Bump whenever the output of :func:`prepare` changes for some input: it is part of the signature.
 PREPROCESSING_VERSION = "pil-exif-draft256-rgb-on-white-resize256-centercrop224-v1"

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping
 import sqlalchemy as sa
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from watcher.services.abc import FileRecord, FileState
-from watcher.services.catalog import FILES, LEDGER, META, SQLiteCatalog, row_to_record
+from imgwatch.services.abc import FileRecord, FileState
+from imgwatch.services.catalog import FILES, LEDGER, META, SQLiteCatalog, row_to_record
 
 _VOUCHED = sa.and_(FILES.c.state == FileState.INDEXED.value, FILES.c.has_vector.is_(True))
 _JOINED = FILES.outerjoin(LEDGER, LEDGER.c.file_id == FILES.c.id)

@@ -20,9 +20,9 @@ import numpy as np
 import numpy.typing as npt
 from threadpoolctl import threadpool_limits
 
-from watcher.errors import ImgwatchError
-from watcher.services.abc import Extractor, ExtractorSignature, Vector
-from watcher.services.cpu import cpus_we_may_run_on
+from imgwatch.errors import ImgwatchError
+from imgwatch.services.abc import Extractor, ExtractorSignature, Vector
+from imgwatch.services.cpu import cpus_we_may_run_on
 
 PCA_DIMENSIONS = (256, 512)
 #: Vectors read to fit a transform: more adds little to a 4096-d covariance and costs a full pass.

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from watcher.errors import DataDirBusyError, ImgwatchError, StoreUnavailableError
-from watcher.services.abc import SearchHit, Vector
+from imgwatch.errors import DataDirBusyError, ImgwatchError, StoreUnavailableError
+from imgwatch.services.abc import SearchHit, Vector
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class _Connection:
 
 
 class MilvusVectorStore:
-    """The real vector store service (see :class:`watcher.services.abc.VectorStore`)."""
+    """The real vector store service (see :class:`imgwatch.services.abc.VectorStore`)."""
 
     def __init__(
         self,

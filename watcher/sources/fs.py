@@ -30,7 +30,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from watcher.events import (
+from imgwatch.events import (
     DirectoryCreated,
     DirectoryDeleted,
     DirectoryMoved,
@@ -42,7 +42,7 @@ from watcher.events import (
     RescanRequested,
     Source,
 )
-from watcher.scan import ScanRules, has_image_extension
+from imgwatch.scan import ScanRules, has_image_extension
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from watcher.errors import ConfigError
-from watcher.events import (
+from imgwatch.errors import ConfigError
+from imgwatch.events import (
     DirectoryCreated,
     DirectoryDeleted,
     DirectoryMoved,
@@ -39,7 +39,7 @@ from watcher.events import (
     ImageMoved,
     Source,
 )
-from watcher.scan import has_image_extension
+from imgwatch.scan import has_image_extension
 
 log = logging.getLogger(__name__)
 
