@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from starlette.types import ASGIApp
 
 from imgwatch.config import Settings
 from imgwatch.context import Context
@@ -28,6 +29,7 @@ from imgwatch.scan import ScanRules
 from imgwatch.services.build import open_context
 from imgwatch.services.extractor import VGG16Extractor, WeightsSpec
 from imgwatch.services.vectors import MilvusVectorStore
+from imgwatch.web.server import HttpServer, bind_tcp
 from tests import milvus_server as launcher
 
 WEIGHTS = "random:0"
@@ -74,6 +76,13 @@ def jpeg_bytes(image: Image.Image, quality: int = 90, **kwargs: object) -> bytes
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality, **kwargs)
     return buffer.getvalue()
+
+
+def serve(app: ASGIApp, host: str = "127.0.0.1") -> HttpServer:
+    """``app`` on a free port of ``host``, served by uvicorn in a thread, as the daemon serves it."""
+    server = HttpServer(app, bind_tcp(host, 0, "test"), "imgwatch-test-http")
+    server.start()
+    return server
 
 
 def write_photo(path: Path, seed: int, size: tuple[int, int] = (480, 360)) -> Path:

@@ -23,15 +23,11 @@ from imgwatch.context import Context
 from imgwatch.errors import ConfigError
 from imgwatch.samples import photo
 from imgwatch.search import Match, QueryResult
-from imgwatch.search_page import (
-    SearchPageBackend,
-    SearchPageConfig,
-    SearchPageServer,
-    path_from_ref,
-    path_ref,
-)
 from imgwatch.thumbnails import ThumbnailCache, ThumbnailForbiddenError, ThumbnailNotFoundError, Thumbnails
-from tests.conftest import index, jpeg_bytes, write_photo
+from imgwatch.web import create_app
+from imgwatch.web.page import PageSurface, SearchPageBackend, SearchPageConfig, path_from_ref, path_ref
+from imgwatch.web.server import HttpServer
+from tests.conftest import index, jpeg_bytes, serve, write_photo
 from tests.test_daemon import RunningDaemon, imgwatch_cli, start_daemon, wait_until
 
 TOKEN = "page-token-\u00e9"  # non-ASCII on purpose: compared as bytes, in constant time
@@ -84,7 +80,7 @@ def test_path_refs_round_trip_any_bytes(raw: bytes) -> None:
 
 
 @pytest.fixture
-def tokened() -> Iterator[SearchPageServer]:
+def tokened() -> Iterator[HttpServer]:
     """The server with a token, with plain callables behind it: what is tested here is the HTTP layer."""
 
     def thumbnail(ref: int | str) -> bytes:
@@ -96,13 +92,12 @@ def tokened() -> Iterator[SearchPageServer]:
         thumbnail=thumbnail,
         path_of=lambda _id: None,
     )
-    server = SearchPageServer(SearchPageConfig("127.0.0.1", 0, TOKEN, MAX_UPLOAD), backend)
-    server.start()
+    server = serve(create_app(page=PageSurface(SearchPageConfig("127.0.0.1", 0, TOKEN, MAX_UPLOAD), backend)))
     yield server
     server.stop()
 
 
-def test_a_token_is_required_when_set(tokened: SearchPageServer) -> None:
+def test_a_token_is_required_when_set(tokened: HttpServer) -> None:
     def get(path: str, **headers: str) -> Answer:
         return request("127.0.0.1", tokened.port, "GET", path, headers=headers)
 
@@ -131,11 +126,8 @@ def test_a_token_is_required_when_set(tokened: SearchPageServer) -> None:
 
 
 def test_off_loopback_without_a_token_is_refused() -> None:
-    backend = SearchPageBackend(
-        lambda _d, _k: QueryResult("", []), lambda p, _k: QueryResult(p, []), lambda _r: b"", lambda _i: None
-    )
     with pytest.raises(ConfigError, match="without a token"):
-        SearchPageServer(SearchPageConfig("0.0.0.0", 0, None, MAX_UPLOAD), backend)  # noqa: S104
+        SearchPageConfig("0.0.0.0", 0, None, MAX_UPLOAD)  # noqa: S104
 
 
 def test_the_cli_refuses_a_public_page_without_a_token(tmp_path: Path) -> None:
@@ -290,7 +282,10 @@ def test_bad_uploads_get_the_right_status(served: Served) -> None:
     too_big = _post_headers_only(served.port, {"Content-Length": str(MAX_UPLOAD + 1)})
     assert too_big.status == 413 and "search_page_max_bytes" in too_big.json()["error"]
     assert _post_headers_only(served.port, {}).status == 411
-    assert _post_headers_only(served.port, {"Transfer-Encoding": "chunked"}).status == 411
+    # A chunked upload is read as it comes, and refused the moment it passes the limit.
+    assert _chunked_upload(served.port, resized_copy(5)).status == 200
+    over = _chunked_upload(served.port, b"\xff" * (MAX_UPLOAD + 1))
+    assert over.status == 413 and "search_page_max_bytes" in over.json()["error"]
     for k in ("0", "abc", "201", "-1"):
         assert served.post(f"/api/search?k={k}", jpeg_bytes(photo(1))).status == 400
     assert served.post("/api/nothing", b"x").status == 404
@@ -340,6 +335,17 @@ def _ids_by_path(served: Served) -> dict[str, int]:
         if answer.status == 200:
             found[answer.json()["query"]] = file_id
     return found
+
+
+def _chunked_upload(port: int, data: bytes, chunk: int = 16 * 1024) -> Answer:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        pieces = iter([data[i : i + chunk] for i in range(0, len(data), chunk)])
+        connection.request("POST", "/api/search?k=1", body=pieces, encode_chunked=True)
+        response = connection.getresponse()
+        return Answer(response.status, response.headers, response.read())
+    finally:
+        connection.close()
 
 
 def _post_headers_only(port: int, headers: dict[str, str]) -> Answer:
@@ -489,3 +495,11 @@ def test_in_a_browser_upload_then_more_like_this(browser: Any, served: Served, t
     assert grid()[1] == ("result", str(served.root / "copies" / "photo3-grey.jpg"))
     wait.until(thumbnails_loaded)
     assert not browser.find_element(By.ID, "status").get_attribute("class")  # no error shown
+
+    # An upload over the limit: the browser shows the server's 413 message, not "Failed to fetch".
+    big = tmp_path / "huge.jpg"
+    big.write_bytes(jpeg_bytes(photo(5)) + b"\0" * (2 * MAX_UPLOAD))
+    browser.find_element(By.ID, "file").send_keys(str(big))
+    wait.until(lambda _d: browser.find_element(By.ID, "status").get_attribute("class") == "error")
+    message = browser.find_element(By.ID, "status").text
+    assert "over the limit" in message and "search_page_max_bytes" in message, message

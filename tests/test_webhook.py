@@ -34,11 +34,11 @@ from imgwatch.sources.webhook import (
     ForbiddenPathError,
     InvalidEventError,
     MalformedBodyError,
-    WebhookConfig,
-    WebhookServer,
     parse_body,
 )
-from tests.conftest import write_photo
+from imgwatch.web import create_app
+from imgwatch.web.webhook import WebhookConfig, WebhookSurface
+from tests.conftest import serve, write_photo
 from tests.test_daemon import RunningDaemon, _env, daemon_factory, imgwatch_cli, start_daemon, wait_until
 
 EVENTS = Path(__file__).parent / "events"
@@ -485,16 +485,12 @@ def test_invoke_goes_through_a_running_daemon(served: tuple[RunningDaemon, Webho
 
 
 def test_a_non_ascii_token_matches_the_bytes_the_client_sends(tmp_path: Path, allowed: AllowedPaths) -> None:
-    # http.server decodes header lines as latin-1; the token is compared as the bytes on the wire.
+    # ASGI servers decode header lines as latin-1; the token is compared as the bytes on the wire.
     token = "clé-ünïcode-✓"
     received: list[ImageEvent] = []
-    server = WebhookServer(
-        WebhookConfig("127.0.0.1", 0, token, None, 1 << 20, allowed),
-        received.append,
-        lambda: (200, {}),
-        lambda: (b"", "text/plain"),
-    )
-    server.start()
+    config = WebhookConfig("127.0.0.1", 0, token, None, 1 << 20, allowed)
+    surface = WebhookSurface(config, received.append, lambda: (200, {}), lambda: (b"", "text/plain"))
+    server = serve(create_app(webhook=surface))
     try:
         event = {"type": "created", "path": str(tmp_path / "root" / "a.jpg")}
         body = json.dumps({"events": [event]}).encode()

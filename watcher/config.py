@@ -112,6 +112,8 @@ class Settings:
     webhook_hmac_secret: str | None = None
     """When set, callers must also sign each body: ``X-Imgwatch-Signature: sha256=<hex HMAC>``."""
     webhook_max_bytes: int = 1024 * 1024
+    metrics_public: bool = False
+    """Serve the webhook port's ``/metrics`` without the token even off loopback (a trusted scraper)."""
     search_page: str | None = None
     """``HOST:PORT`` for the daemon's search page; off when unset. Off loopback it needs ``webhook_token``."""
     search_page_max_bytes: int = 32 * 1024 * 1024

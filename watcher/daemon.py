@@ -6,13 +6,13 @@ Threads and what they own:
 - the main thread *dispatches*: it coalesces file events until the file has settled, keeps deletes
   and moves in order, applies the mass-delete guard, and hands settled files to a pool of handler
   threads (whose decoding overlaps the batched model);
-- the local endpoint thread answers ``search``/``status``/``index`` from other processes.
+- the HTTP surfaces (:mod:`imgwatch.surfaces`: webhook, search page, control socket) run uvicorn
+  in threads of their own; the control socket answers ``search``/``status``/``index`` from the CLI.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -29,8 +29,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from imgwatch.context import Context
-from imgwatch.duplicates import find_duplicates
-from imgwatch.errors import ConfigError, ImgwatchError
+from imgwatch.errors import ConfigError, RootInUseError
 from imgwatch.events import (
     DirectoryCreated,
     DirectoryDeleted,
@@ -47,26 +46,17 @@ from imgwatch.events import (
 )
 from imgwatch.handlers import HANDLERS
 from imgwatch.indexer import Plan, plan, run_plan
-from imgwatch.ipc import LocalEndpoint
+from imgwatch.ipc import socket_path
 from imgwatch.jobs import compact, repair_vectors, run_recorded
 from imgwatch.metrics import DaemonMetrics
 from imgwatch.notify import sd_notify, watchdog_interval
 from imgwatch.reindex import BackgroundReindex, Reindexer
 from imgwatch.scan import ScanRules
-from imgwatch.search import QueryResult, search_images, search_like
-from imgwatch.search_page import SearchPageBackend, SearchPageConfig, SearchPageServer
 from imgwatch.services.build import Services
 from imgwatch.sources.fs import OverflowListener, RootWatch, watch_root
-from imgwatch.sources.webhook import (
-    ForbiddenPathError,
-    InvalidEventError,
-    MalformedBodyError,
-    WebhookConfig,
-    WebhookServer,
-    allowed_paths,
-    parse_bind,
-    parse_body,
-)
+from imgwatch.sources.webhook import allowed_paths
+from imgwatch.surfaces import DaemonParts, start_control_socket, start_search_page, start_webhook
+from imgwatch.web.server import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +144,9 @@ class Daemon:
             self._roots.setdefault(mount, _Root(mount, watched=False))
         self._allowed = allowed_paths(roots, settings.s3_mounts)
         self._metrics = DaemonMetrics(self._queue_depths, self._file_counts)
-        self._webhook: WebhookServer | None = None
-        self._search_page: SearchPageServer | None = None
+        self._webhook: HttpServer | None = None
+        self._search_page: HttpServer | None = None
+        self._search_page_url: str | None = None
         self._scheduler: BackgroundScheduler | None = None
         # SimpleQueue: its put() is reentrant, so the signal handler may call it at any moment.
         self._inbox: queue.SimpleQueue[tuple[ImageEvent, list[int]]] = queue.SimpleQueue()
@@ -175,7 +166,7 @@ class Daemon:
         self._last_root_check = 0.0
         self._last_ping = 0.0
         self._ping_every = watchdog_interval()
-        self._endpoint: LocalEndpoint | None = None
+        self._endpoint: HttpServer | None = None
 
     @property
     def _ctx(self) -> Context:
@@ -208,31 +199,17 @@ class Daemon:
             for journal_id, event in self._ctx.catalog.journal_pending():
                 self._inbox.put((event, [journal_id]))
             # The webhook binds next: a port in use or a refused address must fail before anything runs.
+            parts = self._parts()
             if self._settings.webhook:
-                self._webhook = self._start_webhook(self._settings.webhook)
+                self._webhook = start_webhook(parts)
             if self._settings.search_page:
-                self._search_page = self._start_search_page(self._settings.search_page)
+                self._search_page, self._search_page_url = start_search_page(parts)
             for root in roots:
                 self._start_watch(root)
             for root in roots:
                 if root.watch is not None:
                     self._inbox.put((RescanRequested(root.path, source=Source.SCAN), []))
-            self._endpoint = LocalEndpoint(
-                self._settings.data_dir,
-                {
-                    ("GET", "/status"): self._status_route,
-                    ("POST", "/search"): self._search_route,
-                    ("POST", "/duplicates"): self._duplicates_route,
-                    ("POST", "/index"): self._index_route,
-                    ("POST", "/invoke"): self._invoke_route,
-                    ("POST", "/jobs/compact"): lambda _body: (200, self.run_job("compact")),
-                    ("POST", "/jobs/reconcile"): lambda _body: (
-                        200,
-                        self.run_job("reconcile") | {"reindex": self._reindex.status()},
-                    ),
-                },
-            )
-            self._endpoint.start()
+            self._endpoint = start_control_socket(parts)
             self._scheduler = self._start_scheduler()
             self._reindex.start()
             sd_notify("READY=1", f"STATUS=watching {len(roots)} root(s)")
@@ -304,15 +281,15 @@ class Daemon:
             self._scheduler.shutdown(wait=False)
         # An unfinished reindex resumes from its ledger on the next start; waiting costs only time.
         self._reindex.stop(timeout=5.0)
-        if self._webhook is not None:
-            self._webhook.stop()
-        if self._search_page is not None:
-            self._search_page.stop()
+        for server in (self._webhook, self._search_page):
+            if server is not None:
+                server.stop()
         for root in self._roots.values():
             if root.watch is not None:
                 root.watch.stop()
         if self._endpoint is not None:
             self._endpoint.stop()
+            socket_path(self._settings.data_dir).unlink(missing_ok=True)
         for future in [f for f, _ in self._in_flight.values()] + list(self._ops_in_flight.values()):
             # Unfinished or failed work stays pending in the journal for the next start.
             with contextlib.suppress(Exception):
@@ -697,60 +674,25 @@ class Daemon:
             # A grown collection may want a bigger ANN index; PCA may have enough vectors now.
             self._reindex.wake()
 
-    # ---- the webhook and the metrics ---------------------------------------------------------
+    # ---- the HTTP surfaces, the metrics --------------------------------------------------------
 
-    def _start_webhook(self, bind: str) -> WebhookServer:
-        host, port = parse_bind(bind)
-        config = WebhookConfig(
-            host=host,
-            port=port,
-            token=self._settings.webhook_token,
-            hmac_secret=self._settings.webhook_hmac_secret,
-            max_bytes=self._settings.webhook_max_bytes,
+    def _parts(self) -> DaemonParts:
+        return DaemonParts(
+            settings=self._settings,
+            serving=self._serving,
             allowed=self._allowed,
+            roots=list(self._roots),
+            submit=self.submit,
+            health=self._health,
+            metrics=self._metrics.render,
+            count_webhook_request=lambda method, status: self._metrics.webhook_requests.labels(
+                method, str(status)
+            ).inc(),
+            status=self.status_report,
+            index=self.index_roots,
+            run_job=self.run_job,
+            forget_root=self.forget_root,
         )
-        server = WebhookServer(
-            config,
-            self.submit,
-            self._health,
-            self._metrics.render,
-            lambda method, status: self._metrics.webhook_requests.labels(method, str(status)).inc(),
-        )
-        server.start()
-        return server
-
-    def _start_search_page(self, bind: str) -> SearchPageServer:
-        from imgwatch.thumbnails import Thumbnails
-
-        host, port = parse_bind(bind, "--search-page")
-        # Thumbnails only of files inside the roots and S3 mount directories: never of other folders
-        # indexed into the same data dir by `imgwatch index`, nor of anything else on the disk.
-        roots = list(self._roots)
-        thumbnails = Thumbnails(lambda: self._ctx.catalog, roots, self._settings.max_file_bytes)
-
-        def search_image(data: bytes, k: int) -> QueryResult:
-            with self._serving.use() as ctx:
-                return search_images([("upload", data)], ctx, k=k)[0]
-
-        def search_like_path(path: str, k: int) -> QueryResult:
-            with self._serving.use() as ctx:
-                return search_like([path], ctx, k=k)[0]
-
-        def path_of(file_id: int) -> str | None:
-            record = self._ctx.catalog.get_many([file_id]).get(file_id)
-            return record.path if record else None
-
-        server = SearchPageServer(
-            SearchPageConfig(host, port, self._settings.webhook_token, self._settings.search_page_max_bytes),
-            SearchPageBackend(
-                search_image,
-                search_like_path,
-                lambda ref: thumbnails.by_id(ref) if isinstance(ref, int) else thumbnails.by_path(ref),
-                path_of,
-            ),
-        )
-        server.start()
-        return server
 
     def _jobs_status(self) -> dict[str, Any]:
         runs = self._ctx.catalog.last_job_runs()
@@ -785,10 +727,10 @@ class Daemon:
     def _file_counts(self) -> dict[str, int]:
         return {state.value: n for state, n in self._ctx.catalog.counts().items()}
 
-    # ---- the local endpoint ------------------------------------------------------------------
+    # ---- what the control socket asks --------------------------------------------------------
 
-    def _status_route(self, _body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        return 200, {
+    def status_report(self) -> dict[str, Any]:
+        return {
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self._started, 1),
             "vectors": self._vector_count(),
@@ -800,7 +742,7 @@ class Daemon:
             ],
             "s3_mounts": dict(self._settings.s3_mounts),
             "webhook": f"http://{self._settings.webhook}/events" if self._webhook else None,
-            "search_page": self._search_page.url if self._search_page else None,
+            "search_page": self._search_page_url,
             "queue": self._queue_depths(),
             "journal": self._ctx.catalog.journal_counts(),
             "events_received": dict(self._stats.received),
@@ -810,59 +752,29 @@ class Daemon:
             "reindex": self._reindex.status(),
         }
 
-    def _search_route(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """Query images as bytes (``queries``), or indexed paths whose stored vectors are the
-        queries (``like``: "more like this", no model run)."""
-        import base64
-
-        with self._serving.use() as ctx:
-            if "like" in body:
-                results = search_like([str(path) for path in body["like"]], ctx, k=int(body["k"]))
-            else:
-                queries = [
-                    (q["query"], q["error"] if "error" in q else base64.b64decode(q["data"], validate=True))
-                    for q in body["queries"]
-                ]
-                results = search_images(queries, ctx, k=int(body["k"]))
-        return 200, {
-            "results": [
-                {"query": r.query, "results": [m.as_dict() for m in r.matches]}
-                | ({"error": r.error} if r.error else {})
-                for r in results
-            ]
-        }
-
-    def _duplicates_route(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        try:
-            with self._serving.use() as ctx:
-                groups = find_duplicates(ctx, threshold=float(body.get("threshold", 0.95)))
-        except ValueError as e:
-            return 400, {"error": str(e)}
-        return 200, {"groups": [{"paths": g.paths, "max_score": g.max_score} for g in groups]}
-
-    def _invoke_route(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        """``imgwatch invoke`` while the daemon runs: the payload takes the webhook's path."""
-        try:
-            parsed = parse_body(json.dumps(body["payload"]).encode(), self._allowed, Source.WEBHOOK)
-        except (MalformedBodyError, InvalidEventError, ForbiddenPathError) as e:
-            return 422, {"error": str(e)}
-        for event in parsed.events:
-            self.submit(event)
-        return 200, {"accepted": len(parsed.events), "ignored": parsed.ignored}
-
-    def _index_route(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def index_roots(self, given: list[str]) -> dict[str, Any]:
+        """``imgwatch index`` while the daemon runs; :class:`ImgwatchError` for a bad root."""
         from imgwatch.indexer import normalise_root
 
-        try:
-            roots = [normalise_root(root) for root in body["roots"]]
-        except ImgwatchError as e:
-            return 400, {"error": str(e)}
+        roots = [normalise_root(root) for root in given]
         with self._serving.use() as ctx:
             summary = run_plan(plan(roots, self._rules, ctx), ctx, workers=self._settings.batch_size + 4)
         for root in self._roots.values():
             if any(_under(root.path, r) or _under(r, root.path) for r in roots):
                 root.guard = None  # an explicit index applied (or re-checked) the deletions
-        return 200, summary.as_dict()
+        return summary.as_dict()
+
+    def forget_root(self, root: str) -> dict[str, Any]:
+        """``imgwatch forget ROOT`` while the daemon runs; refused for a root it watches."""
+        from imgwatch.roots import forget_root
+
+        from imgwatch.indexer import normalise_root
+
+        path = normalise_root(root) if os.path.isdir(root) else os.path.abspath(root)
+        if any(_under(path, r.path) or _under(r.path, path) for r in self._roots.values()):
+            raise RootInUseError(path)
+        with self._serving.use() as ctx:
+            return {"root": path, "removed": forget_root(ctx, path)}
 
 
 def _device_of(path: str) -> int | None:

@@ -79,3 +79,11 @@ class ImageError(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class RootInUseError(ImgwatchError):
+    """A root cannot be forgotten while the daemon watches it."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        super().__init__(f"the daemon is watching {root}: stop watching it (imgwatch watch without it) first")

@@ -1,35 +1,27 @@
-"""The daemon's local endpoint: HTTP + JSON over a Unix socket in the data dir.
+"""The CLI's side of the daemon's control socket: HTTP + JSON over ``<data dir>/imgwatch.sock``.
 
-Milvus Lite admits one process per data dir, so while the daemon runs, ``search``, ``status`` and
-``index`` talk to it here instead of opening the store; the daemon's warm model answers searches.
-Access is what the socket file's permissions allow (the data dir's owner).
+The daemon serves it (:mod:`imgwatch.web.local`); this client speaks to it with httpx over the Unix
+socket. Access is what the socket file's permissions allow (the data dir's owner).
 """
 
 from __future__ import annotations
 
 import base64
-import http.client
 import json
-import logging
 import os
 import socket
-import socketserver
-import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import httpcore
+import httpx
+
 from imgwatch.errors import ImgwatchError
 
-log = logging.getLogger(__name__)
-
 SOCKET_NAME = "imgwatch.sock"
-MAX_REQUEST_BYTES = 256 * 1024 * 1024
 #: sun_path holds 108 bytes; longer socket paths are reached through /proc/self/fd of the directory.
-_SUN_PATH_MAX = 100
-
-Route = Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]
+SUN_PATH_MAX = 100
 
 
 class DaemonUnavailableError(ImgwatchError):
@@ -40,114 +32,62 @@ def socket_path(data_dir: Path) -> Path:
     return data_dir / SOCKET_NAME
 
 
-def _short(path: Path) -> tuple[str, int | None]:
+def short_unix_path(path: Path) -> tuple[str, int | None]:
     """A path for bind/connect that fits in sun_path, and a directory fd to close afterwards."""
     text = os.fsdecode(path)
-    if len(os.fsencode(text)) <= _SUN_PATH_MAX:
+    if len(os.fsencode(text)) <= SUN_PATH_MAX:
         return text, None
     fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
     return f"/proc/self/fd/{fd}/{path.name}", fd
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    routes: dict[tuple[str, str], Route]
+class _SocketStream(httpcore.NetworkStream):
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        self._sock.settimeout(timeout)
+        return self._sock.recv(max_bytes)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._sock.settimeout(timeout)
+        self._sock.sendall(buffer)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._sock if info == "socket" else None
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
+class _UnixBackend(httpcore.SyncBackend):
+    """httpcore's own Unix-socket connect leaks the socket when connect() fails (no daemon yet, a
+    stale socket file), which a CLI polling a starting daemon does many times: close it."""
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("local endpoint: " + format, *args)
-
-    def _serve(self, method: str) -> None:
-        route = self.server.routes.get((method, self.path))
-        length_header = (self.headers.get("Content-Length") or "0").strip()
-        if not (length_header.isascii() and length_header.isdigit()):
-            self.close_connection = True
-            self._reply(400, {"error": "bad Content-Length"})
-            return
-        length = int(length_header)
-        if route is None:
-            self._reply(404, {"error": f"no such endpoint: {method} {self.path}"})
-            return
-        if length > MAX_REQUEST_BYTES:
-            self._reply(413, {"error": "request too large"})
-            return
-        try:
-            body = json.loads(self.rfile.read(length) or b"{}")
-            status, reply = route(body)
-        except (ValueError, KeyError, TypeError) as e:
-            status, reply = 400, {"error": f"bad request: {e}"}
-        except Exception as e:
-            log.exception("local endpoint %s %s failed", method, self.path)
-            status, reply = 500, {"error": f"{type(e).__name__}: {e}"}
-        self._reply(status, reply)
-
-    def _reply(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-
-class LocalEndpoint:
-    """Serves ``routes`` on the data dir's socket from a background thread."""
-
-    def __init__(self, data_dir: Path, routes: dict[tuple[str, str], Route]) -> None:
-        path = socket_path(data_dir)
-        path.unlink(missing_ok=True)  # a stale socket from a killed daemon; we hold the data dir lock
-        bind_path, fd = _short(path)
-        old_umask = os.umask(0o177)  # the socket is for the data dir's owner only
-        try:
-            self._server = _Server(bind_path, _Handler)
-        finally:
-            os.umask(old_umask)
-            if fd is not None:
-                os.close(fd)
-        self._server.routes = routes
-        self._path = path
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="imgwatch-endpoint", kwargs={"poll_interval": 0.2}
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-        self._path.unlink(missing_ok=True)
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._socket_path = path
-
-    def connect(self) -> None:
-        target, fd = _short(self._socket_path)
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
         try:
-            sock.connect(target)
-        except OSError:
+            sock.settimeout(timeout)
+            sock.connect(path)
+        except TimeoutError as e:
             sock.close()
-            raise
-        finally:
-            if fd is not None:
-                os.close(fd)
-        self.sock = sock
+            raise httpcore.ConnectTimeout(str(e)) from e
+        except OSError as e:
+            sock.close()
+            raise httpcore.ConnectError(str(e)) from e
+        return _SocketStream(sock)
+
+
+class _UnixTransport(httpx.HTTPTransport):
+    def __init__(self, path: str) -> None:
+        super().__init__(uds=path)
+        # HTTPTransport takes no network backend; its pool does (httpx keeps it as _pool).
+        self._pool = httpcore.ConnectionPool(uds=path, network_backend=_UnixBackend())
 
 
 class DaemonClient:
@@ -158,24 +98,34 @@ class DaemonClient:
         self._timeout = timeout
 
     def request(self, method: str, endpoint: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        connection = _UnixConnection(self._path, self._timeout)
+        """``body`` as JSON (POSTs get ``{}`` when it is None); the reply's JSON, or
+        :class:`DaemonUnavailableError` with the daemon's ``error`` if it refused."""
+        if body is None and method != "GET":
+            body = {}
+        target, fd = short_unix_path(self._path)
+        # Our own JSON: names that are not UTF-8 travel as surrogate escapes, which httpx's json=
+        # (UTF-8 without ensure_ascii) cannot encode.
+        content = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if content is not None else {}
         try:
-            payload = json.dumps(body or {}).encode()
-            connection.request(method, endpoint, body=payload, headers={"Content-Type": "application/json"})
-            response = connection.getresponse()
-            reply: dict[str, Any] = json.loads(response.read() or b"{}")
-        except (OSError, http.client.HTTPException) as e:
+            with httpx.Client(
+                transport=_UnixTransport(target), base_url="http://imgwatch", timeout=self._timeout
+            ) as client:
+                response = client.request(method, endpoint, content=content, headers=headers)
+                reply: dict[str, Any] = response.json() if response.content else {}
+        except (httpx.TransportError, OSError, ValueError) as e:
             raise DaemonUnavailableError(f"no daemon answers on {self._path}: {e}") from e
         finally:
-            connection.close()
-        if response.status >= 400:
+            if fd is not None:
+                os.close(fd)
+        if response.status_code >= 400:
             raise DaemonUnavailableError(
-                f"the daemon refused {endpoint}: {reply.get('error', response.status)}"
+                f"the daemon refused {endpoint}: {reply.get('error', response.status_code)}"
             )
         return reply
 
     def status(self) -> dict[str, Any]:
-        return self.request("GET", "/status")
+        return self.request("GET", "/status", None)
 
     def search(self, queries: list[tuple[str, bytes | str]], k: int) -> list[dict[str, Any]]:
         """``queries``: ``(name, image bytes)``, or ``(name, error text)`` for unreadable ones."""

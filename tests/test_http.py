@@ -1,0 +1,390 @@
+"""The HTTP stack itself (FastAPI on uvicorn), surface by surface, over real sockets.
+
+Plain callables stand behind the apps: what is tested here is the HTTP layer (kept-alive connections,
+limits while reading, OpenAPI, auth, the socket's permissions, logging); the daemon end to end is
+in test_webhook.py and test_search_page.py.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openapi_spec_validator import validate
+
+from imgwatch.events import ImageEvent
+from imgwatch.ipc import DaemonClient, DaemonUnavailableError
+from imgwatch.search import Match, QueryResult
+from imgwatch.sources.webhook import AllowedPaths
+from imgwatch.thumbnails import ThumbnailNotFoundError
+from imgwatch.web import create_app
+from imgwatch.web.local import LocalSurface
+from imgwatch.web.page import PageSurface, SearchPageBackend, SearchPageConfig
+from imgwatch.web.server import HttpServer, bind_unix
+from imgwatch.web.webhook import WebhookConfig, WebhookSurface
+from tests.conftest import serve
+
+TOKEN = "tok-\u00e9"
+LIMIT = 64 * 1024
+
+
+class UnixConnection(http.client.HTTPConnection):
+    """http.client over the control socket, so that one connection can carry several requests."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__("localhost", timeout=30)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(30)
+        self.sock.connect(str(self._path))
+
+
+def exchange(
+    connection: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    connection.request(method, path, body=body, headers=headers or {})
+    response = connection.getresponse()
+    return response.status, response.headers, response.read()
+
+
+def same_connection_twice(
+    connection: http.client.HTTPConnection,
+    first: tuple[str, str, bytes, dict[str, str]],
+    second: tuple[str, str, bytes | None, dict[str, str]],
+) -> tuple[tuple[int, bytes], tuple[int, bytes]]:
+    """Two requests on one kept-alive connection; fails if the server hung up in between."""
+    status1, headers1, body1 = exchange(connection, *first)
+    assert headers1.get("Connection", "").lower() != "close", (status1, body1)
+    sock = connection.sock
+    status2, _, body2 = exchange(connection, *second)
+    assert connection.sock is sock, "the server closed the kept-alive connection"
+    return (status1, body1), (status2, body2)
+
+
+# ---- the webhook --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def webhook(tmp_path: Path) -> Iterator[tuple[HttpServer, list[ImageEvent]]]:
+    (tmp_path / "root").mkdir()
+    received: list[ImageEvent] = []
+    config = WebhookConfig("127.0.0.1", 0, TOKEN, None, LIMIT, AllowedPaths((str(tmp_path / "root"),), {}))
+    surface = WebhookSurface(
+        config, received.append, lambda: (200, {"status": "ok"}), lambda: (b"# metrics\n", "text/plain")
+    )
+    server = serve(create_app(webhook=surface))
+    yield server, received
+    server.stop()
+
+
+def _event(tmp_path: Path, name: str = "a.jpg") -> bytes:
+    return json.dumps({"events": [{"type": "created", "path": str(tmp_path / "root" / name)}]}).encode()
+
+
+def test_webhook_refusals_before_the_body_keep_the_connection_usable(
+    webhook: tuple[HttpServer, list[ImageEvent]], tmp_path: Path
+) -> None:
+    server, received = webhook
+    bearer = {"Authorization": f"Bearer {TOKEN}".encode().decode("latin-1")}
+    # The old server answered 401 before reading the body and then read the body as a request.
+    looks_like_a_request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 50
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        (status1, body1), (status2, body2) = same_connection_twice(
+            connection,
+            ("POST", "/events", looks_like_a_request, {}),
+            ("POST", "/events", _event(tmp_path), bearer),
+        )
+        assert status1 == 401 and "bearer token" in json.loads(body1)["error"]
+        assert (status2, json.loads(body2)) == (202, {"accepted": 1, "ignored": []})
+        # Over the limit: 413 after the client sent it all (as a browser does), then the next request.
+        (status1, body1), (status2, body2) = same_connection_twice(
+            connection,
+            ("POST", "/events", b"x" * (LIMIT + 1), bearer),
+            ("GET", "/healthz", None, {}),
+        )
+        assert status1 == 413 and "webhook_max_bytes" in json.loads(body1)["error"]
+        assert (status2, json.loads(body2)) == (200, {"status": "ok"})
+    finally:
+        connection.close()
+    assert len(received) == 1
+
+
+def test_a_chunked_body_is_refused_while_it_is_read(
+    webhook: tuple[HttpServer, list[ImageEvent]], tmp_path: Path
+) -> None:
+    server, received = webhook
+    bearer = {"Authorization": f"Bearer {TOKEN}".encode().decode("latin-1")}
+    small = _event(tmp_path)
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        connection.request(
+            "POST", "/events", body=iter([small[:10], small[10:]]), headers=bearer, encode_chunked=True
+        )
+        assert connection.getresponse().status == 202  # chunked bodies are read, not refused
+        connection.close()
+        chunks = iter([b"x" * 4096] * (LIMIT // 4096 + 4))
+        connection.request("POST", "/events", body=chunks, headers=bearer, encode_chunked=True)
+        response = connection.getresponse()
+        assert response.status == 413 and "over the limit" in json.loads(response.read())["error"]
+    finally:
+        connection.close()
+    assert len(received) == 1
+
+
+def _own_address() -> str | None:
+    """A non-loopback address of this machine (a UDP connect sends nothing), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only the route is looked up
+        except OSError:
+            return None
+        address = str(s.getsockname()[0])
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+@pytest.mark.parametrize("public", [False, True])
+def test_off_loopback_metrics_need_the_token_unless_made_public(tmp_path: Path, public: bool) -> None:
+    host = _own_address()
+    if host is None:
+        pytest.skip("no non-loopback address on this machine")
+    config = WebhookConfig(host, 0, TOKEN, None, LIMIT, AllowedPaths((), {}), metrics_public=public)
+    surface = WebhookSurface(config, lambda _e: None, lambda: (200, {}), lambda: (b"# m\n", "text/plain"))
+    server = serve(create_app(webhook=surface), host)
+    try:
+        connection = http.client.HTTPConnection(host, server.port, timeout=30)
+        assert exchange(connection, "GET", "/metrics")[0] == (200 if public else 401)
+        bearer = {"Authorization": f"Bearer {TOKEN}".encode().decode("latin-1")}
+        assert exchange(connection, "GET", "/metrics", headers=bearer)[0] == 200
+        assert exchange(connection, "GET", "/healthz")[0] == 200  # health checks need no token
+        connection.close()
+    finally:
+        server.stop()
+
+
+# ---- the search page ------------------------------------------------------------------------------
+
+
+def _thumbnail(ref: int | str) -> bytes:
+    raise ThumbnailNotFoundError(str(ref))
+
+
+@pytest.fixture
+def page() -> Iterator[HttpServer]:
+    backend = SearchPageBackend(
+        search_image=lambda _data, _k: QueryResult("upload", [Match("/p/a.jpg", 0.9)]),
+        search_like=lambda path, _k: QueryResult(path, []),
+        thumbnail=_thumbnail,
+        path_of=lambda _id: None,
+    )
+    server = serve(create_app(page=PageSurface(SearchPageConfig("127.0.0.1", 0, None, LIMIT), backend)))
+    yield server
+    server.stop()
+
+
+def test_page_refusals_before_the_body_keep_the_connection_usable(page: HttpServer) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", page.port, timeout=30)
+    junk = b"xxxx /nope HTTP/1.1\r\nHost: x\r\n\r\n" * 20  # used to come back as "501 Unsupported method"
+    try:
+        (status1, body1), (status2, body2) = same_connection_twice(
+            connection, ("POST", "/api/search?k=abc", junk, {}), ("GET", "/static/search.css", None, {})
+        )
+        assert status1 == 400 and "k" in json.loads(body1)["error"]
+        assert status2 == 200 and b"{" in body2
+        (status1, body1), (status2, body2) = same_connection_twice(
+            connection,
+            ("POST", "/api/search", b"\xff" * (LIMIT + 1), {}),
+            ("POST", "/api/search?k=1", b"img", {}),
+        )
+        assert status1 == 413 and "search_page_max_bytes" in json.loads(body1)["error"]
+        assert status2 == 200 and json.loads(body2)["results"][0]["path"] == "/p/a.jpg"
+        (status1, _), (status2, _) = same_connection_twice(
+            connection, ("POST", "/api/search", junk, {"Host": "rebind.example"}), ("GET", "/", None, {})
+        )
+        assert (status1, status2) == (403, 200)
+    finally:
+        connection.close()
+
+
+def test_a_tokened_page_refuses_before_the_body_and_serves_the_next(page: HttpServer) -> None:
+    backend = SearchPageBackend(
+        lambda _d, _k: QueryResult("upload", []),
+        lambda p, _k: QueryResult(p, []),
+        _thumbnail,
+        lambda _i: None,
+    )
+    server = serve(create_app(page=PageSurface(SearchPageConfig("127.0.0.1", 0, TOKEN, LIMIT), backend)))
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    bearer = {"Authorization": f"Bearer {TOKEN}".encode().decode("latin-1")}
+    try:
+        (status1, _), (status2, body2) = same_connection_twice(
+            connection,
+            ("POST", "/api/search", b"GET / HTTP/1.1\r\n\r\n" * 30, {}),
+            ("GET", "/openapi.json", None, bearer),
+        )
+        assert status1 == 401 and status2 == 200 and json.loads(body2)["openapi"].startswith("3.")
+    finally:
+        connection.close()
+        server.stop()
+
+
+# ---- the control socket ----------------------------------------------------------------------------
+
+
+def _local_surface(seen: list[Any]) -> LocalSurface:
+    def reply(name: str) -> Any:
+        return lambda *args: seen.append((name, *args)) or {"called": name, "results": []}
+
+    return LocalSurface(
+        status=lambda: {"pid": os.getpid()},
+        search=reply("search"),
+        search_like=reply("search_like"),
+        duplicates=reply("duplicates"),
+        index=reply("index"),
+        invoke=reply("invoke"),
+        run_job=reply("run_job"),
+        forget_root=reply("forget_root"),
+    )
+
+
+@pytest.fixture
+def control(tmp_path: Path) -> Iterator[tuple[Path, list[Any]]]:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    seen: list[Any] = []
+    server = HttpServer(
+        create_app(local=_local_surface(seen)), bind_unix(data_dir / "imgwatch.sock"), "imgwatch-test-socket"
+    )
+    server.start()
+    yield data_dir, seen
+    server.stop()
+
+
+def test_socket_refusals_keep_the_connection_usable_and_names_survive(
+    control: tuple[Path, list[Any]],
+) -> None:
+    data_dir, seen = control
+    connection = UnixConnection(data_dir / "imgwatch.sock")
+    try:
+        (status1, body1), (status2, body2) = same_connection_twice(
+            connection,
+            ("POST", "/nope", b"GET /status HTTP/1.1\r\n\r\n" * 10, {}),
+            ("GET", "/status", None, {}),
+        )
+        assert status1 == 404 and "no such endpoint" in json.loads(body1)["error"]
+        assert (status2, json.loads(body2)) == (200, {"pid": os.getpid()})
+        (status1, body1), (status2, _) = same_connection_twice(
+            connection,
+            ("POST", "/search", b'{"k": "many"}', {"Content-Type": "application/json"}),
+            ("GET", "/status", None, {}),
+        )
+        assert status1 == 422 and json.loads(body1)["detail"][0]["loc"][:2] == ["body", "k"]
+        assert status2 == 200
+    finally:
+        connection.close()
+    # A name that is not UTF-8 goes through the client and the socket as the same bytes.
+    odd = os.fsdecode(b"/photos/odd \xff name.jpg")
+    assert DaemonClient(data_dir).search_like([odd], 3) == []  # the stub's reply has no results
+    assert seen == [("search_like", [odd], 3)]
+
+
+def test_the_socket_is_for_its_owner_only(control: tuple[Path, list[Any]]) -> None:
+    data_dir, _ = control
+    mode = (data_dir / "imgwatch.sock").stat().st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    assert not [p.name for p in data_dir.iterdir() if p.name.startswith(".socket-")]
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to try as another user")
+    os.chmod(data_dir, 0o755)  # noqa: S103 - open on purpose: only the socket's own mode keeps others out
+    code = f"import socket; socket.socket(socket.AF_UNIX).connect({str(data_dir / 'imgwatch.sock')!r})"
+    other = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert other.returncode != 0 and "Permission denied" in other.stderr
+
+
+def test_no_daemon_is_a_clear_error_and_leaks_no_socket(tmp_path: Path) -> None:
+    with pytest.raises(DaemonUnavailableError, match="no daemon answers"):
+        DaemonClient(tmp_path).status()  # the autouse warnings filter fails a leaked socket
+
+
+# ---- OpenAPI and logging ------------------------------------------------------------------------
+
+
+def test_openapi_is_served_valid_and_behind_the_ports_rules(
+    webhook: tuple[HttpServer, list[ImageEvent]], page: HttpServer, control: tuple[Path, list[Any]]
+) -> None:
+    server, _ = webhook
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    assert exchange(connection, "GET", "/openapi.json")[0] == 401
+    bearer = {"Authorization": f"Bearer {TOKEN}".encode().decode("latin-1")}
+    status, _, body = exchange(connection, "GET", "/openapi.json", headers=bearer)
+    connection.close()
+    assert status == 200
+    document = json.loads(body)
+    validate(document)
+    events = document["paths"]["/events"]["post"]
+    formats = events["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    assert {f["$ref"].rsplit("/", 1)[1] for f in formats} == {"GenericBody", "S3Body"}
+    assert {"GenericBody", "S3Body", "MovedEvent", "S3Record", "ErrorBody"} <= set(
+        document["components"]["schemas"]
+    )
+    assert {"202", "401", "413", "422"} <= set(events["responses"])
+
+    connection = http.client.HTTPConnection("127.0.0.1", page.port, timeout=30)
+    assert exchange(connection, "GET", "/openapi.json", headers={"Host": "evil.example"})[0] == 403
+    status, _, body = exchange(connection, "GET", "/openapi.json")
+    connection.close()
+    assert status == 200
+    document = json.loads(body)
+    validate(document)
+    assert {"/api/search", "/api/like", "/thumb"} <= set(document["paths"])
+    like = {p["name"]: p for p in document["paths"]["/api/like"]["get"]["parameters"]}
+    assert like["k"]["schema"]["maximum"] == 200
+
+    data_dir, _ = control
+    socket_document = DaemonClient(data_dir).request("GET", "/openapi.json")
+    validate(socket_document)
+    assert {"/status", "/search", "/index", "/roots/forget"} <= set(socket_document["paths"])
+
+
+def test_the_access_log_goes_through_the_daemons_logging(
+    page: HttpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+        connection = http.client.HTTPConnection("127.0.0.1", page.port, timeout=30)
+        assert exchange(connection, "GET", "/static/search.js")[0] == 200
+        connection.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
+    assert any("GET /static/search.js" in line and "200" in line for line in lines), lines
+
+
+def test_a_port_in_use_is_a_clear_error(webhook: tuple[HttpServer, list[ImageEvent]]) -> None:
+    from imgwatch.errors import ConfigError
+    from imgwatch.web.server import bind_tcp
+
+    server, _ = webhook
+    with pytest.raises(ConfigError, match=f"--webhook.*cannot listen on 127.0.0.1:{server.port}"):
+        bind_tcp("127.0.0.1", server.port, "--webhook")

@@ -1,0 +1,170 @@
+"""The daemon's HTTP surfaces, built from its parts and started on their sockets.
+
+The daemon hands over what each surface needs (its serving context, ``submit``, its status and
+index operations); this module turns settings into bound sockets, builds each app with
+:func:`imgwatch.web.create_app` and serves it with uvicorn (:class:`imgwatch.web.server.HttpServer`).
+Everything HTTP stays in :mod:`imgwatch.web`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imgwatch.config import Settings
+from imgwatch.duplicates import find_duplicates
+from imgwatch.events import ImageEvent, Source
+from imgwatch.ipc import socket_path
+from imgwatch.search import QueryResult, search_images, search_like
+from imgwatch.serving import Serving
+from imgwatch.sources.webhook import AllowedPaths, parse_bind, parse_body
+from imgwatch.web import create_app
+from imgwatch.web.local import LocalSurface
+from imgwatch.web.page import PageSurface, SearchPageBackend, SearchPageConfig
+from imgwatch.web.server import HttpServer, bind_tcp, bind_unix
+from imgwatch.web.webhook import WebhookConfig, WebhookSurface
+
+log = logging.getLogger(__name__)
+
+Reply = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DaemonParts:
+    """What the surfaces reach in the daemon."""
+
+    settings: Settings
+    serving: Serving
+    allowed: AllowedPaths
+    roots: list[str]
+    """The watched roots and S3 mount directories: thumbnails are only of files inside them."""
+    submit: Callable[[ImageEvent], None]
+    health: Callable[[], tuple[int, Reply]]
+    metrics: Callable[[], tuple[bytes, str]]
+    count_webhook_request: Callable[[str, int], None]
+    status: Callable[[], Reply]
+    index: Callable[[list[str]], Reply]
+    run_job: Callable[[str], Reply]
+    forget_root: Callable[[str], Reply]
+
+
+def start_webhook(parts: DaemonParts) -> HttpServer:
+    settings = parts.settings
+    assert settings.webhook is not None
+    host, port = parse_bind(settings.webhook)
+    config = WebhookConfig(
+        host=host,
+        port=port,
+        token=settings.webhook_token,
+        hmac_secret=settings.webhook_hmac_secret,
+        max_bytes=settings.webhook_max_bytes,
+        allowed=parts.allowed,
+        metrics_public=settings.metrics_public,
+    )
+    if config.token is None:
+        log.warning("the webhook on %s:%d accepts events without a token", host, port)
+    app = create_app(
+        webhook=WebhookSurface(config, parts.submit, parts.health, parts.metrics),
+        on_request=parts.count_webhook_request,
+    )
+    server = HttpServer(app, bind_tcp(host, port, "--webhook"), "imgwatch-webhook")
+    server.start()
+    log.info("webhook listening on http://%s:%d/events", _bracketed(host), server.port)
+    return server
+
+
+def start_search_page(parts: DaemonParts) -> tuple[HttpServer, str]:
+    """The page's server and its URL (with the port actually bound)."""
+    from imgwatch.thumbnails import Thumbnails
+
+    settings = parts.settings
+    assert settings.search_page is not None
+    host, port = parse_bind(settings.search_page, "--search-page")
+    config = SearchPageConfig(host, port, settings.webhook_token, settings.search_page_max_bytes)
+    serving = parts.serving
+    # Thumbnails only of files inside the roots and S3 mount directories: never of other folders
+    # indexed into the same data dir by `imgwatch index`, nor of anything else on the disk.
+    thumbnails = Thumbnails(lambda: serving.current.catalog, parts.roots, settings.max_file_bytes)
+
+    def search_image(data: bytes, k: int) -> QueryResult:
+        with serving.use() as ctx:
+            return search_images([("upload", data)], ctx, k=k)[0]
+
+    def search_like_path(path: str, k: int) -> QueryResult:
+        with serving.use() as ctx:
+            return search_like([path], ctx, k=k)[0]
+
+    def path_of(file_id: int) -> str | None:
+        record = serving.current.catalog.get_many([file_id]).get(file_id)
+        return record.path if record else None
+
+    backend = SearchPageBackend(
+        search_image,
+        search_like_path,
+        lambda ref: thumbnails.by_id(ref) if isinstance(ref, int) else thumbnails.by_path(ref),
+        path_of,
+    )
+    app = create_app(page=PageSurface(config, backend))
+    server = HttpServer(app, bind_tcp(host, port, "--search-page"), "imgwatch-search-page")
+    server.start()
+    url = f"http://{_bracketed(host)}:{server.port}/"
+    log.info("search page on %s (%s)", url, "token required" if config.token else "no token (loopback)")
+    return server, url
+
+
+def start_control_socket(parts: DaemonParts) -> HttpServer:
+    """The data dir's socket, for the CLI; its access log stays at debug (status polls are frequent)."""
+    serving = parts.serving
+
+    def search(queries: list[tuple[str, bytes | str]], k: int) -> Reply:
+        with serving.use() as ctx:
+            return _results(search_images(queries, ctx, k=k))
+
+    def search_like_paths(paths: list[str], k: int) -> Reply:
+        with serving.use() as ctx:
+            return _results(search_like(paths, ctx, k=k))
+
+    def duplicates(threshold: float) -> Reply:
+        with serving.use() as ctx:
+            groups = find_duplicates(ctx, threshold=threshold)
+        return {"groups": [{"paths": g.paths, "max_score": g.max_score} for g in groups]}
+
+    def invoke(payload: dict[str, Any]) -> Reply:
+        """``imgwatch invoke`` while the daemon runs: the payload takes the webhook's path."""
+        parsed = parse_body(json.dumps(payload).encode(), parts.allowed, Source.WEBHOOK)
+        for event in parsed.events:
+            parts.submit(event)
+        return {"accepted": len(parsed.events), "ignored": parsed.ignored}
+
+    surface = LocalSurface(
+        status=parts.status,
+        search=search,
+        search_like=search_like_paths,
+        duplicates=duplicates,
+        index=parts.index,
+        invoke=invoke,
+        run_job=parts.run_job,
+        forget_root=parts.forget_root,
+    )
+    path: Path = socket_path(parts.settings.data_dir)
+    server = HttpServer(create_app(local=surface), bind_unix(path), "imgwatch-endpoint", access_log=False)
+    server.start()
+    return server
+
+
+def _results(results: list[QueryResult]) -> Reply:
+    return {
+        "results": [
+            {"query": r.query, "results": [m.as_dict() for m in r.matches]}
+            | ({"error": r.error} if r.error else {})
+            for r in results
+        ]
+    }
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,128 @@
+"""The control socket's surface: HTTP + JSON on ``<data dir>/imgwatch.sock``, for the CLI.
+
+Milvus Lite admits one process per data dir, so while the daemon runs, ``search``, ``status``,
+``index`` and the jobs go through here instead of opening the store; the daemon's warm model answers
+searches. Access is what the socket file's permissions allow: the data dir's owner
+(:func:`imgwatch.web.server.bind_unix`). The client is :class:`imgwatch.ipc.DaemonClient`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from imgwatch.errors import ImgwatchError, RootInUseError
+from imgwatch.sources.webhook import ForbiddenPathError, InvalidEventError, MalformedBodyError
+from imgwatch.web.common import RequestError, error_responses
+
+#: The largest request the socket reads: a batch of query images, base64-encoded.
+MAX_REQUEST_BYTES = 256 * 1024 * 1024
+Reply = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LocalSurface:
+    """What the daemon answers on its socket. Each callable may raise :class:`ImgwatchError` or
+    ``ValueError`` (a bad request: 400), :class:`RootInUseError` (409) or a webhook payload error
+    (422)."""
+
+    status: Callable[[], Reply]
+    search: Callable[[list[tuple[str, bytes | str]], int], Reply]
+    """``(queries, k)``: each query is ``(name, image bytes)`` or ``(name, why it is unreadable)``."""
+    search_like: Callable[[list[str], int], Reply]
+    duplicates: Callable[[float], Reply]
+    index: Callable[[list[str]], Reply]
+    invoke: Callable[[dict[str, Any]], Reply]
+    run_job: Callable[[str], Reply]
+    forget_root: Callable[[str], Reply]
+
+
+class QueryImage(BaseModel):
+    query: str = Field(description="The query as the user named it; answers carry it back.")
+    data: str | None = Field(default=None, description="The image's bytes, base64-encoded.")
+    error: str | None = Field(default=None, description="Why the client could not read it.")
+
+
+class SearchRequest(BaseModel):
+    k: int = Field(ge=1, le=100_000, description="Results per query.")
+    queries: list[QueryImage] | None = Field(default=None, description="Images to search with.")
+    like: list[str] | None = Field(default=None, description="Indexed files whose stored vectors to use.")
+
+
+class DuplicatesRequest(BaseModel):
+    threshold: float = Field(default=0.95, gt=0, le=1)
+
+
+class IndexRequest(BaseModel):
+    roots: list[str] = Field(min_length=1)
+
+
+class InvokeRequest(BaseModel):
+    payload: dict[str, Any] = Field(description="A webhook body: generic or S3 records.")
+
+
+class ForgetRequest(BaseModel):
+    root: str
+
+
+def local_router(surface: LocalSurface) -> APIRouter:
+    router = APIRouter(tags=["control socket"], responses=error_responses(400, 409, 413, 422))
+
+    def call(function: Callable[..., Reply], *args: Any) -> Reply:
+        try:
+            return function(*args)
+        except RootInUseError as e:
+            raise RequestError(409, str(e)) from None
+        except (MalformedBodyError, InvalidEventError, ForbiddenPathError) as e:
+            raise RequestError(422, str(e)) from None
+        except (ImgwatchError, ValueError) as e:
+            raise RequestError(400, str(e)) from None
+
+    @router.get("/status", summary="The daemon's state: roots, queues, jobs, reindex")
+    def status() -> Reply:
+        return call(surface.status)
+
+    @router.post("/search", summary="Search with images, or with indexed files' stored vectors")
+    def search(request: SearchRequest) -> Reply:
+        if request.like is not None:
+            return call(surface.search_like, request.like, request.k)
+        queries: list[tuple[str, bytes | str]] = []
+        for query in request.queries or []:
+            if query.error is not None or query.data is None:
+                queries.append((query.query, query.error or "no image data"))
+                continue
+            try:
+                queries.append((query.query, base64.b64decode(query.data, validate=True)))
+            except binascii.Error as e:
+                raise RequestError(400, f"{query.query}: data is not base64: {e}") from None
+        return call(surface.search, queries, request.k)
+
+    @router.post("/duplicates", summary="Groups of near-duplicate images")
+    def duplicates(request: DuplicatesRequest) -> Reply:
+        return call(surface.duplicates, request.threshold)
+
+    @router.post("/index", summary="Bring the index in line with folders, as `imgwatch index` does")
+    def index(request: IndexRequest) -> Reply:
+        return call(surface.index, request.roots)
+
+    @router.post("/invoke", summary="Act on a webhook body, as `imgwatch invoke` does")
+    def invoke(request: InvokeRequest) -> Reply:
+        return call(surface.invoke, request.payload)
+
+    @router.post("/jobs/{name}", summary="Run a maintenance job now: compact or reconcile")
+    def job(name: str) -> Reply:
+        if name not in ("compact", "reconcile"):
+            raise RequestError(404, f"no such job: {name}")
+        return call(surface.run_job, name)
+
+    @router.post("/roots/forget", summary="Forget a root and remove its entries")
+    def forget(request: ForgetRequest) -> Reply:
+        return call(surface.forget_root, request.root)
+
+    return router

@@ -1,0 +1,165 @@
+"""The webhook surface: ``POST /events`` for machines, ``GET /healthz`` and ``GET /metrics``.
+
+Auth: ``Authorization: Bearer TOKEN`` when a token is set (it must be, off loopback), and, when an
+HMAC secret is set, ``X-Imgwatch-Signature: sha256=<hex HMAC-SHA256 of the body>``; both compared
+in constant time, as the bytes the client sent. ``/healthz`` is open (for load balancers and
+systemd); ``/metrics`` needs the token off loopback unless ``metrics_public`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, Field
+
+from imgwatch.events import ImageEvent
+from imgwatch.sources.payloads import GenericBody, S3Body
+from imgwatch.sources.webhook import (
+    SIGNATURE_HEADER,
+    AllowedPaths,
+    ForbiddenPathError,
+    InvalidEventError,
+    MalformedBodyError,
+    is_loopback,
+    parse_body,
+)
+from imgwatch.web.common import (
+    JSONAsciiResponse,
+    RequestError,
+    error_responses,
+    header_bytes,
+    read_body,
+    same_secret,
+)
+
+
+class Accepted(BaseModel):
+    """The answer to accepted events."""
+
+    accepted: int = Field(description="Events journalled (a move may make two).")
+    ignored: list[str] = Field(description="Paths accepted but not acted on: not image files.")
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    host: str
+    port: int
+    token: str | None
+    hmac_secret: str | None
+    max_bytes: int
+    allowed: AllowedPaths
+    metrics_public: bool = False
+    """Serve ``/metrics`` without the token even off loopback (a scraper on a trusted network)."""
+
+
+@dataclass(frozen=True)
+class WebhookSurface:
+    """What the webhook needs from the daemon."""
+
+    config: WebhookConfig
+    submit: Callable[[ImageEvent], None]
+    """Journal an event durably and queue it; returns once it is on disk."""
+    health: Callable[[], tuple[int, dict[str, Any]]]
+    metrics: Callable[[], tuple[bytes, str]]
+
+
+def require_token(surface: WebhookSurface) -> Callable[[Request], None]:
+    """A dependency: the bearer token, when one is configured."""
+    token = surface.config.token
+
+    def check(request: Request) -> None:
+        if token is None:
+            return
+        if not same_secret(header_bytes(request, "authorization"), f"Bearer {token}".encode()):
+            raise RequestError(401, "missing or wrong bearer token")
+
+    return check
+
+
+def webhook_router(surface: WebhookSurface) -> APIRouter:
+    config = surface.config
+    router = APIRouter(tags=["webhook"])
+    token_required = Depends(require_token(surface))
+
+    @router.post(
+        "/events",
+        status_code=202,
+        dependencies=[token_required],
+        summary="Report changes to files",
+        description="Each event is written to the daemon's journal before the answer, so an accepted "
+        "event survives a crash right after the 202. Paths must lie inside a watched root or an S3 "
+        "mount directory. Non-image paths are accepted and listed as `ignored`.",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "oneOf": [
+                                {"$ref": "#/components/schemas/GenericBody"},
+                                {"$ref": "#/components/schemas/S3Body"},
+                            ]
+                        }
+                    }
+                },
+            }
+        },
+        responses={
+            202: {"description": "Accepted and journalled", "model": Accepted},
+            **error_responses(400, 401, 403, 408, 411, 413, 422),
+        },
+    )
+    async def events(request: Request) -> Accepted:
+        body = await read_body(request)
+        if config.hmac_secret is not None:
+            digest = hmac.new(config.hmac_secret.encode(), body, hashlib.sha256).hexdigest()
+            if not same_secret(header_bytes(request, SIGNATURE_HEADER), f"sha256={digest}".encode()):
+                raise RequestError(
+                    401, f"missing or wrong {SIGNATURE_HEADER} (sha256=<hex HMAC of the body>)"
+                )
+        # Paths are checked on disk and events journalled in SQLite: blocking work, off the loop.
+        return await anyio.to_thread.run_sync(_accept, surface, body)
+
+    @router.get("/healthz", summary="Whether the daemon and its vector store answer")
+    def healthz() -> JSONAsciiResponse:
+        status, body = surface.health()
+        return JSONAsciiResponse(body, status_code=status)
+
+    metrics_guard = [] if config.metrics_public or is_loopback(config.host) else [token_required]
+
+    @router.get(
+        "/metrics",
+        dependencies=metrics_guard,
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}, **error_responses(401)},
+    )
+    def metrics() -> Response:
+        body, content_type = surface.metrics()
+        return Response(body, media_type=content_type)
+
+    return router
+
+
+def _accept(surface: WebhookSurface, body: bytes) -> Accepted:
+    try:
+        parsed = parse_body(body, surface.config.allowed)
+    except MalformedBodyError as e:
+        raise RequestError(400, str(e)) from None
+    except InvalidEventError as e:
+        raise RequestError(422, str(e)) from None
+    except ForbiddenPathError as e:
+        raise RequestError(403, str(e)) from None
+    for event in parsed.events:
+        surface.submit(event)
+    return Accepted(accepted=len(parsed.events), ignored=parsed.ignored)
+
+
+#: The two body formats, for the OpenAPI document's components.
+BODY_MODELS = (GenericBody, S3Body)
