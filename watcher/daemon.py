@@ -857,6 +857,7 @@ class Daemon:
             roots = [normalise_root(root) for root in body["roots"]]
         except ImgwatchError as e:
             return 400, {"error": str(e)}
+        self._ctx.catalog.remember_roots(roots, "index")
         with self._serving.use() as ctx:
             summary = run_plan(plan(roots, self._rules, ctx), ctx, workers=self._settings.batch_size + 4)
         for root in self._roots.values():
