@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Walk ROOTs recursively and bring the index in line with them: index new and changed "
         "images, follow renames without re-running the model, drop vanished files. Per-file "
         "failures are reported and do not change the exit code. The index remembers its ROOTs: "
-        "`reindex` and `watch` without arguments use them.",
+        "`reindex` and `watch` without arguments use them, `forget ROOT` drops one.",
     )
     index.add_argument("roots", nargs="+", metavar="ROOT", help="a folder to index")
     index.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
@@ -261,6 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
     reindex.add_argument("roots", nargs="*", metavar="ROOT", help="a folder to reconcile (without a daemon)")
     reindex.add_argument("--json", action="store_true", help="print the job's report as JSON")
 
+    forget = commands.add_parser(
+        "forget",
+        parents=[common],
+        help="drop a remembered root and remove its files from the index",
+        description="Forget ROOT: `reindex` and `watch` no longer use it, and every indexed file at or "
+        "below it leaves the index (catalog rows and their vectors), whether or not the files still "
+        "exist. A folder that is not remembered but has indexed files under it is cleaned out too. "
+        "Goes through the daemon when one runs; a daemon that watches ROOT refuses (stop it, or "
+        "restart it without ROOT, first).",
+    )
+    forget.add_argument("root", metavar="ROOT", help="the folder to forget (it need not exist any more)")
+    forget.add_argument(
+        "--json", action="store_true", help='print one JSON object: {"root": ..., "removed": N}'
+    )
+
     status = commands.add_parser(
         "status",
         parents=[common],
@@ -328,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "invoke": _invoke,
             "compact": _job,
             "reindex": _job,
+            "forget": _forget,
         }[args.command]
         return handler(args, settings)
     except ImgwatchError as e:
@@ -557,10 +573,48 @@ def _remembered(settings: Settings, command: str) -> list[str]:
     print(f"imgwatch: using the roots this index remembers: {shown}", file=sys.stderr)
     for root in missing:
         print(
-            f"imgwatch: warning: the remembered root {root} does not exist; its entries are kept",
+            f"imgwatch: warning: the remembered root {root} does not exist; its entries are kept "
+            f"(`imgwatch forget {root}` removes them)",
             file=sys.stderr,
         )
     return roots
+
+
+def _forget(args: argparse.Namespace, settings: Settings) -> int:
+    from imgwatch.ipc import DaemonClient, DaemonUnavailableError
+    from imgwatch.roots import forget_root, remembered_roots
+    from imgwatch.services.build import open_context
+
+    root = os.path.abspath(os.fsdecode(args.root))
+    if _running_daemon(settings) is not None:
+        try:
+            # Removing a big root's vectors can take a while: no client-side timeout (as for index).
+            result = DaemonClient(settings.data_dir, timeout=None).request(
+                "POST", "/roots/forget", {"root": root}
+            )
+        except DaemonUnavailableError as e:
+            raise ImgwatchError(f"cannot forget {root}: {e}") from e
+    else:
+        with open_context(settings, command="forget", model=False) as ctx:
+            result = {"root": root, "removed": forget_root(ctx, root)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"forgot {result['root']}: {result['removed']} file(s) removed from the index")
+    # A root that still covers it (or lies inside it) would bring files back at the next reindex.
+    others = [r.path for r in remembered_roots(settings)] + [os.path.abspath(r) for r in settings.roots]
+    for other in dict.fromkeys(others):
+        if other != root and (_is_under(root, other) or _is_under(other, root)):
+            print(
+                f"imgwatch: warning: {other} is still a root and overlaps {root}: "
+                "`imgwatch reindex` and `watch` will index what lies in both again",
+                file=sys.stderr,
+            )
+    return EXIT_OK
+
+
+def _is_under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
 def _search(args: argparse.Namespace, settings: Settings) -> int:
