@@ -6,6 +6,8 @@ which a replay (or the next scan) deletes again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from imgwatch.context import Context
 from imgwatch.events import DirectoryDeleted, Outcome
 
@@ -17,8 +19,16 @@ def handle(event: DirectoryDeleted, ctx: Context) -> Outcome:
     ids = [record.id for record in ctx.catalog.under(event.path) if ctx.files.stat(record.path) is None]
     if not ids:
         return Outcome.UNCHANGED
+    remove(ids, ctx)
+    return Outcome.REMOVED
+
+
+def remove(ids: Sequence[int], ctx: Context) -> None:
+    """Remove these files from the index: their vectors, then their rows, a batch at a time.
+
+    Also used by ``imgwatch forget ROOT`` (:func:`imgwatch.roots.forget_root`), which removes the
+    files below a root whether or not they still exist."""
     for start in range(0, len(ids), BATCH):
         batch = ids[start : start + BATCH]
         ctx.vectors.delete(batch)
         ctx.catalog.delete_many(batch)
-    return Outcome.REMOVED

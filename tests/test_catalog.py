@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from imgwatch.migrations import downgrade, upgrade
 from imgwatch.services.abc import FileBlob, FileState
-from imgwatch.services.catalog import Base, create_sqlite_engine, open_catalog
+from imgwatch.services.catalog import Base, SQLiteCatalog, create_sqlite_engine, open_catalog
 
 
 def test_migrations_create_the_schema_the_code_expects(tmp_path: Path) -> None:
@@ -24,7 +24,7 @@ def test_migrations_create_the_schema_the_code_expects(tmp_path: Path) -> None:
             version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
             journal = conn.execute(sa.text("PRAGMA journal_mode")).scalar()
         assert diff == []
-        assert version == "0004"
+        assert version == "0005"
         assert journal == "wal"
     finally:
         catalog.close()
@@ -122,3 +122,49 @@ def test_ids_with_vectors_come_in_ascending_batches(tmp_path: Path) -> None:
 
     assert [len(b) for b in batches] == [2, 2, 2]
     assert [key for batch in batches for key in batch] == [r.id for r in records if r is not records[3]]
+
+
+def test_migration_0005_keeps_a_0004_catalog_and_adds_the_roots(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.sqlite3"
+    engine = create_sqlite_engine(path)
+    upgrade(engine, "0004")  # a catalog as the previous release left it
+    old = SQLiteCatalog(engine)
+    record = old.mark_pending("/photos/a.jpg", 1, 2)
+    old.mark_indexed(record.id, FileBlob("/photos/a.jpg", b"abc", 1, 2, "h"), "sig")
+    old.set_meta("collection", "imgwatch")
+    before = old.get("/photos/a.jpg")
+    old.close()
+
+    catalog = open_catalog(path)  # what every command does on start: upgrade to head
+    try:
+        assert catalog.get("/photos/a.jpg") == before
+        assert catalog.get_meta("collection") == "imgwatch"
+        assert catalog.known_roots() == []
+        catalog.remember_roots(["/photos"], "index")
+        assert catalog.known_roots() == ["/photos"]
+    finally:
+        catalog.close()
+    engine = create_sqlite_engine(path)
+    downgrade(engine, "0004")
+    assert "roots" not in sa.inspect(engine).get_table_names()
+    assert "files" in sa.inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_roots_are_remembered_by_their_exact_bytes_until_forgotten(tmp_path: Path) -> None:
+    catalog = open_catalog(tmp_path / "catalog.sqlite3")
+    odd = os.fsdecode(b"/mnt/caf\xe9")
+    try:
+        catalog.remember_roots(["/photos", odd, "/photos"], "index")
+        [_, first] = catalog.root_records()  # in byte order: /mnt before /photos
+        catalog.remember_roots(["/photos"], "watch")
+        [other, photos] = catalog.root_records()
+        assert (photos.path, photos.command, photos.added_at) == ("/photos", "watch", first.added_at)
+        assert photos.last_used_at >= first.last_used_at
+        assert os.fsencode(other.path) == b"/mnt/caf\xe9" and other.command == "index"
+
+        assert catalog.forget_root("/photos") is True
+        assert catalog.forget_root("/photos") is False
+        assert catalog.known_roots() == [odd]
+    finally:
+        catalog.close()

@@ -79,6 +79,7 @@ def test_every_command_has_help_text() -> None:
         "compact",
         "reindex",
         "duplicates",
+        "forget",
     }
     for name, command in commands.items():
         assert command.description, name

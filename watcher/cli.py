@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="bring the index in line with folders: add, update, move, remove",
         description="Walk ROOTs recursively and bring the index in line with them: index new and changed "
         "images, follow renames without re-running the model, drop vanished files. Per-file "
-        "failures are reported and do not change the exit code.",
+        "failures are reported and do not change the exit code. The index remembers its ROOTs: "
+        "`reindex` and `watch` without arguments use them, `forget ROOT` drops one.",
     )
     index.add_argument("roots", nargs="+", metavar="ROOT", help="a folder to index")
     index.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
@@ -193,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         "watch",
         parents=[common],
         help="run the daemon: keep the index in step with folders in real time",
-        description="Watch ROOTs (or the config file's `roots`) and keep the index in step with them: new, "
+        description="Watch ROOTs (or the config file's `roots`, else the roots the index remembers) and "
+        "keep the index in step with them: new, "
         "changed, moved and deleted images are reflected within about a second. Catches up "
         "with changes made while it was down. Runs in the foreground and logs to stderr; "
         "SIGTERM or Ctrl-C stops it cleanly, a second one at once. While it runs, search, "
@@ -253,11 +255,26 @@ def build_parser() -> argparse.ArgumentParser:
         "or extracted again), delete Milvus entities no file vouches for, retry failed files. Then, if "
         "the configured weights, --pca or index type differ from the index's, build the new collection "
         "beside the old one and switch to it (searches keep answering meanwhile). Goes through the "
-        "daemon when one runs (its roots, reindexing in the background); else ROOTs or the config "
-        "file's roots.",
+        "daemon when one runs (its roots, reindexing in the background); else ROOTs, the config "
+        "file's roots, or the roots the index remembers.",
     )
     reindex.add_argument("roots", nargs="*", metavar="ROOT", help="a folder to reconcile (without a daemon)")
     reindex.add_argument("--json", action="store_true", help="print the job's report as JSON")
+
+    forget = commands.add_parser(
+        "forget",
+        parents=[common],
+        help="drop a remembered root and remove its files from the index",
+        description="Forget ROOT: `reindex` and `watch` no longer use it, and every indexed file at or "
+        "below it leaves the index (catalog rows and their vectors), whether or not the files still "
+        "exist. A folder that is not remembered but has indexed files under it is cleaned out too. "
+        "Goes through the daemon when one runs; a daemon that watches ROOT refuses (stop it, or "
+        "restart it without ROOT, first).",
+    )
+    forget.add_argument("root", metavar="ROOT", help="the folder to forget (it need not exist any more)")
+    forget.add_argument(
+        "--json", action="store_true", help='print one JSON object: {"root": ..., "removed": N}'
+    )
 
     status = commands.add_parser(
         "status",
@@ -326,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "invoke": _invoke,
             "compact": _job,
             "reindex": _job,
+            "forget": _forget,
         }[args.command]
         return handler(args, settings)
     except ImgwatchError as e:
@@ -352,6 +370,7 @@ def _index(args: argparse.Namespace, settings: Settings) -> int:
         with open_services(settings, command="index", rebuild=args.rebuild) as services:
             ctx = services.ctx
             work = plan(roots, _rules(settings), ctx)
+            ctx.catalog.remember_roots(roots, "index")
             with tqdm(
                 total=work.total - work.unchanged,
                 unit="img",
@@ -491,16 +510,15 @@ def _job(args: argparse.Namespace, settings: Settings) -> int:
     if daemon is not None:
         report = daemon.request("POST", f"/jobs/{name}")
     else:
+        roots: list[str] = []
+        if name == "reconcile":  # before the model loads: a missing root fails at once
+            given = args.roots or settings.roots or _remembered(settings, "reindex")
+            roots = [normalise_root(root) for root in given]
         with open_services(settings, command=args.command) as services:
             ctx = services.ctx
             if name == "compact":
                 report = jobs.run_recorded(name, lambda: jobs.compact(ctx), ctx)
             else:
-                roots = [normalise_root(root) for root in (args.roots or settings.roots)]
-                if not roots:
-                    raise ImgwatchError(
-                        "reindex: give ROOT arguments or set `roots = [...]` in the config file"
-                    )
                 workers = settings.batch_size + 4
                 report = jobs.run_recorded(
                     name, lambda: jobs.reconcile(ctx, roots, _rules(settings), workers=workers), ctx
@@ -523,9 +541,8 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
     from imgwatch.daemon import Daemon
     from imgwatch.services.build import open_services
 
-    roots = [os.path.abspath(os.fsdecode(root)) for root in (args.roots or settings.roots)]
-    if not roots:
-        raise ImgwatchError("nothing to watch: give ROOT arguments or set `roots = [...]` in the config file")
+    given = args.roots or settings.roots or _remembered(settings, "watch")
+    roots = [os.path.abspath(os.fsdecode(root)) for root in given]
     from imgwatch.sources.webhook import is_loopback, parse_bind
 
     for bind, option in ((settings.webhook, "--webhook"), (settings.search_page, "--search-page")):
@@ -536,7 +553,68 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
                     f"refusing to listen on {host} ({option}) without a token: set IMGWATCH_WEBHOOK_TOKEN"
                 )
     with open_services(settings, command="watch") as services:
+        services.catalog.remember_roots(roots, "watch")
         return Daemon(services, roots, _rules(settings)).run()
+
+
+def _remembered(settings: Settings, command: str) -> list[str]:
+    """For ``command`` run without roots: the ones the index remembers, said on stderr (a missing
+    one too: it is still passed on, so its entries are kept, not deleted)."""
+    from imgwatch.roots import remembered_roots
+
+    roots = [root.path for root in remembered_roots(settings)]
+    if not roots:
+        raise ImgwatchError(
+            f"{command}: no roots: give ROOT arguments, set `roots = [...]` in the config file, or index "
+            "a folder first (`imgwatch index ROOT`; the index then remembers it)"
+        )
+    missing = [root for root in roots if not os.path.isdir(root)]
+    shown = ", ".join(f"{root} (missing)" if root in missing else root for root in roots)
+    print(f"imgwatch: using the roots this index remembers: {shown}", file=sys.stderr)
+    for root in missing:
+        print(
+            f"imgwatch: warning: the remembered root {root} does not exist; its entries are kept "
+            f"(`imgwatch forget {root}` removes them)",
+            file=sys.stderr,
+        )
+    return roots
+
+
+def _forget(args: argparse.Namespace, settings: Settings) -> int:
+    from imgwatch.ipc import DaemonClient, DaemonUnavailableError
+    from imgwatch.roots import forget_root, remembered_roots
+    from imgwatch.services.build import open_context
+
+    root = os.path.abspath(os.fsdecode(args.root))
+    if _running_daemon(settings) is not None:
+        try:
+            # Removing a big root's vectors can take a while: no client-side timeout (as for index).
+            result = DaemonClient(settings.data_dir, timeout=None).request(
+                "POST", "/roots/forget", {"root": root}
+            )
+        except DaemonUnavailableError as e:
+            raise ImgwatchError(f"cannot forget {root}: {e}") from e
+    else:
+        with open_context(settings, command="forget", model=False) as ctx:
+            result = {"root": root, "removed": forget_root(ctx, root)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"forgot {result['root']}: {result['removed']} file(s) removed from the index")
+    # A root that still covers it (or lies inside it) would bring files back at the next reindex.
+    others = [r.path for r in remembered_roots(settings)] + [os.path.abspath(r) for r in settings.roots]
+    for other in dict.fromkeys(others):
+        if other != root and (_is_under(root, other) or _is_under(other, root)):
+            print(
+                f"imgwatch: warning: {other} is still a root and overlaps {root}: "
+                "`imgwatch reindex` and `watch` will index what lies in both again",
+                file=sys.stderr,
+            )
+    return EXIT_OK
+
+
+def _is_under(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
 def _search(args: argparse.Namespace, settings: Settings) -> int:
@@ -721,6 +799,10 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         lines.append(
             f"reindex:    {reindex['phase']}{done} ({reindex.get('reason') or reindex.get('collection')})"
         )
+    verbs = {"index": "indexed", "watch": "watched"}
+    for root in report["roots"]:
+        used = f"{verbs.get(root['command'], root['command'])} {root['last_used_at'][:10]}"
+        lines.append(f"root:       {root['path']} ({used}, {'exists' if root['exists'] else 'missing'})")
     for root in daemon.get("roots", []):
         guard = f"; deletions held: {root['guard']}" if root["guard"] else ""
         lines.append(f"watching:   {root['path']} ({root['watch'] or 'not watched'}{guard})")

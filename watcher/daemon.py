@@ -757,6 +757,7 @@ class Daemon:
         from imgwatch.indexer import normalise_root
 
         roots = [normalise_root(root) for root in given]
+        self._ctx.catalog.remember_roots(roots, "index")
         with self._serving.use() as ctx:
             summary = run_plan(plan(roots, self._rules, ctx), ctx, workers=self._settings.batch_size + 4)
         for root in self._roots.values():
@@ -766,9 +767,8 @@ class Daemon:
 
     def forget_root(self, root: str) -> dict[str, Any]:
         """``imgwatch forget ROOT`` while the daemon runs; refused for a root it watches."""
-        from imgwatch.roots import forget_root
-
         from imgwatch.indexer import normalise_root
+        from imgwatch.roots import forget_root
 
         path = normalise_root(root) if os.path.isdir(root) else os.path.abspath(root)
         if any(_under(path, r.path) or _under(r.path, path) for r in self._roots.values()):

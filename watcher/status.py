@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ def gather_status(settings: Settings, *, include_failures: bool = False) -> dict
         "configured_weights": settings.weights,
         "jobs": {},
         "reindex": None,
+        "roots": [],
     }
     if include_failures:
         report["failed_files"] = []
@@ -52,6 +54,7 @@ def gather_status(settings: Settings, *, include_failures: bool = False) -> dict
         report["collection"] = active_collection(catalog, settings)
         report["ann_index"] = stored_index(catalog, settings)
         report["reindex"] = _reindex_progress(catalog)
+        report["roots"] = _remembered_roots(catalog)
         if include_failures:
             report["failed_files"] = [{"path": r.path, "error": r.error} for r in catalog.failures()]
     finally:
@@ -79,6 +82,22 @@ def _reindex_progress(catalog: SQLiteCatalog) -> dict[str, Any] | None:
         "started_at": started["started_at"],
         **ReindexLedger(catalog).progress(),
     }
+
+
+def _remembered_roots(catalog: SQLiteCatalog) -> list[dict[str, Any]]:
+    """The roots ``index`` and ``watch`` were given (none in a catalog older than migration 0005)."""
+    if "roots" not in sa.inspect(catalog.engine).get_table_names():
+        return []
+    return [
+        {
+            "path": root.path,
+            "added_at": root.added_at.isoformat(),
+            "last_used_at": root.last_used_at.isoformat(),
+            "command": root.command,
+            "exists": os.path.isdir(root.path),
+        }
+        for root in catalog.root_records()
+    ]
 
 
 def _has_schema(catalog: SQLiteCatalog) -> bool:

@@ -131,6 +131,20 @@ class FileBlob:
     content_hash: str
 
 
+@dataclass(frozen=True)
+class RootRecord:
+    """A folder that ``index`` or ``watch`` was given, as the catalog remembers it."""
+
+    path: str
+    """Absolute, normalised, in ``os.fsdecode`` form (stored as the exact bytes)."""
+    added_at: datetime
+    """When a command first used it (UTC)."""
+    last_used_at: datetime
+    """When a command last used it (UTC)."""
+    command: str
+    """The command that last used it: ``index`` or ``watch``."""
+
+
 def content_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
@@ -284,6 +298,24 @@ class Catalog(Protocol):
     def last_job_runs(self) -> dict[str, dict[str, object]]: ...
 
     def set_meta(self, key: str, value: str) -> None: ...
+
+    def remember_roots(self, paths: Iterable[str], command: str) -> None:
+        """Record that ``command`` used these (normalised) roots now: new ones are added, known ones
+        get their last use and command updated."""
+        ...
+
+    def known_roots(self) -> list[str]:
+        """The remembered roots, in path order."""
+        ...
+
+    def root_records(self) -> list[RootRecord]:
+        """The remembered roots with when and by what they were used, in path order."""
+        ...
+
+    def forget_root(self, path: str) -> bool:
+        """Drop ``path`` from the remembered roots (its files are not touched); False if it was not
+        remembered."""
+        ...
 
     def close(self) -> None: ...
 

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from imgwatch.events import EVENT_TYPES, ImageEvent, Source, paths_of
-from imgwatch.services.abc import FileBlob, FileRecord, FileState
+from imgwatch.services.abc import FileBlob, FileRecord, FileState, RootRecord
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -102,11 +102,25 @@ class ReindexRow(Base):
     error: Mapped[str | None] = mapped_column(sa.Text)
 
 
+class RootRow(Base):
+    """Mirror of the ``roots`` table (migration 0005)."""
+
+    __tablename__ = "roots"
+    __table_args__ = (sa.UniqueConstraint("path", name="uq_roots_path"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    added_at: Mapped[datetime]
+    last_used_at: Mapped[datetime]
+    command: Mapped[str] = mapped_column(sa.String(16))
+
+
 FILES = cast(sa.Table, FileRow.__table__)
 META = cast(sa.Table, MetaRow.__table__)
 JOURNAL = cast(sa.Table, JournalRow.__table__)
 JOB_RUNS = cast(sa.Table, JobRunRow.__table__)
 LEDGER = cast(sa.Table, ReindexRow.__table__)
+ROOTS = cast(sa.Table, RootRow.__table__)
 
 
 def _now() -> datetime:
@@ -356,6 +370,41 @@ class SQLiteCatalog:
             conn.execute(
                 sa.update(FILES).values(state=FileState.PENDING.value, has_vector=False, signature=None)
             )
+
+    # The roots that index and watch were given (see migration 0005).
+
+    def remember_roots(self, paths: Iterable[str], command: str) -> None:
+        now = _now()
+        rows = [{"path": os.fsencode(path)} for path in dict.fromkeys(paths)]
+        if not rows:
+            return
+        statement = sqlite_insert(ROOTS).values(added_at=now, last_used_at=now, command=command)
+        statement = statement.on_conflict_do_update(
+            index_elements=[ROOTS.c.path], set_={"last_used_at": now, "command": command}
+        )
+        with self._engine.begin() as conn:
+            conn.execute(statement, rows)
+
+    def known_roots(self) -> list[str]:
+        return [record.path for record in self.root_records()]
+
+    def root_records(self) -> list[RootRecord]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(ROOTS).order_by(ROOTS.c.path)).all()
+        return [
+            RootRecord(
+                path=os.fsdecode(row.path),
+                added_at=row.added_at.replace(tzinfo=UTC),
+                last_used_at=row.last_used_at.replace(tzinfo=UTC),
+                command=row.command,
+            )
+            for row in rows
+        ]
+
+    def forget_root(self, path: str) -> bool:
+        with self._engine.begin() as conn:
+            result = conn.execute(sa.delete(ROOTS).where(ROOTS.c.path == os.fsencode(path)))
+            return bool(result.rowcount)
 
     # The journal: events learnt and not yet acted on (see migration 0002).
 

@@ -29,8 +29,8 @@ Reply = dict[str, Any]
 @dataclass(frozen=True)
 class LocalSurface:
     """What the daemon answers on its socket. Each callable may raise :class:`ImgwatchError` or
-    ``ValueError`` (a bad request: 400), :class:`RootInUseError` (409) or a webhook payload error
-    (422)."""
+    ``ValueError`` (a bad request: 400), ``LookupError`` (404), :class:`RootInUseError` (409) or a
+    webhook payload error (422)."""
 
     status: Callable[[], Reply]
     search: Callable[[list[tuple[str, bytes | str]], int], Reply]
@@ -79,6 +79,8 @@ def local_router(surface: LocalSurface) -> APIRouter:
             return function(*args)
         except RootInUseError as e:
             raise RequestError(409, str(e)) from None
+        except LookupError as e:
+            raise RequestError(404, str(e)) from None
         except (MalformedBodyError, InvalidEventError, ForbiddenPathError) as e:
             raise RequestError(422, str(e)) from None
         except (ImgwatchError, ValueError) as e:
