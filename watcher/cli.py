@@ -294,7 +294,8 @@ def _configure_logging(level: str) -> None:
     )
     if level == "info":
         # At info, one line per event worth logging: our own, not the libraries' start-up chatter.
-        for chatty in ("watchdog", "alembic", "faiss", "PIL", "urllib3"):
+        # uvicorn.error says "started" once per surface; its access log (uvicorn.access) stays on.
+        for chatty in ("watchdog", "alembic", "faiss", "PIL", "urllib3", "uvicorn.error", "httpx"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
     if level != "debug":
         # pymilvus logs every failed RPC with a traceback before raising, and Milvus Lite's in-process

@@ -56,7 +56,7 @@ from imgwatch.services.build import Services
 from imgwatch.sources.fs import OverflowListener, RootWatch, watch_root
 from imgwatch.sources.webhook import allowed_paths
 from imgwatch.surfaces import DaemonParts, start_control_socket, start_search_page, start_webhook
-from imgwatch.web.server import HttpServer
+from imgwatch.web.server import HttpServer, stop_all
 
 log = logging.getLogger(__name__)
 
@@ -281,14 +281,11 @@ class Daemon:
             self._scheduler.shutdown(wait=False)
         # An unfinished reindex resumes from its ledger on the next start; waiting costs only time.
         self._reindex.stop(timeout=5.0)
-        for server in (self._webhook, self._search_page):
-            if server is not None:
-                server.stop()
+        stop_all([self._webhook, self._search_page, self._endpoint])
         for root in self._roots.values():
             if root.watch is not None:
                 root.watch.stop()
         if self._endpoint is not None:
-            self._endpoint.stop()
             socket_path(self._settings.data_dir).unlink(missing_ok=True)
         for future in [f for f, _ in self._in_flight.values()] + list(self._ops_in_flight.values()):
             # Unfinished or failed work stays pending in the journal for the next start.

@@ -122,7 +122,23 @@ class HttpServer:
             self.stop()
             raise RuntimeError(f"{self._thread.name} did not start: {self._failed!r}")
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        """Stop accepting; open connections get ``GRACEFUL_S`` to finish (see :meth:`join`)."""
         self._server.should_exit = True
-        self._thread.join(timeout=GRACEFUL_S + 5)
+
+    def join(self, timeout: float = GRACEFUL_S + 5) -> None:
+        self._thread.join(timeout=timeout)
         self._sock.close()
+
+    def stop(self) -> None:
+        self.request_stop()
+        self.join()
+
+
+def stop_all(servers: list[HttpServer | None]) -> None:
+    """Stop several at once: their graceful periods run side by side, not one after the other."""
+    running = [server for server in servers if server is not None]
+    for server in running:
+        server.request_stop()
+    for server in running:
+        server.join()
