@@ -128,4 +128,9 @@ def test_watch_without_roots_watches_the_remembered_ones(
     assert [(r["path"], r["command"]) for r in roots] == [(str(more), "index"), (str(photos), "watch")]
     refused = imgwatch_cli(data, "forget", str(photos))  # the daemon watches it: not behind its back
     assert refused.returncode == 1 and f"cannot forget {photos}".encode() in refused.stderr
+    assert b"stop watching it" in refused.stderr
+    # A root the daemon does not watch is forgotten through it, vectors and all.
+    forgotten = _json(imgwatch_cli(data, "forget", str(more), "--json"))
+    assert forgotten == {"root": str(more), "removed": 1}
+    assert str(more / "b.jpg") not in daemon.paths_found(more / "b.jpg")
     assert daemon.stop() == 0
