@@ -64,9 +64,9 @@ def test_everything_lives_under_imgwatch_outside_the_checkout(tmp_path: Path) ->
 
 def test_the_wheel_holds_only_the_imgwatch_namespace(tmp_path: Path) -> None:
     """Build the wheel pip would install and look inside: every module under ``imgwatch/``."""
+    pip_wheel = ["pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
-        + [str(REPO)],
+        [sys.executable, "-m", *pip_wheel, str(REPO)],
         capture_output=True,
         text=True,
         timeout=300,
