@@ -4,6 +4,7 @@ load; bad values are errors that name their source. Real TOML files in tmp_path,
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,11 @@ from imgwatch.config import (
     load_settings,
 )
 from imgwatch.errors import ConfigError
+from tests import test_daemon
+from tests.conftest import write_photo
+from tests.test_daemon import RunningDaemon, wait_until
+
+daemon_factory = test_daemon.daemon_factory  # the same fixture: real daemons as subprocesses
 
 
 @pytest.fixture(autouse=True)
@@ -381,3 +387,24 @@ def test_replace_checks_the_changes_and_keeps_the_rest(tmp_path: Path) -> None:
     assert changed.data_dir == settings.data_dir and settings.index_type == "FLAT"
     with pytest.raises(ValidationError, match="batch_size must be a positive integer"):
         settings.replace(batch_size=0)
+
+
+@pytest.mark.slow
+def test_the_daemon_under_systemd_conditions_watches_the_home_folder_named_in_the_file(
+    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
+) -> None:
+    """Working directory `/`, as systemd starts it: `roots = ["~/photos"]` is $HOME/photos, not /~/photos."""
+    home = tmp_path / "home"
+    photo = write_photo(home / "photos" / "cat.jpg", seed=11)
+    config = tmp_path / "etc" / "config.toml"
+    config.parent.mkdir()
+    config.write_text('roots = ["~/photos"]\nweights = "random:0"\n')
+
+    # IMGWATCH_WEIGHTS= (empty: unset) so that the weights, like the roots, come from the file.
+    daemon = daemon_factory(
+        extra=("--config", str(config)), cwd=Path("/"), env={"HOME": str(home), "IMGWATCH_WEIGHTS": ""}
+    )
+    daemon.idle()
+
+    assert [root["path"] for root in daemon.status()["roots"]] == [str(home / "photos")]
+    wait_until(lambda: daemon.paths_found(photo, k=1) == [str(photo)], timeout=60)
