@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import io
 import json
 import multiprocessing
@@ -108,7 +107,7 @@ def fill(data_dir: Path, size: int, pca: int | None) -> None:
             )
         services.catalog.set_meta(SIGNATURE_META_KEY, signature.to_json())
     # Reopen so the store is created with the signature's dimension; no model is needed to upsert.
-    settings = dataclasses.replace(settings, pca=pca)
+    settings = settings.replace(pca=pca)
     with open_services(settings, command="benchmark", model=False) as services:
         ctx = services.ctx
         ids = sorted(services.catalog.all_ids())

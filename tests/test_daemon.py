@@ -99,12 +99,22 @@ def imgwatch_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[byte
     )
 
 
-def start_daemon(data_dir: Path, *roots: Path, extra: tuple[str, ...] = ()) -> RunningDaemon:
+def start_daemon(
+    data_dir: Path,
+    *roots: Path,
+    extra: tuple[str, ...] = (),
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> RunningDaemon:
+    """The daemon on ``data_dir``; ``cwd`` and ``env`` (added to the usual environment) as given."""
     log = data_dir.parent / f"daemon-{time.monotonic_ns()}.log"
+    # In another working directory, `-m imgwatch` must still find this checkout's package.
+    where = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])} if cwd else {}
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "imgwatch", "watch", *map(str, roots), "--log-level", "info", *extra],
-            env=_env(data_dir),
+            env=_env(data_dir) | where | (env or {}),
+            cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -127,8 +137,14 @@ def start_daemon(data_dir: Path, *roots: Path, extra: tuple[str, ...] = ()) -> R
 def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., RunningDaemon]]:
     started: list[RunningDaemon] = []
 
-    def factory(*roots: Path, data_dir: Path | None = None, extra: tuple[str, ...] = ()) -> RunningDaemon:
-        daemon = start_daemon(data_dir or tmp_path / "data", *roots, extra=extra)
+    def factory(
+        *roots: Path,
+        data_dir: Path | None = None,
+        extra: tuple[str, ...] = (),
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> RunningDaemon:
+        daemon = start_daemon(data_dir or tmp_path / "data", *roots, extra=extra, cwd=cwd, env=env)
         started.append(daemon)
         return daemon
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +45,7 @@ def test_new_weights_build_a_shadow_collection_while_searches_answer_from_the_ol
         index(services.ctx, photos)
         old_collection = services.ctx.vectors.collection
 
-    switched = dataclasses.replace(settings, weights="random:1")
+    switched = settings.replace(weights="random:1")
     seen_during_build: list[tuple[str, str]] = []
     changed, added, removed = photos / "photo2.jpg", photos / "new.jpg", photos / "photo1.jpg"
 
@@ -106,7 +105,7 @@ def test_an_interrupted_reindex_resumes_without_redoing_its_work(
 ) -> None:
     with open_services(settings, command="test", extractor=extractor) as services:
         index(services.ctx, photos)
-    switched = dataclasses.replace(settings, weights="random:1")
+    switched = settings.replace(weights="random:1")
     stop = threading.Event()
     before = other_extractor.images_embedded
 
@@ -124,9 +123,7 @@ def test_an_interrupted_reindex_resumes_without_redoing_its_work(
 def test_pca_needs_enough_vectors_and_says_so(
     settings: Settings, extractor: VGG16Extractor, photos: Path
 ) -> None:
-    with open_services(
-        dataclasses.replace(settings, pca=512), command="test", extractor=extractor
-    ) as services:
+    with open_services(settings.replace(pca=512), command="test", extractor=extractor) as services:
         index(services.ctx, photos)
         reindexer = Reindexer(services)
         assert reindexer.pending() is not None
@@ -153,9 +150,7 @@ def test_pca_512_projects_the_stored_vectors_and_keeps_the_results(
             q: [m.path for m in r.matches] for q, r in zip(queries, _search(services, queries), strict=True)
         }
 
-    with open_services(
-        dataclasses.replace(settings, pca=512), command="test", extractor=extractor
-    ) as services:
+    with open_services(settings.replace(pca=512), command="test", extractor=extractor) as services:
         before = extractor.images_embedded
         counts = Reindexer(services).run()
         assert counts == {"steps": 1, "vectors": 530}
@@ -176,9 +171,7 @@ def test_pca_512_projects_the_stored_vectors_and_keeps_the_results(
     assert overlap >= 0.9
     assert all(projected[q][0] == full[q][0] for q in queries)
     # A reopened index serves the projection (transform loaded from the data dir).
-    with open_services(
-        dataclasses.replace(settings, pca=512), command="test", extractor=extractor
-    ) as services:
+    with open_services(settings.replace(pca=512), command="test", extractor=extractor) as services:
         assert services.ctx.extractor.signature == signature
         assert Reindexer(services).pending() is None
 
@@ -195,7 +188,7 @@ def test_changing_the_index_type_copies_vectors_into_a_new_index(
         index(services.ctx, photos)
         ids = sorted(services.ctx.vectors.all_ids())
         vectors = services.ctx.vectors.get_vectors(ids)
-    ivf = dataclasses.replace(settings, index_type="IVF_FLAT")
+    ivf = settings.replace(index_type="IVF_FLAT")
     with open_services(ivf, command="test", extractor=extractor) as services:
         before = extractor.images_embedded
         Reindexer(services).run()
@@ -209,7 +202,7 @@ def test_changing_the_index_type_copies_vectors_into_a_new_index(
 def test_ivf_parameters_follow_the_collection_size_with_hysteresis(
     settings: Settings, extractor: VGG16Extractor
 ) -> None:
-    ivf = dataclasses.replace(settings, index_type="IVF_FLAT")
+    ivf = settings.replace(index_type="IVF_FLAT")
     with open_services(ivf, command="test", extractor=extractor) as services:
         active = {"type": "IVF_FLAT", "params": {"nlist": 128}}
         assert wanted_index(services, active, 1_500) == active  # ideal 155: within a factor 2

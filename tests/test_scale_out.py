@@ -3,7 +3,6 @@ that goes away mid-ingest and comes back."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -91,7 +90,7 @@ def test_two_watchers_share_a_collection_without_touching_each_other(
         assert (result.matches[0].path, result.matches[0].node) == (str(roots["a"] / "a2.jpg"), "a")
 
     # A plain search with no catalog of its own sees every node's files.
-    plain = dataclasses.replace(shared("x"), node=None, data_dir=tmp_path / "data-plain")
+    plain = shared("x").replace(node=None, data_dir=tmp_path / "data-plain")
     with open_context(plain, command="search", extractor=extractor) as ctx:
         [result] = search_files([str(roots["b"] / "b0.jpg")], ctx, k=8)
         assert {m.node for m in result.matches} == {"a", "b"}

@@ -308,22 +308,26 @@ def _quiet_libraries() -> None:
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
 
+#: The flag of each setting a command line can give (its argparse dest is the setting's name), so
+#: that a bad value is reported as the flag's. Commands without a flag leave it None: not given.
+_SETTING_FLAGS = {
+    "data_dir": "--data-dir",
+    "weights": "--weights",
+    "milvus_uri": "--milvus-uri",
+    "device": "--device",
+    "pca": "--pca",
+    "batch_size": "--batch-size",
+    "poll": "--poll",
+    "poll_interval": "--poll-interval",
+    "webhook": "--webhook",
+    "search_page": "--search-page",
+    "config_file": "--config",
+}
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(
-        {
-            "data_dir": args.data_dir,
-            "weights": args.weights,
-            "milvus_uri": args.milvus_uri,
-            "device": args.device,
-            "pca": args.pca,
-            "batch_size": getattr(args, "batch_size", None),
-            "poll": getattr(args, "poll", None),
-            "poll_interval": getattr(args, "poll_interval", None),
-            "webhook": getattr(args, "webhook", None),
-            "search_page": getattr(args, "search_page", None),
-        },
-        config_file=args.config,
-    )
+    explicit = {name: getattr(args, name, None) for name in _SETTING_FLAGS if name != "config_file"}
+    return load_settings(explicit, config_file=args.config, flags=_SETTING_FLAGS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
