@@ -17,6 +17,8 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,7 +34,7 @@ from imgwatch.thumbnails import ThumbnailNotFoundError
 from imgwatch.web import create_app
 from imgwatch.web.local import LocalSurface
 from imgwatch.web.page import PageSurface, SearchPageBackend, SearchPageConfig
-from imgwatch.web.server import HttpServer, bind_unix
+from imgwatch.web.server import HttpServer, bind_tcp, bind_unix
 from imgwatch.web.webhook import WebhookConfig, WebhookSurface
 from tests.conftest import serve
 
@@ -388,3 +390,186 @@ def test_a_port_in_use_is_a_clear_error(webhook: tuple[HttpServer, list[ImageEve
     server, _ = webhook
     with pytest.raises(ConfigError, match=f"--webhook.*cannot listen on 127.0.0.1:{server.port}"):
         bind_tcp("127.0.0.1", server.port, "--webhook")
+
+
+# ---- what review found -----------------------------------------------------------------------------
+
+
+def test_a_client_that_never_finishes_its_headers_is_disconnected(tmp_path: Path) -> None:
+    backend = SearchPageBackend(
+        lambda _d, _k: QueryResult("upload", []),
+        lambda p, _k: QueryResult(p, []),
+        _thumbnail,
+        lambda _i: None,
+    )
+    app = create_app(page=PageSurface(SearchPageConfig("127.0.0.1", 0, None, LIMIT), backend))
+    server = HttpServer(app, bind_tcp("127.0.0.1", 0, "test"), "imgwatch-test-http", headers_deadline_s=1.0)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as slow:
+            slow.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")  # and then nothing
+            started = time.monotonic()
+            assert slow.recv(1024) == b""  # the server hung up
+            assert time.monotonic() - started < 10
+        # A kept-alive connection that answered once gets the same deadline for its next request.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as client:
+            client.sendall(b"GET /static/search.css HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert client.recv(65536).startswith(b"HTTP/1.1 200")
+            client.sendall(b"GET / HTTP/1.1\r\nHo")
+            deadline = time.monotonic() + 10
+            while (data := client.recv(65536)) and time.monotonic() < deadline:
+                pass  # the rest of the first answer, if it came in pieces
+            assert data == b""
+    finally:
+        server.stop()
+
+
+def test_the_access_log_never_shows_a_token(caplog: pytest.LogCaptureFixture) -> None:
+    backend = SearchPageBackend(
+        lambda _d, _k: QueryResult("upload", []),
+        lambda p, _k: QueryResult(p, []),
+        _thumbnail,
+        lambda _i: None,
+    )
+    server = serve(create_app(page=PageSurface(SearchPageConfig("127.0.0.1", 0, TOKEN, LIMIT), backend)))
+    try:
+        with caplog.at_level(logging.INFO, logger="uvicorn.access"):
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            assert exchange(connection, "GET", "/?k=5&token=tok-%C3%A9")[0] == 303
+            connection.close()
+    finally:
+        server.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
+    assert any("token=REDACTED" in line and "k=5" in line for line in lines), lines
+    assert not any("tok-" in line for line in lines)
+
+
+def test_both_framings_at_once_are_refused_and_the_connection_ends(
+    webhook: tuple[HttpServer, list[ImageEvent]],
+) -> None:
+    server, received = webhook
+    smuggled = (
+        b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
+        conn.sendall(smuggled)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400") and b"not both" in answer
+    assert answer.count(b"HTTP/1.1") == 1  # the second request was never answered
+    assert received == []
+
+
+def test_made_up_methods_share_one_metric_label(tmp_path: Path) -> None:
+    counted: list[tuple[str, int]] = []
+    config = WebhookConfig("127.0.0.1", 0, None, None, LIMIT, AllowedPaths((), {}))
+    surface = WebhookSurface(config, lambda _e: None, lambda: (200, {}), lambda: (b"", "text/plain"))
+    server = serve(create_app(webhook=surface, on_request=lambda m, s: counted.append((m, s))))
+    try:
+        for method in ("M0XYZ", "M1XYZ", "GET"):
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            exchange(connection, method, "/healthz")
+            connection.close()
+    finally:
+        server.stop()
+    assert counted == [("other", 405), ("other", 405), ("GET", 200)]
+
+
+def test_a_crash_is_one_json_500_logged_once_and_the_connection_lives_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("a bug")
+
+    surface = _local_surface([])
+    surface = LocalSurface(**{**surface.__dict__, "status": broken})
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = HttpServer(
+        create_app(local=surface), bind_unix(data_dir / "imgwatch.sock"), "imgwatch-test-socket"
+    )
+    server.start()
+    connection = UnixConnection(data_dir / "imgwatch.sock")
+    try:
+        with caplog.at_level(logging.ERROR):
+            (status1, body1), (status2, _) = same_connection_twice(
+                connection,
+                ("GET", "/status", b"", {}),
+                ("POST", "/index", b'{"roots": ["/x"]}', {"Content-Type": "application/json"}),
+            )
+        assert (status1, json.loads(body1)) == (500, {"error": "internal error (logged)"})
+        assert status2 == 200
+        tracebacks = [r for r in caplog.records if r.exc_info]
+        assert len(tracebacks) == 1 and "a bug" in str(tracebacks[0].exc_info[1])  # type: ignore[index]
+        with pytest.raises(DaemonUnavailableError, match="the daemon refused /status: internal error"):
+            DaemonClient(data_dir).status()
+    finally:
+        connection.close()
+        server.stop()
+
+
+def test_a_long_request_never_holds_up_shutdown(tmp_path: Path) -> None:
+    release = threading.Event()
+
+    def slow_index(_roots: list[str]) -> dict[str, Any]:
+        release.wait(120)
+        return {}
+
+    surface = LocalSurface(**{**_local_surface([]).__dict__, "index": slow_index})
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    server = HttpServer(
+        create_app(local=surface),
+        bind_unix(data_dir / "imgwatch.sock"),
+        "imgwatch-test-socket",
+        work=surface.work,
+    )
+    server.start()
+    failures: list[Exception] = []
+
+    def client() -> None:
+        try:
+            DaemonClient(data_dir, timeout=60).index(["/photos"])
+        except DaemonUnavailableError as e:
+            failures.append(e)
+
+    caller = threading.Thread(target=client)
+    caller.start()
+    try:
+        wait = time.monotonic() + 30
+        while surface.work.wait(0) == 0 and time.monotonic() < wait:
+            time.sleep(0.05)
+        workers = [t for t in threading.enumerate() if t.name == "imgwatch-request"]
+        assert workers and all(t.daemon for t in workers)  # the process may exit without them
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < 15  # graceful period, then the request is abandoned
+        caller.join(30)
+        assert len(failures) == 1  # told, not left waiting
+        assert "refused /index" in str(failures[0]) or "no daemon answers" in str(failures[0])
+    finally:
+        release.set()
+        caller.join(30)
+        surface.work.wait(30)
+
+
+def test_a_public_webhook_without_a_token_is_refused_by_its_config() -> None:
+    from imgwatch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="without a token"):
+        WebhookConfig("0.0.0.0", 0, None, None, LIMIT, AllowedPaths((), {}))  # noqa: S104
+
+
+def test_openapi_declares_the_auth_and_our_error_shapes(webhook: tuple[HttpServer, list[ImageEvent]]) -> None:
+    server, _ = webhook
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    bearer = {"Authorization": f"Bearer {TOKEN}".encode().decode("latin-1")}
+    document = json.loads(exchange(connection, "GET", "/openapi.json", headers=bearer)[2])
+    connection.close()
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["bearer"]["scheme"] == "bearer" and schemes["signature"]["name"] == "X-Imgwatch-Signature"
+    assert "HTTPValidationError" not in json.dumps(document)
+    health = document["paths"]["/healthz"]["get"]["responses"]
+    assert health["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/Health")

@@ -687,7 +687,9 @@ class Daemon:
             ).inc(),
             status=self.status_report,
             index=self.index_roots,
-            run_job=self.run_job,
+            run_job=lambda name: (
+                self.run_job(name) | ({"reindex": self._reindex.status()} if name == "reconcile" else {})
+            ),
             forget_root=self.forget_root,
         )
 

@@ -112,16 +112,20 @@ class DaemonClient:
                 transport=_UnixTransport(target), base_url="http://imgwatch", timeout=self._timeout
             ) as client:
                 response = client.request(method, endpoint, content=content, headers=headers)
-                reply: dict[str, Any] = response.json() if response.content else {}
-        except (httpx.TransportError, OSError, ValueError) as e:
+        except (httpx.TransportError, OSError) as e:
             raise DaemonUnavailableError(f"no daemon answers on {self._path}: {e}") from e
         finally:
             if fd is not None:
                 os.close(fd)
-        if response.status_code >= 400:
-            raise DaemonUnavailableError(
-                f"the daemon refused {endpoint}: {reply.get('error', response.status_code)}"
+        try:
+            reply = response.json() if response.content else {}
+        except ValueError:
+            reply = None  # not our JSON: a crash answered by the server itself, say
+        if response.status_code >= 400 or not isinstance(reply, dict):
+            why = (reply.get("error") if isinstance(reply, dict) else None) or (
+                f"HTTP {response.status_code} {response.reason_phrase}"
             )
+            raise DaemonUnavailableError(f"the daemon refused {endpoint}: {why}")
         return reply
 
     def status(self) -> dict[str, Any]:

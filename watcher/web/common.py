@@ -6,11 +6,15 @@ or query that does not fit its model also carries pydantic's error list as ``det
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
 import logging
-from collections.abc import Mapping
-from typing import Any
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import FastAPI, Request
@@ -24,6 +28,7 @@ log = logging.getLogger(__name__)
 
 #: A client that has sent its headers has this long to send the whole body.
 BODY_TIMEOUT_S = 30.0
+T = TypeVar("T")
 
 
 class JSONAsciiResponse(JSONResponse):
@@ -142,6 +147,29 @@ def same_secret(given: bytes, expected: bytes) -> bool:
     return hmac.compare_digest(given, expected)
 
 
+class AnsweredCrashes:
+    """A route's crash is answered by the handler for ``Exception`` (one log line, a JSON 500);
+    Starlette then raises it again, which would make uvicorn log it a second time and drop the
+    connection. Here it ends."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def watching(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watching)
+        except Exception:
+            if scope["type"] != "http" or not started:
+                raise
+
+
 class BodyGuard:
     """Bodies over ``limit`` bytes are refused with 413 while they are read, never buffered.
 
@@ -168,6 +196,13 @@ class BodyGuard:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length", b"").strip()
         chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        if declared and b"transfer-encoding" in headers:
+            # Both framings at once is how requests are smuggled past a proxy that reads the other
+            # one (RFC 9112 6.3): refuse, and end the connection.
+            response = error_response(400, "send a Content-Length or a Transfer-Encoding, not both")
+            response.headers["Connection"] = "close"
+            await response(scope, receive, send)
+            return
         length = int(declared) if declared.isdigit() else None  # h11 refuses any other form itself
         body_done = length in (None, 0) and not chunked
         too_big_to_drain = chunked or (length or 0) > self.drain_limit
@@ -198,3 +233,55 @@ class BodyGuard:
     def _over(self, length: int | None) -> str:
         size = f"a body of {length} bytes" if length is not None else "the body"
         return f"{size} is over the limit of {self.limit} bytes ({self.setting})"
+
+
+class BlockingWork:
+    """Requests' blocking work (an ``index`` of hours, a duplicates pass), each in a daemon thread
+    of its own, counted so that shutdown can wait for it within its bound.
+
+    Starlette's worker threads are not daemon threads: one still running would hold the process
+    past its 30 s stop bound. These are, and whatever is unfinished when the process exits is in
+    the journal and the catalog's ``pending`` rows, like any interrupted work.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._running: set[threading.Thread] = set()
+        self._lock = threading.Lock()
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(outcome: Callable[[], None]) -> None:
+            if not future.done():  # the request may have been cancelled meanwhile
+                outcome()
+
+        def work() -> None:
+            try:
+                result = function(*args)
+            except BaseException as e:  # noqa: BLE001 - handed to the request's task
+                error = e
+                outcome = lambda: future.set_exception(error)  # noqa: E731
+            else:
+                outcome = lambda: future.set_result(result)  # noqa: E731
+            finally:
+                with self._lock:
+                    self._running.discard(threading.current_thread())
+            with contextlib.suppress(RuntimeError):  # the server stopped meanwhile: nobody waits
+                loop.call_soon_threadsafe(settle, outcome)
+
+        thread = threading.Thread(target=work, name=self._name, daemon=True)
+        with self._lock:
+            self._running.add(thread)
+        thread.start()
+        return await future
+
+    def wait(self, timeout: float) -> int:
+        """Wait up to ``timeout`` s for the running work; returns how much is still running."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            running = list(self._running)
+        for thread in running:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return sum(thread.is_alive() for thread in running)

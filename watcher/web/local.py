@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter
@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from imgwatch.errors import ImgwatchError, RootInUseError
 from imgwatch.sources.webhook import ForbiddenPathError, InvalidEventError, MalformedBodyError
-from imgwatch.web.common import RequestError, error_responses
+from imgwatch.web.common import BlockingWork, RequestError, error_responses
 
 #: The largest request the socket reads: a batch of query images, base64-encoded.
 MAX_REQUEST_BYTES = 256 * 1024 * 1024
@@ -41,6 +41,8 @@ class LocalSurface:
     invoke: Callable[[dict[str, Any]], Reply]
     run_job: Callable[[str], Reply]
     forget_root: Callable[[str], Reply]
+    work: BlockingWork = field(default_factory=lambda: BlockingWork("imgwatch-request"))
+    """Where the callables run: daemon threads, which shutdown waits for within its bound."""
 
 
 class QueryImage(BaseModel):
@@ -50,7 +52,7 @@ class QueryImage(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    k: int = Field(ge=1, le=100_000, description="Results per query.")
+    k: int = Field(ge=1, description="Results per query.")
     queries: list[QueryImage] | None = Field(default=None, description="Images to search with.")
     like: list[str] | None = Field(default=None, description="Indexed files whose stored vectors to use.")
 
@@ -74,9 +76,9 @@ class ForgetRequest(BaseModel):
 def local_router(surface: LocalSurface) -> APIRouter:
     router = APIRouter(tags=["control socket"], responses=error_responses(400, 409, 413, 422))
 
-    def call(function: Callable[..., Reply], *args: Any) -> Reply:
+    async def call(function: Callable[..., Reply], *args: Any) -> Reply:
         try:
-            return function(*args)
+            return await surface.work.run(function, *args)
         except RootInUseError as e:
             raise RequestError(409, str(e)) from None
         except LookupError as e:
@@ -87,13 +89,13 @@ def local_router(surface: LocalSurface) -> APIRouter:
             raise RequestError(400, str(e)) from None
 
     @router.get("/status", summary="The daemon's state: roots, queues, jobs, reindex")
-    def status() -> Reply:
-        return call(surface.status)
+    async def status() -> Reply:
+        return await call(surface.status)
 
     @router.post("/search", summary="Search with images, or with indexed files' stored vectors")
-    def search(request: SearchRequest) -> Reply:
+    async def search(request: SearchRequest) -> Reply:
         if request.like is not None:
-            return call(surface.search_like, request.like, request.k)
+            return await call(surface.search_like, request.like, request.k)
         queries: list[tuple[str, bytes | str]] = []
         for query in request.queries or []:
             if query.error is not None or query.data is None:
@@ -103,28 +105,28 @@ def local_router(surface: LocalSurface) -> APIRouter:
                 queries.append((query.query, base64.b64decode(query.data, validate=True)))
             except binascii.Error as e:
                 raise RequestError(400, f"{query.query}: data is not base64: {e}") from None
-        return call(surface.search, queries, request.k)
+        return await call(surface.search, queries, request.k)
 
     @router.post("/duplicates", summary="Groups of near-duplicate images")
-    def duplicates(request: DuplicatesRequest) -> Reply:
-        return call(surface.duplicates, request.threshold)
+    async def duplicates(request: DuplicatesRequest) -> Reply:
+        return await call(surface.duplicates, request.threshold)
 
     @router.post("/index", summary="Bring the index in line with folders, as `imgwatch index` does")
-    def index(request: IndexRequest) -> Reply:
-        return call(surface.index, request.roots)
+    async def index(request: IndexRequest) -> Reply:
+        return await call(surface.index, request.roots)
 
     @router.post("/invoke", summary="Act on a webhook body, as `imgwatch invoke` does")
-    def invoke(request: InvokeRequest) -> Reply:
-        return call(surface.invoke, request.payload)
+    async def invoke(request: InvokeRequest) -> Reply:
+        return await call(surface.invoke, request.payload)
 
     @router.post("/jobs/{name}", summary="Run a maintenance job now: compact or reconcile")
-    def job(name: str) -> Reply:
+    async def job(name: str) -> Reply:
         if name not in ("compact", "reconcile"):
             raise RequestError(404, f"no such job: {name}")
-        return call(surface.run_job, name)
+        return await call(surface.run_job, name)
 
     @router.post("/roots/forget", summary="Forget a root and remove its entries")
-    def forget(request: ForgetRequest) -> Reply:
-        return call(surface.forget_root, request.root)
+    async def forget(request: ForgetRequest) -> Reply:
+        return await call(surface.forget_root, request.root)
 
     return router

@@ -13,20 +13,28 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 import tempfile
 import threading
+import time
 from pathlib import Path
+from typing import ClassVar
 
+import h11
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from imgwatch.errors import ConfigError
 from imgwatch.ipc import short_unix_path
+from imgwatch.web.common import BlockingWork
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 10.0
+#: A client has this long to send a request's line and headers (the old servers allowed 15-30 s).
+HEADERS_DEADLINE_S = 15.0
 #: Open connections get this long to finish when the daemon stops; then they are closed.
 GRACEFUL_S = 3.0
 
@@ -74,26 +82,96 @@ def bind_unix(path: Path) -> socket.socket:
     return sock
 
 
+class _H11WithHeaderDeadline(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's headers.
+
+    uvicorn has none: a client that connects and never finishes its headers (slowloris) would hold
+    the connection for ever. The deadline starts when the connection opens and again after each
+    answer; whoever has not sent a whole request line and headers by then is disconnected. (The
+    body has its own deadline, in :func:`imgwatch.web.common.read_body`.)
+    """
+
+    headers_deadline_s: ClassVar[float] = HEADERS_DEADLINE_S
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.loop.call_later(self.headers_deadline_s, self._expire)
+
+    def _expire(self) -> None:
+        # IDLE: no complete request since the deadline was set (a request being read or answered
+        # has moved on to SEND_BODY or DONE).
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()
+
+
+class _RedactTokens(logging.Filter):
+    """The access log must not keep secrets: ``/?token=...`` (the page's one-time login) is logged
+    as ``token=REDACTED``."""
+
+    _TOKEN = re.compile(r"([?&]token=)[^&\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) >= 3:
+            args = list(record.args)
+            path = args[2]
+            if isinstance(path, str):
+                args[2] = self._TOKEN.sub(r"\1REDACTED", path)
+                record.args = tuple(args)
+        return True
+
+
+_ACCESS_LOG = logging.getLogger("uvicorn.access")
+if not any(isinstance(f, _RedactTokens) for f in _ACCESS_LOG.filters):
+    _ACCESS_LOG.addFilter(_RedactTokens())
+
+
 class HttpServer:
     """One ASGI app on one bound socket, served by uvicorn from a thread of its own."""
 
-    def __init__(self, app: ASGIApp, sock: socket.socket, name: str, *, access_log: bool = True) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        sock: socket.socket,
+        name: str,
+        *,
+        access_log: bool = True,
+        headers_deadline_s: float = HEADERS_DEADLINE_S,
+        work: BlockingWork | None = None,
+    ) -> None:
+        protocol = type("_H11", (_H11WithHeaderDeadline,), {"headers_deadline_s": headers_deadline_s})
         config = uvicorn.Config(
             app,
             # The daemon's logging: uvicorn's loggers propagate to its handlers, none of their own.
             log_config=None,
             access_log=access_log,
             lifespan="off",
-            # h11 discards the unread rest of a refused body (see CloseUnreadBodies); pinned so that
-            # installing httptools does not change what a kept-alive connection does.
-            http="h11",
+            # h11 discards the unread rest of a refused body (see BodyGuard); pinned (and given a
+            # headers deadline) so that installing httptools does not change what a connection does.
+            http=protocol,
             ws="none",
             timeout_keep_alive=15,
             timeout_graceful_shutdown=int(GRACEFUL_S),
-            limit_concurrency=64,
+            # The access log shows the peer as it connected: no X-Forwarded-For from anyone local.
+            proxy_headers=False,
             server_header=False,
         )
         self._server = uvicorn.Server(config)
+        self._work = work
         self._sock = sock
         self._failed: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name)
@@ -127,8 +205,14 @@ class HttpServer:
         self._server.should_exit = True
 
     def join(self, timeout: float = GRACEFUL_S + 5) -> None:
+        """Wait for the server to stop, and for its requests' blocking work, within ``timeout``."""
+        deadline = time.monotonic() + timeout
         self._thread.join(timeout=timeout)
         self._sock.close()
+        left = self._work.wait(max(0.0, deadline - time.monotonic())) if self._work is not None else 0
+        if left:
+            # Daemon threads: the process exits without them; what they did is journalled.
+            log.warning("%s: %d request(s) still running at shutdown are abandoned", self._thread.name, left)
 
     def stop(self) -> None:
         self.request_stop()

@@ -18,6 +18,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
+from imgwatch.errors import ConfigError
 from imgwatch.events import ImageEvent
 from imgwatch.sources.payloads import GenericBody, S3Body
 from imgwatch.sources.webhook import (
@@ -46,6 +47,13 @@ class Accepted(BaseModel):
     ignored: list[str] = Field(description="Paths accepted but not acted on: not image files.")
 
 
+class Health(BaseModel):
+    status: str = Field(description="ok or degraded", examples=["ok"])
+    store: str = Field(description="reachable, or why not", examples=["reachable"])
+    vectors: int | None = Field(default=None, description="Vectors in the collection.")
+    queue: dict[str, int] | None = Field(default=None, description="The daemon's queue depths.")
+
+
 @dataclass(frozen=True)
 class WebhookConfig:
     host: str
@@ -56,6 +64,12 @@ class WebhookConfig:
     allowed: AllowedPaths
     metrics_public: bool = False
     """Serve ``/metrics`` without the token even off loopback (a scraper on a trusted network)."""
+
+    def __post_init__(self) -> None:
+        if self.token is None and not is_loopback(self.host):
+            raise ConfigError(
+                "webhook", f"refusing to listen on {self.host} without a token: set IMGWATCH_WEBHOOK_TOKEN"
+            )
 
 
 @dataclass(frozen=True)
@@ -126,7 +140,14 @@ def webhook_router(surface: WebhookSurface) -> APIRouter:
         # Paths are checked on disk and events journalled in SQLite: blocking work, off the loop.
         return await anyio.to_thread.run_sync(_accept, surface, body)
 
-    @router.get("/healthz", summary="Whether the daemon and its vector store answer")
+    @router.get(
+        "/healthz",
+        summary="Whether the daemon and its vector store answer",
+        responses={
+            200: {"description": "The store answers", "model": Health},
+            503: {"description": "The store does not answer", "model": Health},
+        },
+    )
     def healthz() -> JSONAsciiResponse:
         status, body = surface.health()
         return JSONAsciiResponse(body, status_code=status)
