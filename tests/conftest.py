@@ -4,9 +4,11 @@ available), VGG16 with seeded random weights."""
 from __future__ import annotations
 
 import io
+import ipaddress
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -83,6 +85,37 @@ def serve(app: ASGIApp, host: str = "127.0.0.1") -> HttpServer:
     server = HttpServer(app, bind_tcp(host, 0, "test"), "imgwatch-test-http")
     server.start()
     return server
+
+
+def own_address() -> str | None:
+    """A non-loopback address of this machine (a UDP connect sends nothing), or None."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only the route is looked up
+        except OSError:
+            return None
+        address = str(s.getsockname()[0])
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+def stub_page_app(token: str | None, max_upload: int) -> ASGIApp:
+    """The search page with plain callables behind it (every upload finds ``/p/a.jpg``), for tests
+    of the HTTP layer itself."""
+    from imgwatch.search import Match, QueryResult
+    from imgwatch.thumbnails import ThumbnailNotFoundError
+    from imgwatch.web import create_app
+    from imgwatch.web.page import PageSurface, SearchPageBackend, SearchPageConfig
+
+    def thumbnail(ref: int | str) -> bytes:
+        raise ThumbnailNotFoundError(str(ref))
+
+    backend = SearchPageBackend(
+        search_image=lambda _data, _k: QueryResult("upload", [Match("/p/a.jpg", 0.9)]),
+        search_like=lambda path, _k: QueryResult(path, []),
+        thumbnail=thumbnail,
+        path_of=lambda _id: None,
+    )
+    return create_app(page=PageSurface(SearchPageConfig("127.0.0.1", 0, token, max_upload), backend))
 
 
 def write_photo(path: Path, seed: int, size: tuple[int, int] = (480, 360)) -> Path:

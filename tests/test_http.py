@@ -8,7 +8,6 @@ in test_webhook.py and test_search_page.py.
 from __future__ import annotations
 
 import http.client
-import ipaddress
 import json
 import logging
 import os
@@ -28,15 +27,12 @@ from openapi_spec_validator import validate
 
 from imgwatch.events import ImageEvent
 from imgwatch.ipc import DaemonClient, DaemonUnavailableError
-from imgwatch.search import Match, QueryResult
 from imgwatch.sources.webhook import AllowedPaths
-from imgwatch.thumbnails import ThumbnailNotFoundError
 from imgwatch.web import create_app
 from imgwatch.web.local import LocalSurface
-from imgwatch.web.page import PageSurface, SearchPageBackend, SearchPageConfig
 from imgwatch.web.server import HttpServer, bind_tcp, bind_unix
 from imgwatch.web.webhook import WebhookConfig, WebhookSurface
-from tests.conftest import serve
+from tests.conftest import own_address, serve, stub_page_app
 
 TOKEN = "tok-\u00e9"
 LIMIT = 64 * 1024
@@ -152,20 +148,9 @@ def test_a_chunked_body_is_refused_while_it_is_read(
     assert len(received) == 1
 
 
-def _own_address() -> str | None:
-    """A non-loopback address of this machine (a UDP connect sends nothing), or None."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only the route is looked up
-        except OSError:
-            return None
-        address = str(s.getsockname()[0])
-    return None if ipaddress.ip_address(address).is_loopback else address
-
-
 @pytest.mark.parametrize("public", [False, True])
 def test_off_loopback_metrics_need_the_token_unless_made_public(tmp_path: Path, public: bool) -> None:
-    host = _own_address()
+    host = own_address()
     if host is None:
         pytest.skip("no non-loopback address on this machine")
     config = WebhookConfig(host, 0, TOKEN, None, LIMIT, AllowedPaths((), {}), metrics_public=public)
@@ -185,19 +170,9 @@ def test_off_loopback_metrics_need_the_token_unless_made_public(tmp_path: Path, 
 # ---- the search page ------------------------------------------------------------------------------
 
 
-def _thumbnail(ref: int | str) -> bytes:
-    raise ThumbnailNotFoundError(str(ref))
-
-
 @pytest.fixture
 def page() -> Iterator[HttpServer]:
-    backend = SearchPageBackend(
-        search_image=lambda _data, _k: QueryResult("upload", [Match("/p/a.jpg", 0.9)]),
-        search_like=lambda path, _k: QueryResult(path, []),
-        thumbnail=_thumbnail,
-        path_of=lambda _id: None,
-    )
-    server = serve(create_app(page=PageSurface(SearchPageConfig("127.0.0.1", 0, None, LIMIT), backend)))
+    server = serve(stub_page_app(None, LIMIT))
     yield server
     server.stop()
 
@@ -227,13 +202,7 @@ def test_page_refusals_before_the_body_keep_the_connection_usable(page: HttpServ
 
 
 def test_a_tokened_page_refuses_before_the_body_and_serves_the_next(page: HttpServer) -> None:
-    backend = SearchPageBackend(
-        lambda _d, _k: QueryResult("upload", []),
-        lambda p, _k: QueryResult(p, []),
-        _thumbnail,
-        lambda _i: None,
-    )
-    server = serve(create_app(page=PageSurface(SearchPageConfig("127.0.0.1", 0, TOKEN, LIMIT), backend)))
+    server = serve(stub_page_app(TOKEN, LIMIT))
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     bearer = {"Authorization": f"Bearer {TOKEN}".encode().decode("latin-1")}
     try:
@@ -396,13 +365,7 @@ def test_a_port_in_use_is_a_clear_error(webhook: tuple[HttpServer, list[ImageEve
 
 
 def test_a_client_that_never_finishes_its_headers_is_disconnected(tmp_path: Path) -> None:
-    backend = SearchPageBackend(
-        lambda _d, _k: QueryResult("upload", []),
-        lambda p, _k: QueryResult(p, []),
-        _thumbnail,
-        lambda _i: None,
-    )
-    app = create_app(page=PageSurface(SearchPageConfig("127.0.0.1", 0, None, LIMIT), backend))
+    app = stub_page_app(None, LIMIT)
     server = HttpServer(app, bind_tcp("127.0.0.1", 0, "test"), "imgwatch-test-http", headers_deadline_s=1.0)
     server.start()
     try:
@@ -425,13 +388,7 @@ def test_a_client_that_never_finishes_its_headers_is_disconnected(tmp_path: Path
 
 
 def test_the_access_log_never_shows_a_token(caplog: pytest.LogCaptureFixture) -> None:
-    backend = SearchPageBackend(
-        lambda _d, _k: QueryResult("upload", []),
-        lambda p, _k: QueryResult(p, []),
-        _thumbnail,
-        lambda _i: None,
-    )
-    server = serve(create_app(page=PageSurface(SearchPageConfig("127.0.0.1", 0, TOKEN, LIMIT), backend)))
+    server = serve(stub_page_app(TOKEN, LIMIT))
     try:
         with caplog.at_level(logging.INFO, logger="uvicorn.access"):
             connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)

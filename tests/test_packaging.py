@@ -20,9 +20,9 @@ def _outside_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
-def _python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _python(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, *args],
         cwd=cwd,
         env=_outside_env(),
         capture_output=True,
@@ -34,7 +34,7 @@ def _python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("name", GENERIC_NAMES)
 def test_generic_names_are_not_importable_outside_the_checkout(tmp_path: Path, name: str) -> None:
-    result = _python(f"import {name}", tmp_path)
+    result = _python("-c", f"import {name}", cwd=tmp_path)
     assert result.returncode == 1
     assert f"No module named '{name}'" in result.stderr
 
@@ -44,21 +44,13 @@ def test_everything_lives_under_imgwatch_outside_the_checkout(tmp_path: Path) ->
         "import imgwatch, imgwatch.handlers, imgwatch.migrations, imgwatch.migrations.versions; "
         "print(imgwatch.handlers.HANDLERS and 'handlers', imgwatch.migrations.HERE)"
     )
-    result = _python(code, tmp_path)
+    result = _python("-c", code, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     handlers, migrations_dir = result.stdout.split()
     assert handlers == "handlers"
     # The editable install reads the checkout's own files.
     assert Path(migrations_dir) == (REPO / "migrations").resolve()
-    version = subprocess.run(
-        [sys.executable, "-m", "imgwatch", "--version"],
-        cwd=tmp_path,
-        env=_outside_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    version = _python("-m", "imgwatch", "--version", cwd=tmp_path)
     assert version.returncode == 0 and version.stdout.startswith("imgwatch "), version.stderr
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import io
-import ipaddress
 import json
 import os
 import shutil
@@ -22,12 +21,10 @@ from PIL import Image
 from imgwatch.context import Context
 from imgwatch.errors import ConfigError
 from imgwatch.samples import photo
-from imgwatch.search import Match, QueryResult
 from imgwatch.thumbnails import ThumbnailCache, ThumbnailForbiddenError, ThumbnailNotFoundError, Thumbnails
-from imgwatch.web import create_app
-from imgwatch.web.page import PageSurface, SearchPageBackend, SearchPageConfig, path_from_ref, path_ref
+from imgwatch.web.page import SearchPageConfig, path_from_ref, path_ref
 from imgwatch.web.server import HttpServer
-from tests.conftest import index, jpeg_bytes, serve, write_photo
+from tests.conftest import index, jpeg_bytes, own_address, serve, stub_page_app, write_photo
 from tests.test_daemon import RunningDaemon, imgwatch_cli, start_daemon, wait_until
 
 TOKEN = "page-token-\u00e9"  # non-ASCII on purpose: compared as bytes, in constant time
@@ -82,17 +79,7 @@ def test_path_refs_round_trip_any_bytes(raw: bytes) -> None:
 @pytest.fixture
 def tokened() -> Iterator[HttpServer]:
     """The server with a token, with plain callables behind it: what is tested here is the HTTP layer."""
-
-    def thumbnail(ref: int | str) -> bytes:
-        raise ThumbnailNotFoundError(str(ref))
-
-    backend = SearchPageBackend(
-        search_image=lambda _data, _k: QueryResult("upload", [Match("/p/a.jpg", 0.9)]),
-        search_like=lambda path, _k: QueryResult(path, []),
-        thumbnail=thumbnail,
-        path_of=lambda _id: None,
-    )
-    server = serve(create_app(page=PageSurface(SearchPageConfig("127.0.0.1", 0, TOKEN, MAX_UPLOAD), backend)))
+    server = serve(stub_page_app(TOKEN, MAX_UPLOAD))
     yield server
     server.stop()
 
@@ -366,20 +353,9 @@ def _post_headers_only(port: int, headers: dict[str, str]) -> Answer:
 # ---- the real daemon off loopback: the token, as for the webhook --------------------------------
 
 
-def _own_address() -> str | None:
-    """A non-loopback address of this machine (a UDP connect sends nothing), or None."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only the route is looked up
-        except OSError:
-            return None
-        address = str(s.getsockname()[0])
-    return None if ipaddress.ip_address(address).is_loopback else address
-
-
 @pytest.mark.slow
 def test_off_loopback_the_daemon_requires_the_token(tmp_path: Path) -> None:
-    host = _own_address()
+    host = own_address()
     if host is None:
         pytest.skip("no non-loopback address on this machine (the handler-level tests above cover auth)")
     root = tmp_path / "root"
