@@ -19,9 +19,9 @@ import queue
 import signal
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC
 from types import FrameType
 from typing import Any
@@ -55,6 +55,7 @@ from imgwatch.scan import ScanRules
 from imgwatch.services.build import Services
 from imgwatch.sources.fs import OverflowListener, RootWatch, watch_root
 from imgwatch.sources.webhook import allowed_paths
+from imgwatch.stats import DaemonStats
 from imgwatch.surfaces import DaemonParts, start_control_socket, start_search_page, start_webhook
 from imgwatch.web.server import HttpServer, stop_all
 
@@ -124,13 +125,6 @@ def _backoff(attempts: int) -> float:
     return float(min(MAX_RETRY_DELAY_S, 2 ** min(attempts, 16)))
 
 
-@dataclass
-class _Stats:
-    outcomes: Counter[str] = field(default_factory=Counter)
-    received: Counter[str] = field(default_factory=Counter)
-    retries: int = 0
-
-
 class Daemon:
     def __init__(self, services: Services, roots: list[str], rules: ScanRules) -> None:
         settings = services.settings
@@ -161,7 +155,7 @@ class Daemon:
         workers = settings.batch_size + 4
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgwatch-handler")
         self._stop = threading.Event()
-        self._stats = _Stats()
+        self._stats = DaemonStats()
         self._started = time.time()
         self._last_root_check = 0.0
         self._last_ping = 0.0
@@ -179,7 +173,7 @@ class Daemon:
     def submit(self, event: ImageEvent) -> None:
         """Record ``event`` durably, then queue it. Safe from any thread."""
         journal_id = self._ctx.catalog.journal_append(event)
-        self._stats.received[event.source.value] += 1
+        self._stats.received(event.source.value)
         self._metrics.events_received.labels(event.source.value).inc()
         self._inbox.put((event, [journal_id]))
 
@@ -429,13 +423,13 @@ class Daemon:
                 log.info("%s %s", outcome.value, _describe(waiting.event))
 
     def _count(self, outcome: Outcome) -> None:
-        self._stats.outcomes[outcome.value] += 1
+        self._stats.outcome(outcome.value)
         self._metrics.outcomes.labels(outcome.value).inc()
 
     def _retry(self, work: _Pending | _Op, error: Exception, now: float) -> None:
         work.attempts += 1
         work.due = now + _backoff(work.attempts)
-        self._stats.retries += 1
+        self._stats.retried()
         self._metrics.errors.inc()
         self._ctx.catalog.journal_retry(work.journal_ids, f"{type(error).__name__}: {error}")
         log.warning(
@@ -744,9 +738,7 @@ class Daemon:
             "search_page": self._search_page_url,
             "queue": self._queue_depths(),
             "journal": self._ctx.catalog.journal_counts(),
-            "events_received": dict(self._stats.received),
-            "outcomes": dict(self._stats.outcomes),
-            "retries": self._stats.retries,
+            **self._stats.snapshot(),
             "jobs": self._jobs_status(),
             "reindex": self._reindex.status(),
         }
