@@ -342,14 +342,18 @@ def test_openapi_is_served_valid_and_behind_the_ports_rules(
 
 
 def test_the_access_log_goes_through_the_daemons_logging(
-    page: HttpServer, caplog: pytest.LogCaptureFixture
+    page: HttpServer, control: tuple[Path, list[Any]], caplog: pytest.LogCaptureFixture
 ) -> None:
+    """As in the daemon: the page and the control socket served side by side in one process."""
+    data_dir, _ = control
     with caplog.at_level(logging.INFO, logger="uvicorn.access"):
         connection = http.client.HTTPConnection("127.0.0.1", page.port, timeout=30)
         assert exchange(connection, "GET", "/static/search.js")[0] == 200
         connection.close()
+        DaemonClient(data_dir).status()
     lines = [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"]
     assert any("GET /static/search.js" in line and "200" in line for line in lines), lines
+    assert not any("/status" in line for line in lines)  # the CLI's own requests stay out
 
 
 def test_a_port_in_use_is_a_clear_error(webhook: tuple[HttpServer, list[ImageEvent]]) -> None:

@@ -117,7 +117,7 @@ def start_search_page(parts: DaemonParts) -> tuple[HttpServer, str]:
 
 
 def start_control_socket(parts: DaemonParts) -> HttpServer:
-    """The data dir's socket, for the CLI; its access log stays at debug (status polls are frequent)."""
+    """The data dir's socket, for the CLI; its requests stay out of the access log (status polls)."""
     serving = parts.serving
 
     def search(queries: list[tuple[str, bytes | str]], k: int) -> Reply:
@@ -152,7 +152,7 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
     )
     path: Path = socket_path(parts.settings.data_dir)
     server = HttpServer(
-        create_app(local=surface), bind_unix(path), "imgwatch-endpoint", access_log=False, work=surface.work
+        create_app(local=surface), bind_unix(path), "imgwatch-endpoint", work=surface.work
     )
     server.start()
     return server

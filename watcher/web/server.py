@@ -119,13 +119,17 @@ class _H11WithHeaderDeadline(H11Protocol):
             self.transport.close()
 
 
-class _RedactTokens(logging.Filter):
+class _AccessLogFilter(logging.Filter):
     """The access log must not keep secrets: ``/?token=...`` (the page's one-time login) is logged
-    as ``token=REDACTED``."""
+    as ``token=REDACTED``. The control socket's requests (the CLI's own; their peer has no address)
+    are left out: uvicorn's ``access_log=False`` would switch the log off for every server in the
+    process, since all share the ``uvicorn.access`` logger."""
 
     _TOKEN = re.compile(r"([?&]token=)[^&\s]*")
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args and not record.args[0]:
+            return False
         if isinstance(record.args, tuple) and len(record.args) >= 3:
             args = list(record.args)
             path = args[2]
@@ -136,8 +140,8 @@ class _RedactTokens(logging.Filter):
 
 
 _ACCESS_LOG = logging.getLogger("uvicorn.access")
-if not any(isinstance(f, _RedactTokens) for f in _ACCESS_LOG.filters):
-    _ACCESS_LOG.addFilter(_RedactTokens())
+if not any(isinstance(f, _AccessLogFilter) for f in _ACCESS_LOG.filters):
+    _ACCESS_LOG.addFilter(_AccessLogFilter())
 
 
 class HttpServer:
@@ -149,7 +153,6 @@ class HttpServer:
         sock: socket.socket,
         name: str,
         *,
-        access_log: bool = True,
         headers_deadline_s: float = HEADERS_DEADLINE_S,
         work: BlockingWork | None = None,
     ) -> None:
@@ -158,7 +161,6 @@ class HttpServer:
             app,
             # The daemon's logging: uvicorn's loggers propagate to its handlers, none of their own.
             log_config=None,
-            access_log=access_log,
             lifespan="off",
             # h11 discards the unread rest of a refused body (see BodyGuard); pinned (and given a
             # headers deadline) so that installing httptools does not change what a connection does.
