@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from imgwatch.events import ImageCreated, ImageMoved, Source
-from imgwatch.migrations import downgrade, upgrade
+from imgwatch.migrations import alembic_config, downgrade, upgrade
 from imgwatch.services.abc import FileBlob, FileState
 from imgwatch.services.catalog import Base, SQLiteCatalog, create_sqlite_engine, open_catalog
 
@@ -225,3 +226,38 @@ def test_journal_rows_this_version_cannot_read_are_skipped_and_kept(
         (i, kind, None, 0) for i, (kind, *_) in zip(odd_ids, odd, strict=True)
     ]
 
+
+def test_a_data_dir_with_url_and_config_syntax_in_its_name_opens(tmp_path: Path) -> None:
+    """``?`` and ``#`` mean something in a URL, ``%`` in Alembic's (ConfigParser) settings."""
+    data = tmp_path / "da%ta?x=1#frag"
+    path = data / "catalog.sqlite3"
+
+    catalog = open_catalog(path)
+    try:
+        record = catalog.mark_pending("/p/a.jpg", 1, 2)
+    finally:
+        catalog.close()
+    again = open_catalog(path)  # the second open reads the Alembic version back from that file
+    try:
+        assert again.get("/p/a.jpg") == record
+    finally:
+        again.close()
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [data.name]
+    assert {p.name for p in data.iterdir()} <= {
+        "catalog.sqlite3",
+        "catalog.sqlite3-wal",
+        "catalog.sqlite3-shm",
+    }
+    with sqlite3.connect(path) as db:  # a plain file name to sqlite3: no URL parsing
+        assert db.execute("SELECT version_num FROM alembic_version").fetchone() == ("0005",)
+    db.close()
+
+    # The configuration Alembic's own commands get, when no connection is handed over.
+    engine = create_sqlite_engine(data / "other.sqlite3")
+    try:
+        command.upgrade(alembic_config(engine), "head")
+        assert "files" in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+    assert (data / "other.sqlite3").is_file()

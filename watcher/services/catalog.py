@@ -174,7 +174,9 @@ def _under_clause(root: str) -> sa.ColumnElement[bool]:
 
 
 def create_sqlite_engine(path: Path) -> Engine:
-    engine = sa.create_engine(f"sqlite:///{path}")
+    # A URL object, not an f-string: in "sqlite:///<path>" a "?" or "#" in the path would start the
+    # query or the fragment, and the file would be made somewhere else (or not at all).
+    engine = sa.create_engine(sa.engine.URL.create("sqlite", database=str(path)))
 
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
