@@ -1,5 +1,6 @@
-"""Alembic environment: runs migrations on the connection the application hands over, or on the
-URL in alembic.ini when used from the ``alembic`` command line."""
+"""Alembic environment: runs migrations on the connection the application hands over (or on the engine
+``alembic_config(engine)`` carries), or on the URL in alembic.ini when used from the ``alembic``
+command line."""
 
 from __future__ import annotations
 
@@ -18,8 +19,12 @@ def run_on(connection: Connection) -> None:
 
 
 connection = config.attributes.get("connection")
+given_engine = config.attributes.get("engine")
 if connection is not None:
     run_on(connection)
+elif given_engine is not None:
+    with given_engine.connect() as conn:
+        run_on(conn)
 else:
     engine = engine_from_config(
         config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.", poolclass=pool.NullPool

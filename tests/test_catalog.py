@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgwatch.migrations import downgrade, upgrade
+from imgwatch.events import ImageCreated, ImageMoved, Source
+from imgwatch.migrations import alembic_config, downgrade, upgrade
 from imgwatch.services.abc import FileBlob, FileState
 from imgwatch.services.catalog import Base, SQLiteCatalog, create_sqlite_engine, open_catalog
 
@@ -168,3 +174,90 @@ def test_roots_are_remembered_by_their_exact_bytes_until_forgotten(tmp_path: Pat
         assert catalog.known_roots() == [odd]
     finally:
         catalog.close()
+
+
+def test_journal_rows_this_version_cannot_read_are_skipped_and_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "catalog.sqlite3"
+    catalog = open_catalog(path)
+    try:
+        when = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+        first = catalog.journal_append(ImageCreated("/p/a.jpg", source=Source.FILESYSTEM, occurred_at=when))
+        # Rows as a newer (or older, or damaged) imgwatch may leave them, written behind the catalog's back.
+        odd = [
+            ("ImageTeleported", b"/p/b.jpg", None, "filesystem"),  # a kind this version does not know
+            ("ImageCreated", b"/p/c.jpg", None, "carrier-pigeon"),  # a source it does not know
+            ("ImageMoved", b"/p/d.jpg", None, "webhook"),  # a move without its destination
+        ]
+        with sqlite3.connect(path) as db:
+            odd_ids = [
+                db.execute(
+                    "INSERT INTO journal (kind, path, dest_path, source, occurred_at, attempts)"
+                    " VALUES (?, ?, ?, ?, '2024-05-01 12:00:01.000000', 0)",
+                    row,
+                ).lastrowid
+                for row in odd
+            ]
+        db.close()
+        last = catalog.journal_append(
+            ImageMoved("/p/e.jpg", "/p/f.jpg", source=Source.WEBHOOK, occurred_at=when)
+        )
+
+        with caplog.at_level(logging.WARNING, logger="imgwatch.services.catalog"):
+            pending = catalog.journal_pending()
+
+        assert pending == [
+            (first, ImageCreated("/p/a.jpg", source=Source.FILESYSTEM)),
+            (last, ImageMoved("/p/e.jpg", "/p/f.jpg", source=Source.WEBHOOK)),
+        ]
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 3
+        for journal_id, (kind, *_), warning in zip(odd_ids, odd, warnings, strict=True):
+            assert f"journal row {journal_id} " in warning and repr(kind) in warning
+        # Only what this version will replay counts as pending; the rest is left for one that can.
+        assert catalog.journal_counts() == {"pending": 2, "done": 0, "unreadable": 3}
+    finally:
+        catalog.close()
+    with sqlite3.connect(path) as db:
+        kept = db.execute("SELECT id, kind, done_at, attempts FROM journal ORDER BY id").fetchall()
+    db.close()
+    assert [row for row in kept if row[0] in odd_ids] == [
+        (i, kind, None, 0) for i, (kind, *_) in zip(odd_ids, odd, strict=True)
+    ]
+
+
+def test_a_data_dir_with_url_and_config_syntax_in_its_name_opens(tmp_path: Path) -> None:
+    """``?`` and ``#`` mean something in a URL, ``%`` in Alembic's (ConfigParser) settings."""
+    data = tmp_path / "da%ta?x=1#frag"
+    path = data / "catalog.sqlite3"
+
+    catalog = open_catalog(path)
+    try:
+        record = catalog.mark_pending("/p/a.jpg", 1, 2)
+    finally:
+        catalog.close()
+    again = open_catalog(path)  # the second open reads the Alembic version back from that file
+    try:
+        assert again.get("/p/a.jpg") == record
+    finally:
+        again.close()
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [data.name]
+    assert {p.name for p in data.iterdir()} <= {
+        "catalog.sqlite3",
+        "catalog.sqlite3-wal",
+        "catalog.sqlite3-shm",
+    }
+    with sqlite3.connect(path) as db:  # a plain file name to sqlite3: no URL parsing
+        assert db.execute("SELECT version_num FROM alembic_version").fetchone() == ("0005",)
+    db.close()
+
+    # The configuration Alembic's own commands get, when no connection is handed over.
+    engine = create_sqlite_engine(data / "other.sqlite3")
+    try:
+        command.upgrade(alembic_config(engine), "head")
+        assert "files" in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+    assert (data / "other.sqlite3").is_file()

@@ -200,6 +200,22 @@ def test_changed_extractor_is_refused(tmp_path: Path) -> None:
     assert b"different feature extractor" in refused.stderr and b"--rebuild" in refused.stderr
 
 
+def test_a_data_dir_with_url_and_config_syntax_in_its_name_works(tmp_path: Path) -> None:
+    """``?`` and ``#`` mean something in a URL, ``%`` in Alembic's (ConfigParser) settings."""
+    photos = tmp_path / "photos"
+    write_photo(photos / "a.jpg", 1)
+    data = tmp_path / "da%ta?x=1#frag"
+    odd = {"IMGWATCH_DATA_DIR": str(data)}
+
+    assert _json(imgwatch(tmp_path, "index", str(photos), "--json", env=odd))["added"] == 1
+    status = _json(imgwatch(tmp_path, "status", "--json", env=odd))
+
+    assert (status["catalog"], status["files"]["indexed"]) == (str(data / "catalog.sqlite3"), 1)
+    assert (data / "catalog.sqlite3").is_file()
+    # Nothing made at a truncated path ("da%ta", "da%ta?x=1"): the stores are where they were asked.
+    assert {p.name for p in tmp_path.iterdir()} - {"config"} == {"photos", data.name}
+
+
 def test_second_process_on_the_same_data_dir_is_refused_naming_the_holder(tmp_path: Path) -> None:
     with _lock_held_elsewhere(tmp_path / "data", "index") as holder:
         result = imgwatch(tmp_path, "index", str(tmp_path))

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,10 +20,12 @@ import pytest
 
 from imgwatch.config import Settings
 from imgwatch.daemon import SHUTDOWN_TIMEOUT_S
+from imgwatch.events import ImageDeleted, Source
 from imgwatch.ipc import DaemonClient, DaemonUnavailableError
 from imgwatch.samples import photo
 from imgwatch.services.abc import FileState
 from imgwatch.services.build import open_context
+from imgwatch.services.catalog import open_catalog
 from tests.conftest import jpeg_bytes, write_photo
 
 pytestmark = pytest.mark.slow
@@ -320,6 +323,39 @@ def test_kill_9_during_a_burst_loses_and_duplicates_nothing(
 
     assert again.stop() == 0
     _assert_agree(daemon.data_dir, root)
+
+
+def test_a_journal_row_this_version_cannot_read_does_not_stop_the_daemon(
+    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
+) -> None:
+    root = tmp_path / "photos"
+    write_photo(root / "a.jpg", seed=1)
+    catalog_path = tmp_path / "data" / "catalog.sqlite3"
+    catalog = open_catalog(catalog_path)
+    try:
+        readable = catalog.journal_append(ImageDeleted(str(root / "gone.jpg"), source=Source.FILESYSTEM))
+    finally:
+        catalog.close()
+    with sqlite3.connect(catalog_path) as db:  # as a newer imgwatch might have left it
+        odd = db.execute(
+            "INSERT INTO journal (kind, path, source, occurred_at, attempts)"
+            " VALUES ('ImageTeleported', ?, 'filesystem', '2024-05-01 12:00:00.000000', 0)",
+            (os.fsencode(root / "b.jpg"),),
+        ).lastrowid
+    db.close()
+
+    daemon = daemon_factory(root)
+    status = daemon.idle()
+
+    assert status["journal"]["pending"] == 0 and status["journal"]["unreadable"] == 1
+    assert status["vectors"] == 1  # and it went on to index the root
+    assert f"journal row {odd} (kind 'ImageTeleported'" in daemon.log.read_text()
+    assert daemon.stop() == 0
+    with sqlite3.connect(catalog_path) as db:
+        rows = dict(db.execute("SELECT id, done_at FROM journal").fetchall())
+    db.close()
+    assert rows[odd] is None  # left for a version that knows what it means
+    assert rows[readable] is not None  # and the row before it was replayed
 
 
 def test_a_removed_root_deletes_nothing(daemon_factory: Callable[..., RunningDaemon], tmp_path: Path) -> None:

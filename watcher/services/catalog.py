@@ -6,7 +6,9 @@ Paths are stored as their exact bytes (``os.fsencode``), so names that are not v
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -23,6 +25,8 @@ from imgwatch.events import EVENT_TYPES, ImageEvent, Source, paths_of
 from imgwatch.services.abc import FileBlob, FileRecord, FileState, RootRecord
 
 BUSY_TIMEOUT_MS = 30_000
+
+log = logging.getLogger(__name__)
 
 
 class Base(DeclarativeBase):
@@ -123,6 +127,23 @@ LEDGER = cast(sa.Table, ReindexRow.__table__)
 ROOTS = cast(sa.Table, RootRow.__table__)
 
 
+def _journal_readable() -> sa.ColumnElement[bool]:
+    """A journal row this version can turn back into its event: a kind and a source it knows, and as
+    many paths as that kind has. Others come from a newer or older imgwatch, or from damage; they
+    are left as they are (a version that understands them may replay them) and skipped."""
+    two_paths = [
+        name for name, cls in EVENT_TYPES.items() if "dest_path" in {f.name for f in dataclasses.fields(cls)}
+    ]
+    one_path = [name for name in EVENT_TYPES if name not in two_paths]
+    return sa.and_(
+        JOURNAL.c.source.in_([source.value for source in Source]),
+        sa.or_(
+            sa.and_(JOURNAL.c.kind.in_(one_path), JOURNAL.c.dest_path.is_(None)),
+            sa.and_(JOURNAL.c.kind.in_(two_paths), JOURNAL.c.dest_path.is_not(None)),
+        ),
+    )
+
+
 def _now() -> datetime:
     # SQLite keeps naive datetimes; all of ours are UTC.
     return datetime.now(UTC).replace(tzinfo=None)
@@ -153,7 +174,9 @@ def _under_clause(root: str) -> sa.ColumnElement[bool]:
 
 
 def create_sqlite_engine(path: Path) -> Engine:
-    engine = sa.create_engine(f"sqlite:///{path}")
+    # A URL object, not an f-string: in "sqlite:///<path>" a "?" or "#" in the path would start the
+    # query or the fragment, and the file would be made somewhere else (or not at all).
+    engine = sa.create_engine(sa.engine.URL.create("sqlite", database=str(path)))
 
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection: Any, _record: Any) -> None:
@@ -441,27 +464,53 @@ class SQLiteCatalog:
                 )
 
     def journal_pending(self) -> list[tuple[int, ImageEvent]]:
-        """Events not yet done, oldest first, to replay after a restart."""
+        """Events not yet done, oldest first, to replay after a restart. A row this version cannot
+        read is logged and skipped, and stays in the journal untouched: one bad row must not keep
+        the daemon from starting."""
+        readable = _journal_readable().label("readable")
         with self._engine.connect() as conn:
             rows = conn.execute(
-                sa.select(JOURNAL).where(JOURNAL.c.done_at.is_(None)).order_by(JOURNAL.c.id)
+                sa.select(JOURNAL, readable).where(JOURNAL.c.done_at.is_(None)).order_by(JOURNAL.c.id)
             ).all()
         pending = []
         for row in rows:
+            if not row.readable:
+                log.warning(
+                    "journal row %d (kind %r, source %r, path %r) is not an event this version knows; "
+                    "skipped and left in the journal",
+                    row.id,
+                    row.kind,
+                    row.source,
+                    os.fsdecode(row.path),
+                )
+                continue
             cls = EVENT_TYPES[row.kind]
-            paths = [os.fsdecode(row.path)] + ([os.fsdecode(row.dest_path)] if row.dest_path else [])
+            # ``is not None``, as in _journal_readable(): that is what decided the number of paths.
+            paths = [os.fsdecode(row.path)]
+            if row.dest_path is not None:
+                paths.append(os.fsdecode(row.dest_path))
             occurred_at = row.occurred_at.replace(tzinfo=UTC)
             event = cls(*paths, source=Source(row.source), occurred_at=occurred_at)
             pending.append((int(row.id), event))
         return pending
 
     def journal_counts(self) -> dict[str, int]:
+        """``pending``: rows to replay; ``unreadable``: rows not done that this version skips (see
+        :meth:`journal_pending`), so that they do not look like work that never gets done."""
+        not_done = JOURNAL.c.done_at.is_(None)
         with self._engine.connect() as conn:
             pending = conn.execute(
-                sa.select(sa.func.count()).select_from(JOURNAL).where(JOURNAL.c.done_at.is_(None))
+                sa.select(sa.func.count()).select_from(JOURNAL).where(not_done, _journal_readable())
+            ).scalar_one()
+            unreadable = conn.execute(
+                sa.select(sa.func.count()).select_from(JOURNAL).where(not_done, ~_journal_readable())
             ).scalar_one()
             total = conn.execute(sa.select(sa.func.count()).select_from(JOURNAL)).scalar_one()
-        return {"pending": int(pending), "done": int(total) - int(pending)}
+        return {
+            "pending": int(pending),
+            "done": int(total) - int(pending) - int(unreadable),
+            "unreadable": int(unreadable),
+        }
 
     # Maintenance (see watcher/jobs.py).
 
