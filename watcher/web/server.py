@@ -70,8 +70,9 @@ def bind_unix(path: Path) -> socket.socket:
         finally:
             if fd is not None:
                 os.close(fd)
-        os.rename(private / path.name, path)
+        # Listening before it appears: a client that finds the file can connect at once.
         sock.listen(128)
+        os.rename(private / path.name, path)
     except OSError:
         sock.close()
         raise
