@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from imgwatch.context import Context
-from imgwatch.errors import ImageError, ImgwatchError
+from imgwatch.errors import ImageError, ImgwatchError, StoreAuthError
 from imgwatch.services.abc import Extractor, ExtractorSignature, FileRecord, Vector
 from imgwatch.services.build import (
     COLLECTION_META_KEY,
@@ -431,13 +431,23 @@ class _Build:
 
 class BackgroundReindex:
     """Runs a :class:`Reindexer` in a thread of its own whenever a step is pending (checked at start,
-    and whenever :meth:`wake` is called: after each maintenance job), and retries after failures."""
+    and whenever :meth:`wake` is called: after each maintenance job), and retries after failures.
+
+    A refused Milvus token is not retried: it goes to ``on_fatal`` (the daemon stops) and the thread
+    ends."""
 
     RETRY_S = 300.0
 
-    def __init__(self, reindexer: Reindexer, services: Services) -> None:
+    def __init__(
+        self,
+        reindexer: Reindexer,
+        services: Services,
+        *,
+        on_fatal: Callable[[StoreAuthError], None] | None = None,
+    ) -> None:
         self._reindexer = reindexer
         self._services = services
+        self._on_fatal = on_fatal
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._waiting: str | None = None
@@ -476,10 +486,16 @@ class BackgroundReindex:
                         "reindex",
                         lambda: self._reindexer.run(self._stop),
                         self._services.ctx,
-                        reraise=reraise,
+                        reraise=(*reraise, StoreAuthError),
                     )
                     if report["outcome"] != "ok":
                         delay = self.RETRY_S
+            except StoreAuthError as e:
+                if self._on_fatal is None:
+                    log.error("reindex: %s; not retrying", e)
+                else:
+                    self._on_fatal(e)
+                return
             except reraise as e:
                 self._waiting = str(e)
             except Exception:
