@@ -14,10 +14,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imgwatch.config import ENV_CONFIG, ENV_DATA_DIR, ENV_MILVUS_TOKEN, ENV_MILVUS_URI, load_settings
-from imgwatch.errors import StoreAuthError, StoreUnavailableError
+from imgwatch.errors import ImgwatchError, StoreAuthError, StoreUnavailableError
 from imgwatch.services.build import open_context
 from imgwatch.services.extractor import VGG16Extractor
-from imgwatch.services.vectors import PATH_MAX_BYTES, MilvusVectorStore, milvus_string, stored_path
+from imgwatch.services.vectors import (
+    PATH_MAX_BYTES,
+    MilvusVectorStore,
+    milvus_string,
+    open_connections,
+    stored_path,
+)
 from tests.conftest import WEIGHTS, MilvusServer, MilvusTarget
 
 
@@ -213,6 +219,16 @@ def test_drop_empties_the_collection_and_the_store_keeps_working(milvus: MilvusT
         assert reopened.all_ids() == {42}
     finally:
         reopened.close()
+
+
+def test_a_store_that_fails_to_open_leaves_no_client_open(milvus: MilvusTarget) -> None:
+    milvus.open(dimension=8).close()
+    before = open_connections(milvus.uri)
+
+    with pytest.raises(ImgwatchError, match="holds 8-d vectors"):
+        milvus.open(dimension=16)
+
+    assert open_connections(milvus.uri) == before
 
 
 @pytest.mark.milvus_server

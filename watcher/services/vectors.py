@@ -42,25 +42,33 @@ _DEFAULT_INDEX_PARAMS: Mapping[str, Mapping[str, Any]] = {
 # reference count of its own: a store that released it would pull it from under another store (the
 # serving collection and a reindex's new one live in the same file). Writes share one lock per file,
 # because the WAL race (see MilvusVectorStore.__init__) is in the file's server, not per collection.
-_lite_users: Counter[str] = Counter()
+# The count is kept for servers too: it is how many clients of each URI this process holds open.
+_users: Counter[str] = Counter()
 _write_locks: dict[str, threading.Lock] = {}
 _registry_lock = threading.Lock()
 
 
-def _acquire_lite(uri: str) -> threading.Lock:
+def _acquire(uri: str, *, lite: bool) -> threading.Lock:
     with _registry_lock:
-        _lite_users[uri] += 1
-        return _write_locks.setdefault(uri, threading.Lock())
+        _users[uri] += 1
+        return _write_locks.setdefault(uri, threading.Lock()) if lite else threading.Lock()
 
 
-def _release_lite(uri: str) -> bool:
-    """True when the last store of ``uri`` closed, so its server may go."""
+def _release_user(uri: str) -> bool:
+    """True when the last client of ``uri`` closed (so a Lite file's server may go)."""
     with _registry_lock:
-        _lite_users[uri] -= 1
-        if _lite_users[uri] > 0:
+        _users[uri] -= 1
+        if _users[uri] > 0:
             return False
-        del _lite_users[uri]
+        del _users[uri]
         return True
+
+
+def open_connections(uri: str) -> int:
+    """How many clients of the Milvus at ``uri`` (stores, and the brief ones that drop collections)
+    this process holds open now: each store's own, until it is closed."""
+    with _registry_lock:
+        return _users[uri]
 
 
 def auto_index_params(index_type: str, entities: int) -> dict[str, Any]:
@@ -185,7 +193,7 @@ class _Connection:
         # Milvus Lite's WAL opens its file lazily without a lock: two concurrent upserts can both open
         # it, and one write then lands in a file object that is dropped (measured: ResourceWarning
         # "unclosed file ... wal_data_*.arrow" with 12 writer threads). Writes go one at a time.
-        self.write_lock = _acquire_lite(uri) if self._lite else threading.Lock()
+        self.write_lock = _acquire(uri, lite=self._lite)
         self._closed = False
         self.client: Any
         try:
@@ -208,7 +216,7 @@ class _Connection:
         self._release()
 
     def _release(self) -> None:
-        if self._lite and _release_lite(self._uri):
+        if _release_user(self._uri) and self._lite:
             # Milvus Lite serves the file from a gRPC server thread in this process; closing the client
             # leaves it running (and the file locked) until exit unless we release it.
             from milvus_lite.server_manager import server_manager_instance
@@ -245,7 +253,11 @@ class MilvusVectorStore:
         self._connection = _Connection(uri, token)
         self._client = self._connection.client
         self._write_lock = self._connection.write_lock
-        self._ensure_collection()
+        try:
+            self._ensure_collection()
+        except BaseException:
+            self._connection.close()  # nobody else can: the caller never gets this store
+            raise
 
     @property
     def uri(self) -> str:
