@@ -15,8 +15,9 @@ BATCH = 500
 
 
 def handle(event: DirectoryDeleted, ctx: Context) -> Outcome:
-    # Files that exist (again) are kept: the event may be older than what is on disk now.
-    ids = [record.id for record in ctx.catalog.under(event.path) if ctx.files.stat(record.path) is None]
+    # Files that exist (again) are kept: the event may be older than what is on disk now. So are
+    # files that cannot be stat'ed now (permissions, I/O errors): they are not known to be gone.
+    ids = [record.id for record in ctx.catalog.under(event.path) if ctx.files.gone(record.path)]
     if not ids:
         return Outcome.UNCHANGED
     remove(ids, ctx)

@@ -179,6 +179,44 @@ def test_bad_files_are_reported_without_failing_the_run(tmp_path: Path) -> None:
     assert b"locked.jpg: permission denied" in human.stdout
 
 
+def test_files_that_cannot_be_looked_at_keep_their_entries(tmp_path: Path) -> None:
+    """Only ENOENT means gone. A directory that cannot be listed, and files that cannot be stat'ed
+    (EACCES in a directory that may be listed but not entered), are left as they were, and said."""
+    if os.geteuid() == 0 and not _UNPRIVILEGED:
+        pytest.skip("running as root without setpriv: cannot make a directory unreadable")
+    photos = tmp_path / "photos"
+    write_photo(photos / "p0.jpg", 0)
+    closed = photos / "closed"
+    write_photo(closed / "c1.jpg", 1)
+    listed = photos / "listed"
+    write_photo(listed / "l2.jpg", 2)
+    write_photo(listed / "deeper" / "l3.jpg", 3)
+    assert _json(imgwatch(tmp_path, "index", str(photos), "--json"))["added"] == 4
+
+    closed.chmod(0)
+    listed.chmod(0o644)  # names readable, but no stat() of what is inside
+    try:
+        result = imgwatch(tmp_path, "index", str(photos), "--json", unprivileged=True)
+        status = _json(imgwatch(tmp_path, "status", "--json", unprivileged=True))
+    finally:
+        closed.chmod(0o755)
+        listed.chmod(0o755)
+
+    summary = _json(result)
+    assert (summary["removed"], summary["unchanged"], summary["failed"], summary["added"]) == (0, 1, 0, 0)
+    assert {Path(s["path"]).name: s["error"] for s in summary["skipped"]} == {
+        "closed": "cannot list directory: permission denied",
+        "l2.jpg": "cannot stat: permission denied",
+        "deeper": "cannot stat: permission denied",
+    }
+    assert f"skipped: {listed / 'l2.jpg'}: cannot stat: permission denied".encode() in result.stderr
+    assert status["files"] == {"indexed": 4, "pending": 0, "failed": 0}
+    assert status["vectors"] == 4
+    # Readable again: every entry is still current, none had to be made again.
+    again = _json(imgwatch(tmp_path, "index", str(photos), "--json"))
+    assert (again["unchanged"], again["added"], again["removed"], again["skipped"]) == (4, 0, 0, [])
+
+
 def test_fatal_errors_exit_non_zero_with_a_message(tmp_path: Path) -> None:
     missing = imgwatch(tmp_path, "index", str(tmp_path / "nowhere"))
     assert missing.returncode == 1 and b"does not exist" in missing.stderr

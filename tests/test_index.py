@@ -269,6 +269,25 @@ def test_symlinked_directories_are_followed_only_when_configured(
     assert str(photos / "linked" / "deep" / "x.jpg") in _indexed_paths(ctx, photos)
 
 
+def test_a_file_turned_into_a_symlink_loop_is_failed_not_removed(ctx: Context, photos: Path) -> None:
+    """stat() says ELOOP, not ENOENT: something is there that cannot be followed, like a broken link."""
+    index(ctx, photos)
+    looped = photos / "photo1.jpg"
+    looped.unlink()
+    looped.symlink_to(looped.name)  # a link to itself
+
+    summary = index(ctx, photos)
+
+    assert (summary.removed, summary.failed) == (0, 1)
+    assert summary.failures == [(str(looped), "symbolic link loop (too many levels of symbolic links)")]
+    record = ctx.catalog.get(str(looped))
+    assert record is not None and record.state is FileState.FAILED
+    # A deletion reported for it (by a watcher) does not remove it either: it is not known to be gone.
+    assert dispatch(ImageDeleted(str(looped)), ctx) is Outcome.UNCHANGED
+    assert ctx.catalog.get(str(looped)) is not None
+    assert index(ctx, photos).removed == 0
+
+
 def test_directory_named_like_an_image_is_a_directory(ctx: Context, photos: Path) -> None:
     write_photo(photos / "album.jpg" / "inside.jpg", seed=52)
 

@@ -12,7 +12,7 @@ import pytest
 
 from imgwatch.config import Settings
 from imgwatch.events import ImageCreated, ImageDeleted, ImageModified
-from imgwatch.reindex import Mode, Reindexer, next_step, wanted_index
+from imgwatch.reindex import BackgroundReindex, Mode, Reindexer, next_step, wanted_index
 from imgwatch.runtime import dispatch
 from imgwatch.samples import photo
 from imgwatch.search import search_images
@@ -20,7 +20,9 @@ from imgwatch.services.build import open_services, stored_index, stored_signatur
 from imgwatch.services.extractor import VGG16Extractor, WeightsSpec
 from imgwatch.services.ledger import ReindexLedger
 from imgwatch.services.pca import NotEnoughSamplesError, PCATransform
+from imgwatch.services.vectors import open_connections
 from tests.conftest import index, jpeg_bytes, write_photo
+from tests.test_daemon import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +114,52 @@ def test_an_interrupted_reindex_resumes_without_redoing_its_work(
     with open_services(switched, command="test", extractors=[extractor, other_extractor]) as services:
         Reindexer(services, batch=3, switch_when_left=1, on_progress=lambda _p: stop.set()).run(stop)
         assert services.ctx.extractor is extractor  # not switched
+        assert open_connections(switched.vectors_uri) == 1  # the paused build's store is closed
         assert ReindexLedger(services.catalog).progress()["done"] == 3
     with open_services(switched, command="test", extractors=[extractor, other_extractor]) as services:
         Reindexer(services).run()
         assert services.ctx.extractor is other_extractor
         assert services.ctx.vectors.count() == 8
     assert other_extractor.images_embedded - before == 8
+
+
+def test_a_build_that_fails_and_is_retried_leaves_no_store_open(
+    settings: Settings, extractor: VGG16Extractor, other_extractor: VGG16Extractor, photos: Path
+) -> None:
+    """Each retry opens a store on the new collection; a failed attempt's must be closed, or every
+    retry (one each RETRY_S, for the life of the daemon) leaks a Milvus client."""
+    with open_services(settings, command="test", extractor=extractor) as services:
+        index(services.ctx, photos)
+    switched = settings.replace(weights="random:1")
+    uri = switched.vectors_uri
+    clients: dict[str, int] = {}
+    """Clients of the Milvus open when each attempt (by its start time) first reported progress."""
+
+    with open_services(switched, command="test", extractors=[extractor, other_extractor]) as services:
+        serving = services.ctx.vectors
+
+        def fail_three_times(progress: dict[str, Any]) -> None:
+            if progress["started_at"] in clients:
+                return
+            clients[progress["started_at"]] = open_connections(uri)
+            if len(clients) <= 3:
+                # The collection goes from under the build: its next write fails, for real.
+                serving.drop_collection(progress["collection"])
+
+        reindexer = Reindexer(services, batch=2, switch_when_left=1, on_progress=fail_three_times)
+        background = BackgroundReindex(reindexer, services)
+        background.RETRY_S = 0.05
+        background.start()
+        try:
+            wait_until(lambda: services.ctx.extractor is other_extractor, timeout=120)
+        finally:
+            background.stop(timeout=60)
+
+        assert len(clients) == 4  # three failed attempts, then one that switched
+        assert services.catalog.last_job_runs()["reindex"]["outcome"] == "ok"
+        assert list(clients.values()) == [2, 2, 2, 2]  # the serving store's and the attempt's own
+        assert open_connections(uri) == 1  # the new serving store; the old one closed at the switch
+    assert open_connections(uri) == 0
 
 
 def test_pca_needs_enough_vectors_and_says_so(

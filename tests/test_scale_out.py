@@ -169,3 +169,65 @@ def test_a_server_restart_mid_ingest_loses_and_duplicates_nothing(
         assert report["vectors"] == 20
     finally:
         stop_milvus_server(server)
+
+
+def test_a_token_the_server_stops_accepting_stops_the_daemon_instead_of_retrying(
+    milvus_server: MilvusServer,
+    server_user: tuple[str, str],
+    daemon_factory: Callable[..., RunningDaemon],
+    tmp_path: Path,
+) -> None:
+    """A refused token is not an outage: no waiting fixes it. The daemon says which setting to fix and
+    exits non-zero; the work it could not finish stays in the journal for the next start."""
+    from pymilvus import MilvusClient
+
+    user, password = server_user
+    admin = MilvusClient(uri=milvus_server.uri, token=milvus_server.token or "")
+    collection = f"test_{uuid.uuid4().hex}"
+    config = tmp_path / "imgwatch.toml"
+
+    def configure(password: str) -> None:
+        config.write_text(
+            f'milvus_uri = "{milvus_server.uri}"\nmilvus_token = "{user}:{password}"\n'
+            f'collection = "{collection}"\n'
+        )
+
+    root = tmp_path / "photos"
+    write_photo(root / "first.jpg", 700, (200, 150))
+    try:
+        configure(password)
+        daemon = daemon_factory(root, extra=("--config", str(config)))
+        wait_until(lambda: daemon.status()["vectors"] == 1, timeout=120)
+        admin.update_password(user, password, "second-password")
+        wait_until(lambda: _refused(milvus_server.uri, f"{user}:{password}"), timeout=30, interval=0.5)
+        write_photo(root / "second.jpg", 701, (200, 150))
+
+        assert daemon.process.wait(timeout=120) == 1
+        log = daemon.log.read_text()
+        assert f"the Milvus server at {milvus_server.uri} refused the token" in log
+        assert "IMGWATCH_MILVUS_TOKEN or as `milvus_token` in the config file" in log
+        assert "retrying in" not in log
+
+        configure("second-password")
+        again = daemon_factory(root, extra=("--config", str(config)))
+        wait_until(lambda: (s := again.status())["vectors"] == 2 and not s["journal"]["pending"], timeout=120)
+        assert again.stop() == 0
+    finally:
+        admin.drop_collection(collection)
+        admin.close()
+
+
+def _refused(uri: str, token: str) -> bool:
+    from pymilvus import MilvusClient
+
+    try:
+        client = MilvusClient(uri=uri, token=token)
+    except Exception:  # noqa: BLE001 - refused, as awaited
+        return True
+    try:
+        client.list_collections()
+    except Exception:  # noqa: BLE001 - refused, as awaited
+        return True
+    finally:
+        client.close()
+    return False

@@ -14,10 +14,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imgwatch.config import ENV_CONFIG, ENV_DATA_DIR, ENV_MILVUS_TOKEN, ENV_MILVUS_URI, load_settings
-from imgwatch.errors import StoreUnavailableError
+from imgwatch.errors import ImgwatchError, StoreAuthError, StoreUnavailableError
 from imgwatch.services.build import open_context
 from imgwatch.services.extractor import VGG16Extractor
-from imgwatch.services.vectors import PATH_MAX_BYTES, MilvusVectorStore, milvus_string, stored_path
+from imgwatch.services.vectors import (
+    PATH_MAX_BYTES,
+    MilvusVectorStore,
+    milvus_string,
+    open_connections,
+    stored_path,
+)
 from tests.conftest import WEIGHTS, MilvusServer, MilvusTarget
 
 
@@ -215,6 +221,16 @@ def test_drop_empties_the_collection_and_the_store_keeps_working(milvus: MilvusT
         reopened.close()
 
 
+def test_a_store_that_fails_to_open_leaves_no_client_open(milvus: MilvusTarget) -> None:
+    milvus.open(dimension=8).close()
+    before = open_connections(milvus.uri)
+
+    with pytest.raises(ImgwatchError, match="holds 8-d vectors"):
+        milvus.open(dimension=16)
+
+    assert open_connections(milvus.uri) == before
+
+
 @pytest.mark.milvus_server
 def test_uri_and_token_from_the_environment_reach_the_server(
     milvus_server: MilvusServer, tmp_path: Path, extractor: VGG16Extractor
@@ -233,12 +249,51 @@ def test_uri_and_token_from_the_environment_reach_the_server(
             ctx.vectors.upsert([(1, "/e/1.jpg", _unit(1, dim=4096))])
             assert ctx.vectors.count() == 1
         if milvus_server.token:  # our own server has authorisation on; a server given by URI may not
-            wrong = load_settings({"collection": collection}, environ={**environ, ENV_MILVUS_TOKEN: "root:x"})
-            with pytest.raises(StoreUnavailableError):
-                open_context(wrong, command="test", extractor=extractor).__enter__()
+            # Refused, not "unavailable": an error that names the setting to fix, and nothing retries.
+            for token, said in (("root:x", "refused the token"), ("", "wants a token, and none is set")):
+                wrong = load_settings({"collection": collection}, environ=environ | {ENV_MILVUS_TOKEN: token})
+                fix = f"{said} .*{ENV_MILVUS_TOKEN} or as `milvus_token`"
+                with pytest.raises(StoreAuthError, match=fix) as refused:
+                    open_context(wrong, command="test", extractor=extractor).__enter__()
+                assert not isinstance(refused.value, StoreUnavailableError)
     finally:
         from pymilvus import MilvusClient
 
         client = MilvusClient(uri=milvus_server.uri, token=milvus_server.token or "")
         client.drop_collection(collection)
         client.close()
+
+
+@pytest.mark.milvus_server
+def test_a_token_refused_mid_run_is_an_auth_error_not_an_outage(
+    milvus_server: MilvusServer, server_user: tuple[str, str]
+) -> None:
+    """A password changed (or a user dropped) while a store is open: its next call says so, as the
+    connect would, instead of a gRPC error that callers take for a server that went away."""
+    from pymilvus import MilvusClient
+
+    user, password = server_user
+    target = MilvusTarget("server", milvus_server.uri, f"{user}:{password}", f"test_{uuid.uuid4().hex}")
+    admin = MilvusClient(uri=milvus_server.uri, token=milvus_server.token or "")
+    store = target.open()
+    try:
+        store.upsert([(1, "/a/1.jpg", _unit(1))])
+        admin.update_password(user, password, "second-password")
+
+        def refused() -> bool:
+            try:
+                store.count()
+            except StoreAuthError:
+                return True
+            return False  # the server may take a moment to drop the old password from its cache
+
+        deadline = time.monotonic() + 30
+        while not refused():
+            assert time.monotonic() < deadline, "the old password still works after 30 s"
+            time.sleep(0.5)
+        with pytest.raises(StoreAuthError, match=f"refused the token .*{ENV_MILVUS_TOKEN}"):
+            store.upsert([(2, "/a/2.jpg", _unit(2))])
+    finally:
+        store.close()
+        admin.drop_collection(target.collection)
+        admin.close()

@@ -393,10 +393,12 @@ def _index(args: argparse.Namespace, settings: Settings) -> int:
             result["reindex"] = _reindex_now(services)
     for failure in result["failures"]:
         print(f"imgwatch: failed: {failure['path']}: {failure['error']}", file=sys.stderr)
+    for skipped in result["skipped"]:
+        print(f"imgwatch: skipped: {skipped['path']}: {skipped['error']} (left as it was)", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:
-        shown = ("failures", "reindex", "seconds")
+        shown = ("failures", "skipped", "reindex", "seconds")
         counts = ", ".join(f"{n} {name}" for name, n in result.items() if name not in shown)
         print(f"{counts} in {result['seconds']:.1f} s ({', '.join(roots)})")
     return EXIT_OK

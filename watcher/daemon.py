@@ -29,7 +29,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from imgwatch.context import Context
-from imgwatch.errors import ConfigError, RootInUseError
+from imgwatch.errors import ConfigError, RootInUseError, StoreAuthError
 from imgwatch.events import (
     DirectoryCreated,
     DirectoryDeleted,
@@ -131,7 +131,7 @@ class Daemon:
         self._settings = settings
         self._services = services
         self._serving = services.serving
-        self._reindex = BackgroundReindex(Reindexer(services), services)
+        self._reindex = BackgroundReindex(Reindexer(services), services, on_fatal=self._fail)
         self._rules = rules
         self._roots = {root: _Root(root, mount_point=os.path.ismount(root)) for root in roots}
         for mount in settings.s3_mounts.values():
@@ -155,6 +155,7 @@ class Daemon:
         workers = settings.batch_size + 4
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="imgwatch-handler")
         self._stop = threading.Event()
+        self._fatal: StoreAuthError | None = None
         self._stats = DaemonStats()
         self._started = time.time()
         self._last_root_check = 0.0
@@ -211,17 +212,29 @@ class Daemon:
             while not self._stop.is_set():
                 try:
                     self._tick()
+                except StoreAuthError as e:
+                    self._fail(e)
                 except Exception:
                     log.exception("daemon loop error; carrying on")
                     time.sleep(1)
         finally:
             watchdog_log.removeHandler(overflow)
             self._shut_down()
+        if self._fatal is not None:
+            raise self._fatal
         return 0
 
     def stop(self) -> None:
         self._stop.set()
         self._inbox.put((RescanRequested("", source=Source.SCAN), []))  # wake the loop
+
+    def _fail(self, error: StoreAuthError) -> None:
+        """Stop, and make :meth:`run` raise ``error``: retrying cannot cure it. Safe from any thread;
+        the work it interrupted stays in the journal for the next start."""
+        if self._fatal is None:
+            self._fatal = error
+            log.error("%s; stopping: retrying cannot help", error)
+        self.stop()
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -396,6 +409,10 @@ class Daemon:
             del self._ops_in_flight[op]
             try:
                 outcome = op_future.result()
+            except StoreAuthError as e:
+                self._fail(e)
+                self._ops.appendleft(op)
+                continue
             except Exception as e:  # noqa: BLE001 - retried later; later ops on these paths wait
                 self._retry(op, e, now)
                 self._ops.appendleft(op)
@@ -411,7 +428,10 @@ class Daemon:
             try:
                 outcome = future.result()
             except Exception as e:  # noqa: BLE001 - a store that went away, a bug: retry later
-                self._retry(waiting, e, now)
+                if isinstance(e, StoreAuthError):
+                    self._fail(e)  # not retried; it stays pending, in the journal too
+                else:
+                    self._retry(waiting, e, now)
                 if key not in self._pending:
                     self._pending[key] = waiting
                 else:
@@ -648,10 +668,11 @@ class Daemon:
 
     def run_job(self, name: str) -> dict[str, Any]:
         """Run a maintenance job now (scheduled, or asked for by ``imgwatch compact``/``reindex``)."""
+        fatal = (StoreAuthError,)
         try:
             with self._serving.use() as ctx:
                 if name == "compact":
-                    return run_recorded(name, lambda: compact(ctx), ctx)
+                    return run_recorded(name, lambda: compact(ctx), ctx, reraise=fatal)
 
                 def reconcile() -> dict[str, int]:
                     # Disk vs catalog goes through the daemon's own scans: the mass-delete guard applies.
@@ -660,7 +681,10 @@ class Daemon:
                         self._inbox.put((RescanRequested(root.path, source=Source.SCAN), []))
                     return {"roots_rescanned": len(watched), **repair_vectors(ctx)}
 
-                return run_recorded("reconcile", reconcile, ctx)
+                return run_recorded("reconcile", reconcile, ctx, reraise=fatal)
+        except StoreAuthError as e:
+            self._fail(e)
+            raise
         finally:
             # A grown collection may want a bigger ANN index; PCA may have enough vectors now.
             self._reindex.wake()

@@ -73,6 +73,23 @@ class StoreUnavailableError(ImgwatchError):
         super().__init__(f"cannot open the vector store at {uri}: {reason}")
 
 
+class StoreAuthError(ImgwatchError):
+    """The Milvus server refused the token (wrong, missing, or no longer valid). Fatal: unlike a server
+    that is down, this does not come right by waiting, so nothing retries it."""
+
+    def __init__(self, uri: str, detail: str, *, token_given: bool) -> None:
+        from imgwatch.config import ENV_MILVUS_TOKEN  # config imports this module
+
+        self.uri = uri
+        self.detail = detail
+        self.token_given = token_given
+        refused = "refused the token" if token_given else "wants a token, and none is set"
+        super().__init__(
+            f"the Milvus server at {uri} {refused} ({detail}). Set the right one in {ENV_MILVUS_TOKEN} "
+            "or as `milvus_token` in the config file: `user:password` or an API key"
+        )
+
+
 class ImageError(Exception):
     """A file that cannot become a feature vector. Per-file: recorded as failed, never fatal."""
 

@@ -33,6 +33,9 @@ class IndexSummary:
     failed: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     """``(path, reason)`` of each file that failed in this run."""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """``(path, reason)`` of directories that could not be listed and files that could not be
+    stat'ed: their entries (and those below them) were left as they were."""
     seconds: float = 0.0
     """Time spent applying the plan (reading, decoding, the model, both stores), start-up excluded."""
 
@@ -42,6 +45,7 @@ class IndexSummary:
     def as_dict(self) -> dict[str, object]:
         counts: dict[str, object] = {o.value: getattr(self, o.value) for o in Outcome}
         counts["failures"] = [{"path": path, "error": reason} for path, reason in self.failures]
+        counts["skipped"] = [{"path": path, "error": reason} for path, reason in self.skipped]
         counts["seconds"] = round(self.seconds, 3)
         return counts
 
@@ -52,6 +56,8 @@ class Plan:
     deletions: list[ImageDeleted]
     changes: list[ImageEvent]
     unchanged: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """``(path, reason)``: what could not be looked at; nothing at or below it is deleted."""
 
     @property
     def total(self) -> int:
@@ -84,7 +90,10 @@ def plan(roots: Sequence[str], rules: ScanRules, ctx: Context) -> Plan:
     for result in scans:
         present.update(result.files)
         present.update(dict.fromkeys(result.broken))
-    blind_spots = tuple(d + os.sep for result in scans for d in result.unreadable_dirs)
+    # Never below a directory that could not be listed, nor at (or below: it may be a directory) a
+    # path that could not be stat'ed: "cannot look" is not "gone".
+    unreadable = {path for result in scans for path in result.unreadable}
+    blind_spots = tuple(path + os.sep for path in unreadable)
 
     unchanged = 0
     new: list[str] = []
@@ -97,11 +106,16 @@ def plan(roots: Sequence[str], rules: ScanRules, ctx: Context) -> Plan:
             unchanged += 1
         else:
             changes.append(ImageModified(path))
-    vanished = [r for p, r in known.items() if p not in present and not p.startswith(blind_spots)]
+    vanished = [
+        r
+        for p, r in known.items()
+        if p not in present and p not in unreadable and not p.startswith(blind_spots)
+    ]
     moves, new, vanished = _pair_moves(new, vanished, present, ctx)
     changes.extend(ImageCreated(path) for path in new)
     deletions = [ImageDeleted(record.path) for record in vanished]
-    return Plan(moves=moves, deletions=deletions, changes=changes, unchanged=unchanged)
+    skipped = [item for result in scans for item in result.skipped]
+    return Plan(moves=moves, deletions=deletions, changes=changes, unchanged=unchanged, skipped=skipped)
 
 
 def _pair_moves(
@@ -148,7 +162,7 @@ def run_plan(
     """Handle the planned events: moves and deletions first (cheap, and they free paths), then the
     rest concurrently so decoding overlaps the model."""
     started = time.monotonic()
-    summary = IndexSummary(unchanged=work.unchanged)
+    summary = IndexSummary(unchanged=work.unchanged, skipped=list(work.skipped))
 
     def record(event: ImageEvent, outcome: Outcome) -> None:
         summary.count(outcome)

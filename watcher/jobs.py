@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 from imgwatch.context import Context
-from imgwatch.events import ImageModified, Source
+from imgwatch.events import ImageModified, Outcome, Source
 from imgwatch.indexer import plan, run_plan
 from imgwatch.runtime import dispatch
 from imgwatch.scan import ScanRules
@@ -68,8 +68,10 @@ def repair_vectors(ctx: Context) -> dict[str, int]:
 def reconcile(ctx: Context, roots: Sequence[str], rules: ScanRules, *, workers: int) -> dict[str, int]:
     """Disk vs catalog (like ``index``: new, changed, moved, vanished and failed files), then catalog vs
     Milvus (:func:`repair_vectors`)."""
-    summary = run_plan(plan(list(roots), rules, ctx), ctx, workers=workers).as_dict()
-    counts = {f"files_{name}": int(value) for name, value in summary.items() if name != "failures"}  # type: ignore[call-overload]
+    summary = run_plan(plan(list(roots), rules, ctx), ctx, workers=workers)
+    counts = {f"files_{outcome.value}": int(getattr(summary, outcome.value)) for outcome in Outcome}
+    counts["files_skipped"] = len(summary.skipped)
+    counts["files_seconds"] = int(summary.seconds)
     counts.update(repair_vectors(ctx))
     return counts
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from imgwatch.context import Context
-from imgwatch.errors import ImageError, ImgwatchError
+from imgwatch.errors import ImageError, ImgwatchError, StoreAuthError
 from imgwatch.services.abc import Extractor, ExtractorSignature, FileRecord, Vector
 from imgwatch.services.build import (
     COLLECTION_META_KEY,
@@ -194,60 +194,71 @@ class Reindexer:
         target = target_extractor.signature
         collection = self._target_collection(target, step.index)
         store = open_store(services.settings, services.catalog, collection, target.dimension, step.index)
-        services.stack.callback(store.close)
-        self._progress = {
-            "phase": "building",
-            "mode": step.mode.value,
-            "reason": step.reason,
-            "target": target.key,
-            "collection": collection,
-            "started_at": started.isoformat(),
-        }
-        build = _Build(services, self._ledger, step.mode, store, target_extractor, transform)
-        while build.left() >= self._switch_when_left:
-            if stop is not None and stop.is_set():
-                self._progress["phase"] = "paused"
-                return build.done
-            build.sync(self._batch)
-            if self._on_progress is not None:
-                self._on_progress(self.progress() or {})
-        self._progress["phase"] = "switching"
-        old_store = services.ctx.vectors
-        with services.serving.exclusive() as held:
-            while build.sync(self._batch * 4, held=held):
-                pass
-            build.drop_stale()
-            generation = int(catalog.get_meta(GENERATION_META_KEY) or 0)
-            self._ledger.finish(
-                target.key,
-                {
-                    SIGNATURE_META_KEY: target.to_json(),
-                    WEIGHTS_META_KEY: self._weights_setting(target),
-                    COLLECTION_META_KEY: collection,
-                    INDEX_META_KEY: json.dumps(step.index),
-                    GENERATION_META_KEY: str(max(generation, _generation_of(collection))),
-                    REINDEX_META_KEY: None,
-                },
-            )
-            services.serving.replace(
-                Context(catalog=catalog, vectors=store, extractor=target_extractor, files=services.ctx.files)
-            )
-        # Nobody can reach the old collection any more: searches and handlers now start on the new one.
-        store.drop_collection(old_store.collection)
-        old_store.close()
-        services.extractors.release_except(target_extractor)
-        elapsed = (datetime.now(UTC) - started).total_seconds()
-        self._progress = {
-            "phase": "done",
-            "mode": step.mode.value,
-            "reason": step.reason,
-            "target": target.key,
-            "collection": collection,
-            "vectors": build.done,
-            "duration_s": round(elapsed, 1),
-        }
-        log.info("reindex done: %d vectors in %s, %.1f s", build.done, collection, elapsed)
-        return build.done
+        # Every way out but the switch closes it: a failed or paused build is redone (by the retry, or
+        # the next start) with a store of its own, so a store left open here would leak one client per
+        # retry for the life of the daemon.
+        serving = False
+        try:
+            self._progress = {
+                "phase": "building",
+                "mode": step.mode.value,
+                "reason": step.reason,
+                "target": target.key,
+                "collection": collection,
+                "started_at": started.isoformat(),
+            }
+            build = _Build(services, self._ledger, step.mode, store, target_extractor, transform)
+            while build.left() >= self._switch_when_left:
+                if stop is not None and stop.is_set():
+                    self._progress["phase"] = "paused"
+                    return build.done
+                build.sync(self._batch)
+                if self._on_progress is not None:
+                    self._on_progress(self.progress() or {})
+            self._progress["phase"] = "switching"
+            old_store = services.ctx.vectors
+            with services.serving.exclusive() as held:
+                while build.sync(self._batch * 4, held=held):
+                    pass
+                build.drop_stale()
+                generation = int(catalog.get_meta(GENERATION_META_KEY) or 0)
+                self._ledger.finish(
+                    target.key,
+                    {
+                        SIGNATURE_META_KEY: target.to_json(),
+                        WEIGHTS_META_KEY: self._weights_setting(target),
+                        COLLECTION_META_KEY: collection,
+                        INDEX_META_KEY: json.dumps(step.index),
+                        GENERATION_META_KEY: str(max(generation, _generation_of(collection))),
+                        REINDEX_META_KEY: None,
+                    },
+                )
+                files = services.ctx.files
+                services.serving.replace(
+                    Context(catalog=catalog, vectors=store, extractor=target_extractor, files=files)
+                )
+                # Serving now: it closes with the other services (or when a later reindex replaces it).
+                serving = True
+                services.stack.callback(store.close)
+            # Nobody can reach the old collection any more: searches and handlers now start on the new one.
+            store.drop_collection(old_store.collection)
+            old_store.close()
+            services.extractors.release_except(target_extractor)
+            elapsed = (datetime.now(UTC) - started).total_seconds()
+            self._progress = {
+                "phase": "done",
+                "mode": step.mode.value,
+                "reason": step.reason,
+                "target": target.key,
+                "collection": collection,
+                "vectors": build.done,
+                "duration_s": round(elapsed, 1),
+            }
+            log.info("reindex done: %d vectors in %s, %.1f s", build.done, collection, elapsed)
+            return build.done
+        finally:
+            if not serving:
+                store.close()
 
     def _target_extractor(self, step: Step) -> tuple[Extractor, PCATransform | None]:
         services = self._services
@@ -431,13 +442,23 @@ class _Build:
 
 class BackgroundReindex:
     """Runs a :class:`Reindexer` in a thread of its own whenever a step is pending (checked at start,
-    and whenever :meth:`wake` is called: after each maintenance job), and retries after failures."""
+    and whenever :meth:`wake` is called: after each maintenance job), and retries after failures.
+
+    A refused Milvus token is not retried: it goes to ``on_fatal`` (the daemon stops) and the thread
+    ends."""
 
     RETRY_S = 300.0
 
-    def __init__(self, reindexer: Reindexer, services: Services) -> None:
+    def __init__(
+        self,
+        reindexer: Reindexer,
+        services: Services,
+        *,
+        on_fatal: Callable[[StoreAuthError], None] | None = None,
+    ) -> None:
         self._reindexer = reindexer
         self._services = services
+        self._on_fatal = on_fatal
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._waiting: str | None = None
@@ -476,10 +497,16 @@ class BackgroundReindex:
                         "reindex",
                         lambda: self._reindexer.run(self._stop),
                         self._services.ctx,
-                        reraise=reraise,
+                        reraise=(*reraise, StoreAuthError),
                     )
                     if report["outcome"] != "ok":
                         delay = self.RETRY_S
+            except StoreAuthError as e:
+                if self._on_fatal is None:
+                    log.error("reindex: %s; not retrying", e)
+                else:
+                    self._on_fatal(e)
+                return
             except reraise as e:
                 self._waiting = str(e)
             except Exception:

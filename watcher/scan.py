@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import logging
 import os
@@ -13,6 +14,9 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff"}
 )
+#: The only answers of ``stat()`` that mean "nothing is there". EACCES, EIO, ELOOP and the rest mean
+#: "we cannot tell now": a file behind them may well exist, so its entry must not be deleted.
+GONE_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR})
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,22 @@ class ScanResult:
     files: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Image files found: path -> (size, mtime_ns)."""
     broken: list[str] = field(default_factory=list)
-    """Image-named symlinks whose target is missing: reported as failures, not silently skipped."""
-    unreadable_dirs: list[str] = field(default_factory=list)
-    """Directories we could not list: nothing under them may be taken as deleted."""
+    """Image-named symlinks whose target is missing or loops: reported as failures, not silently
+    skipped."""
+    unreadable: dict[str, str] = field(default_factory=dict)
+    """Directories we could not list and entries we could not stat (for another reason than their
+    absence), with why: nothing at or below these paths may be taken as deleted."""
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    """``(path, reason)`` of the unreadable directories and image files among them, to report."""
+
+
+def describe_os_error(error: OSError) -> str:
+    """Why a file or directory could not be looked at, in a few words."""
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if error.errno == errno.ELOOP:
+        return "symbolic link loop (too many levels of symbolic links)"
+    return error.strerror or str(error)
 
 
 def has_image_extension(name: str) -> bool:
@@ -63,7 +80,10 @@ def scan(root: str, rules: ScanRules) -> ScanResult:
             if first:
                 raise
             log.warning("cannot list %r (%s); files below it are left as they were", directory, e.strerror)
-            result.unreadable_dirs.append(directory)
+            reason = f"cannot list directory: {describe_os_error(e)}"
+            result.unreadable[directory] = reason
+            if e.errno not in GONE_ERRNOS:  # vanished since we saw it: nothing to report
+                result.skipped.append((directory, reason))
             continue
         first = False
         for entry in listing:
@@ -88,12 +108,8 @@ def _visit(
     try:
         is_link = entry.is_symlink()
         info = os.stat(entry.path) if is_link else entry.stat(follow_symlinks=False)
-    except FileNotFoundError:
-        if has_image_extension(name) and os.path.islink(entry.path):
-            result.broken.append(entry.path)
-        return
     except OSError as e:
-        log.warning("cannot stat %r: %s", entry.path, e.strerror)
+        _unstattable(entry, e, relative, rules, result)
         return
     if stat.S_ISDIR(info.st_mode):
         if is_link and not rules.follow_symlinks:
@@ -110,3 +126,35 @@ def _visit(
     if rules.include and not _matches(rules.include, relative, name):
         return
     result.files[entry.path] = (info.st_size, info.st_mtime_ns)
+
+
+def _unstattable(
+    entry: os.DirEntry[str], error: OSError, relative: str, rules: ScanRules, result: ScanResult
+) -> None:
+    """An entry listed in its directory whose ``stat()`` failed.
+
+    Gone (ENOENT, ENOTDIR): it vanished since the listing, or is a symlink to nothing. A symlink loop
+    (ELOOP) named like an image is a broken link too: recorded as failed by its handler, row kept.
+    Anything else (EACCES in a directory we may list but not enter, EIO, ...) says nothing about
+    whether the file is there: it is left as it was, and so is everything below it (it may be a
+    directory), like a directory that could not be listed.
+    """
+    name, path = entry.name, entry.path
+    image_named = has_image_extension(name)
+    if error.errno in GONE_ERRNOS or (error.errno == errno.ELOOP and image_named and os.path.islink(path)):
+        if image_named and os.path.islink(path):
+            result.broken.append(path)
+        return
+    reason = f"cannot stat: {describe_os_error(error)}"
+    log.warning("%s: %s; left as it was", path, reason)
+    result.unreadable[path] = reason
+    admitted = image_named and not (rules.include and not _matches(rules.include, relative, name))
+    if admitted or _may_be_directory(entry):
+        result.skipped.append((path, reason))
+
+
+def _may_be_directory(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return True  # the listing did not say, and stat() failed: it may be one

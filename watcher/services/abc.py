@@ -329,6 +329,13 @@ class FileReader(Protocol):
         """``(size, mtime_ns)`` of a regular file (following symlinks), or ``None``."""
         ...
 
+    def gone(self, path: str) -> bool:
+        """True when no regular file is at ``path`` any more: nothing there (ENOENT, ENOTDIR, a
+        symlink to nothing), or something else than a file. False for a file, and for a path that
+        cannot be stat'ed for another reason (permission denied, an I/O error, a symlink loop): that
+        says nothing about whether the file is there, so its entry must stay."""
+        ...
+
     def read(self, path: str) -> FileBlob:
         """Read a whole file once; raises :class:`imgwatch.errors.ImageError` for files that cannot be
         read (vanished, unreadable, too big, not a regular file)."""

@@ -226,7 +226,12 @@ def open_store(
         node_id=node_id,
         node=node,
     )
-    if (other := store.foreign_node_in_own_range()) is not None:
+    try:
+        other = store.foreign_node_in_own_range()
+    except BaseException:
+        store.close()
+        raise
+    if other is not None:
         store.close()
         raise ImgwatchError(
             f"node id {node_id} of this watcher ({node!r}) is also used by {other!r} in collection "

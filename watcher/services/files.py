@@ -23,6 +23,14 @@ class LocalFileReader:
             return None
         return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
 
+    def gone(self, path: str) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            # Only these say nothing is there; EACCES, EIO or ELOOP say we cannot tell right now.
+            return e.errno in (errno.ENOENT, errno.ENOTDIR)
+        return not stat.S_ISREG(st.st_mode)
+
     def read(self, path: str) -> FileBlob:
         try:
             # O_NONBLOCK: opening a FIFO that someone named x.jpg must not hang the indexer.
@@ -72,4 +80,6 @@ def _describe(error: OSError) -> str:
         return "permission denied"
     if error.errno == errno.ENOENT:
         return "file vanished before it could be read"
+    if error.errno == errno.ELOOP:
+        return "symbolic link loop (too many levels of symbolic links)"
     return f"cannot read file: {error.strerror or error}"

@@ -7,6 +7,7 @@ survives renames. The path is kept as a scalar so a plain Milvus client can read
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from imgwatch.errors import DataDirBusyError, ImgwatchError, StoreUnavailableError
+from imgwatch.errors import DataDirBusyError, ImgwatchError, StoreAuthError, StoreUnavailableError
 from imgwatch.services.abc import SearchHit, Vector
 
 log = logging.getLogger(__name__)
@@ -41,25 +42,33 @@ _DEFAULT_INDEX_PARAMS: Mapping[str, Mapping[str, Any]] = {
 # reference count of its own: a store that released it would pull it from under another store (the
 # serving collection and a reindex's new one live in the same file). Writes share one lock per file,
 # because the WAL race (see MilvusVectorStore.__init__) is in the file's server, not per collection.
-_lite_users: Counter[str] = Counter()
+# The count is kept for servers too: it is how many clients of each URI this process holds open.
+_users: Counter[str] = Counter()
 _write_locks: dict[str, threading.Lock] = {}
 _registry_lock = threading.Lock()
 
 
-def _acquire_lite(uri: str) -> threading.Lock:
+def _acquire(uri: str, *, lite: bool) -> threading.Lock:
     with _registry_lock:
-        _lite_users[uri] += 1
-        return _write_locks.setdefault(uri, threading.Lock())
+        _users[uri] += 1
+        return _write_locks.setdefault(uri, threading.Lock()) if lite else threading.Lock()
 
 
-def _release_lite(uri: str) -> bool:
-    """True when the last store of ``uri`` closed, so its server may go."""
+def _release_user(uri: str) -> bool:
+    """True when the last client of ``uri`` closed (so a Lite file's server may go)."""
     with _registry_lock:
-        _lite_users[uri] -= 1
-        if _lite_users[uri] > 0:
+        _users[uri] -= 1
+        if _users[uri] > 0:
             return False
-        del _lite_users[uri]
+        del _users[uri]
         return True
+
+
+def open_connections(uri: str) -> int:
+    """How many clients of the Milvus at ``uri`` (stores, and the brief ones that drop collections)
+    this process holds open now: each store's own, until it is closed."""
+    with _registry_lock:
+        return _users[uri]
 
 
 def auto_index_params(index_type: str, entities: int) -> dict[str, Any]:
@@ -124,6 +133,55 @@ def stored_path(path: str) -> str:
     return encoded[:PATH_MAX_BYTES].decode("utf-8", "ignore")
 
 
+def auth_failure(error: BaseException) -> str | None:
+    """The server's words if ``error`` (or what caused it) is a refused token, else None.
+
+    pymilvus 3.0 raises ``MilvusException(code=2, "Fail connecting ... illegal connection params or
+    server unavailable")`` at connect, the same as for a server that is down; only the gRPC error
+    under it tells them apart: UNAUTHENTICATED (measured on Milvus 2.3.5: "auth check failure, please
+    check username and password are correct", "missing authorization in header"). Later calls, after
+    the password changed or the user was dropped, raise that gRPC error itself.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:  # gRPC errors can be their own context
+        seen.add(id(current))
+        code = getattr(current, "code", None)
+        status = code() if callable(code) else None
+        if getattr(status, "name", None) == "UNAUTHENTICATED":
+            details = getattr(current, "details", None)
+            return str(details() if callable(details) else current) or "unauthenticated"
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class _AuthChecked:
+    """A ``MilvusClient`` whose calls raise :class:`StoreAuthError` for a refused token, not a bare
+    gRPC error that callers would take for an outage and retry (a token does not come right by
+    itself)."""
+
+    def __init__(self, client: Any, uri: str, *, token_given: bool) -> None:
+        self._client = client
+        self._uri = uri
+        self._token_given = token_given
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attribute(*args, **kwargs)
+            except Exception as e:
+                if (detail := auth_failure(e)) is None:
+                    raise
+                raise StoreAuthError(self._uri, detail, token_given=self._token_given) from e
+
+        return checked
+
+
 class _Connection:
     """A client of one Milvus: a server, or a Lite file whose in-process server this process shares."""
 
@@ -135,16 +193,20 @@ class _Connection:
         # Milvus Lite's WAL opens its file lazily without a lock: two concurrent upserts can both open
         # it, and one write then lands in a file object that is dropped (measured: ResourceWarning
         # "unclosed file ... wal_data_*.arrow" with 12 writer threads). Writes go one at a time.
-        self.write_lock = _acquire_lite(uri) if self._lite else threading.Lock()
+        self.write_lock = _acquire(uri, lite=self._lite)
         self._closed = False
+        self.client: Any
         try:
-            self.client = MilvusClient(uri=uri, token=token or "")
+            client = MilvusClient(uri=uri, token=token or "")
         except Exception as e:
             self._release()
             cause = e.__cause__ or e.__context__
             if type(cause).__name__ == "DataDirLockedError":
                 raise DataDirBusyError(Path(uri).parent, None, None) from e
+            if (detail := auth_failure(e)) is not None:
+                raise StoreAuthError(uri, detail, token_given=bool(token)) from e
             raise StoreUnavailableError(uri, str(e)) from e
+        self.client = client if self._lite else _AuthChecked(client, uri, token_given=bool(token))
 
     def close(self) -> None:
         if self._closed:
@@ -154,7 +216,7 @@ class _Connection:
         self._release()
 
     def _release(self) -> None:
-        if self._lite and _release_lite(self._uri):
+        if _release_user(self._uri) and self._lite:
             # Milvus Lite serves the file from a gRPC server thread in this process; closing the client
             # leaves it running (and the file locked) until exit unless we release it.
             from milvus_lite.server_manager import server_manager_instance
@@ -191,7 +253,11 @@ class MilvusVectorStore:
         self._connection = _Connection(uri, token)
         self._client = self._connection.client
         self._write_lock = self._connection.write_lock
-        self._ensure_collection()
+        try:
+            self._ensure_collection()
+        except BaseException:
+            self._connection.close()  # nobody else can: the caller never gets this store
+            raise
 
     @property
     def uri(self) -> str:
