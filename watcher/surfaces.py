@@ -151,9 +151,7 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
         forget_root=parts.forget_root,
     )
     path: Path = socket_path(parts.settings.data_dir)
-    server = HttpServer(
-        create_app(local=surface), bind_unix(path), "imgwatch-endpoint", work=surface.work
-    )
+    server = HttpServer(create_app(local=surface), bind_unix(path), "imgwatch-endpoint", work=surface.work)
     server.start()
     return server
 

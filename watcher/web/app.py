@@ -178,4 +178,3 @@ class _Counted:
             await send(message)
 
         await self.app(scope, receive, counting)
-
