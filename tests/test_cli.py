@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from imgwatch.config import Settings
 from imgwatch.samples import photo
 from imgwatch.status import gather_status
 from tests.conftest import jpeg_bytes, write_photo
+from tests.test_lock import held_elsewhere
 
 pytestmark = pytest.mark.slow
 
@@ -269,20 +269,13 @@ def test_status_reports_a_running_daemon_without_touching_its_lock(tmp_path: Pat
         assert holder.poll() is None  # still running, still holding its lock
 
 
-@contextlib.contextmanager
-def _lock_held_elsewhere(data_dir: Path, command: str) -> Iterator[subprocess.Popen[bytes]]:
+def _lock_held_elsewhere(data_dir: Path, command: str) -> contextlib.AbstractContextManager[Any]:
     """Another process holding the data dir lock, as a daemon or a long index run would."""
     code = (
-        "import sys, time; from pathlib import Path; from imgwatch.lock import DataDirLock; "
-        f"DataDirLock(Path(sys.argv[1]), {command!r}).acquire(); print('held', flush=True); time.sleep(120)"
+        "from pathlib import Path; from imgwatch.lock import DataDirLock; "
+        f"DataDirLock(Path(sys.argv[1]), {command!r}).acquire()"
     )
-    with subprocess.Popen([sys.executable, "-c", code, str(data_dir)], stdout=subprocess.PIPE) as process:
-        assert process.stdout is not None
-        assert process.stdout.readline() == b"held\n"
-        try:
-            yield process
-        finally:
-            process.kill()
+    return held_elsewhere(data_dir, code)
 
 
 def _library(tmp_path: Path) -> tuple[Path, bytes]:

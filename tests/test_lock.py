@@ -42,7 +42,7 @@ def _try_elsewhere(data_dir: Path, command: str = "index") -> subprocess.Complet
 
 
 @contextlib.contextmanager
-def _held_elsewhere(data_dir: Path, code: str) -> Iterator[subprocess.Popen[bytes]]:
+def held_elsewhere(data_dir: Path, code: str) -> Iterator[subprocess.Popen[bytes]]:
     """Another process that runs ``code`` (which takes a lock), says ``held`` and waits to be killed."""
     script = f"import sys, time\n{code}\nprint('held', flush=True)\ntime.sleep(120)\n"
     with subprocess.Popen(
@@ -116,7 +116,7 @@ def test_an_older_imgwatch_holding_a_posix_lock_is_seen_and_sees_ours(tmp_path: 
         "fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
         "os.write(fd, f'{os.getpid()} index\\n'.encode())"
     )
-    with _held_elsewhere(data, older) as holder:
+    with held_elsewhere(data, older) as holder:
         assert lock_holder(data) == Holder(pid=holder.pid, command="index")
         with pytest.raises(DataDirBusyError, match=f"PID {holder.pid} \\(imgwatch index\\)"):
             DataDirLock(data, "watch").acquire(brief_wait=0)
