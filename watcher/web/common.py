@@ -64,11 +64,17 @@ class RequestError(Exception):
         super().__init__(message)
 
 
-def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONAsciiResponse:
+def error_response(
+    status: int,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    detail: list[dict[str, Any]] | None = None,
+) -> JSONAsciiResponse:
     all_headers = {"Cache-Control": "no-store", **(headers or {})}
     if status == 401:
         all_headers.setdefault("WWW-Authenticate", 'Bearer realm="imgwatch"')
-    return JSONAsciiResponse({"error": message}, status_code=status, headers=all_headers)
+    body: dict[str, Any] = {"error": message} | ({"detail": detail} if detail is not None else {})
+    return JSONAsciiResponse(body, status_code=status, headers=all_headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -95,10 +101,7 @@ def install_error_handlers(app: FastAPI) -> None:
         # release); a body that does not fit its model is unprocessable (422).
         status = 422 if any(error["loc"][:1] == ["body"] for error in errors) else 400
         summary = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:5])
-        response = error_response(status, summary)
-        response.body = response.render({"error": summary, "detail": errors})
-        response.headers["Content-Length"] = str(len(response.body))
-        return response
+        return error_response(status, summary, detail=errors)
 
     async def on_crash(request: Request, _exc: Exception) -> JSONAsciiResponse:
         log.exception("%s %s failed", request.method, request.url.path)
