@@ -34,6 +34,9 @@ from imgwatch.services.vectors import MilvusVectorStore
 from imgwatch.web.server import HttpServer, bind_tcp
 from tests import milvus_server as launcher
 
+# The daemon harness (its `daemon_factory` fixture) for every test module.
+pytest_plugins = ["tests.harness"]
+
 WEIGHTS = "random:0"
 REPO = Path(__file__).resolve().parent.parent
 

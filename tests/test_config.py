@@ -22,11 +22,8 @@ from imgwatch.config import (
     load_settings,
 )
 from imgwatch.errors import ConfigError
-from tests import test_daemon
 from tests.conftest import write_photo
-from tests.test_daemon import RunningDaemon, wait_until
-
-daemon_factory = test_daemon.daemon_factory  # the same fixture: real daemons as subprocesses
+from tests.harness import RunningDaemon, wait_until
 
 
 @pytest.fixture(autouse=True)

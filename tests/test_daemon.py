@@ -6,183 +6,29 @@ import json
 import os
 import re
 import shutil
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from imgwatch.config import Settings
 from imgwatch.daemon import SHUTDOWN_TIMEOUT_S
 from imgwatch.events import ImageDeleted, Source
-from imgwatch.ipc import DaemonClient, DaemonUnavailableError
 from imgwatch.samples import photo
-from imgwatch.services.abc import FileState
 from imgwatch.services.build import open_context
 from imgwatch.services.catalog import open_catalog
 from tests.conftest import jpeg_bytes, write_photo
+from tests.harness import (
+    RunningDaemon,
+    assert_agree,
+    disk_images,
+    imgwatch_cli,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {condition}")
-        time.sleep(interval)
-
-
-@dataclass
-class RunningDaemon:
-    process: subprocess.Popen[bytes]
-    data_dir: Path
-    log: Path
-
-    @property
-    def client(self) -> DaemonClient:
-        return DaemonClient(self.data_dir, timeout=60)
-
-    def status(self) -> dict[str, Any]:
-        return self.client.status()
-
-    def model_runs(self) -> int:
-        return int(self.status()["model_runs"])
-
-    def idle(self, stall_s: float = 120.0) -> dict[str, Any]:
-        """Wait until nothing is waiting, running or journalled; returns the status then.
-
-        No fixed limit on the whole wait: machines differ (VGG16 runs at 4-5 images/s on an
-        AVX2-only CPU, 11 on one with AVX512-BF16), so it fails only when the daemon makes no
-        progress (model runs, outcomes, journal) for ``stall_s`` seconds."""
-        last: tuple[Any, ...] = ()
-        progress_at = time.monotonic()
-
-        def settled() -> dict[str, Any] | None:
-            nonlocal last, progress_at
-            status = self.status()
-            busy = any(status["queue"].values()) or status["journal"]["pending"]
-            mark = (status["model_runs"], sorted(status["outcomes"].items()), status["journal"]["pending"])
-            if mark != last:
-                last, progress_at = mark, time.monotonic()
-            elif busy and time.monotonic() - progress_at > stall_s:
-                raise AssertionError(f"no progress for {stall_s:g} s: {status}")
-            return None if busy else status
-
-        wait_until(settled, timeout=3600, interval=0.2)
-        time.sleep(0.3)  # events for the last change may still be on their way from the kernel
-        return wait_until(settled, timeout=3600, interval=0.2)
-
-    def search(self, image: Path | bytes, k: int = 5) -> list[dict[str, Any]]:
-        data = image if isinstance(image, bytes) else image.read_bytes()
-        [result] = self.client.search([("query", data)], k)
-        return list(result["results"])
-
-    def paths_found(self, image: Path | bytes, k: int = 50) -> list[str]:
-        return [r["path"] for r in self.search(image, k)]
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=SHUTDOWN_TIMEOUT_S + 10)
-
-
-def _env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGWATCH_")}
-    env.update(
-        IMGWATCH_WEIGHTS="random:0", IMGWATCH_DATA_DIR=str(data_dir), XDG_CONFIG_HOME=str(data_dir / "cfg")
-    )
-    return env
-
-
-def imgwatch_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    """The real command, on ``data_dir`` (through its daemon when one runs there)."""
-    return subprocess.run(
-        [sys.executable, "-m", "imgwatch", *args],
-        env=_env(data_dir),
-        capture_output=True,
-        check=False,
-        timeout=120,
-    )
-
-
-def start_daemon(
-    data_dir: Path,
-    *roots: Path,
-    extra: tuple[str, ...] = (),
-    cwd: Path | None = None,
-    env: dict[str, str] | None = None,
-) -> RunningDaemon:
-    """The daemon on ``data_dir``; ``cwd`` and ``env`` (added to the usual environment) as given."""
-    log = data_dir.parent / f"daemon-{time.monotonic_ns()}.log"
-    # In another working directory, `-m imgwatch` must still find this checkout's package.
-    where = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])} if cwd else {}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "imgwatch", "watch", *map(str, roots), "--log-level", "info", *extra],
-            env=_env(data_dir) | where | (env or {}),
-            cwd=cwd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    daemon = RunningDaemon(process, data_dir, log)
-
-    def answering() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"daemon exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            daemon.status()
-        except DaemonUnavailableError:
-            return False
-        return True
-
-    wait_until(answering, timeout=120)
-    return daemon
-
-
-@pytest.fixture
-def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., RunningDaemon]]:
-    started: list[RunningDaemon] = []
-
-    def factory(
-        *roots: Path,
-        data_dir: Path | None = None,
-        extra: tuple[str, ...] = (),
-        cwd: Path | None = None,
-        env: dict[str, str] | None = None,
-    ) -> RunningDaemon:
-        daemon = start_daemon(data_dir or tmp_path / "data", *roots, extra=extra, cwd=cwd, env=env)
-        started.append(daemon)
-        return daemon
-
-    yield factory
-    for daemon in started:
-        if daemon.process.poll() is None:
-            daemon.process.kill()
-            daemon.process.wait()
-
-
-def _disk_images(root: Path) -> set[str]:
-    return {str(p) for p in root.rglob("*.jpg") if p.is_file()}
-
-
-def _assert_agree(data_dir: Path, root: Path) -> None:
-    """With the daemon stopped: disk, catalog and Milvus agree, one entity per file, no extras."""
-    settings = Settings(data_dir=data_dir, weights="random:0")
-    with open_context(settings, command="test") as ctx:
-        records = list(ctx.catalog.under(str(root)))
-        assert {r.path for r in records} == _disk_images(root)
-        assert all(r.state is FileState.INDEXED and r.has_vector for r in records)
-        assert ctx.vectors.count() == len(records)
-        assert set(ctx.vectors.get_vectors(r.id for r in records)) == {r.id for r in records}
 
 
 def test_files_and_directories_follow_the_disk(
@@ -245,17 +91,17 @@ def test_files_and_directories_follow_the_disk(
     found = daemon.paths_found(jpeg_bytes(photo(2)))
     assert str(root / "renamed.jpg") not in found
     assert not any("album" in p for p in found)
-    assert sorted(found) == sorted(_disk_images(root))
+    assert sorted(found) == sorted(disk_images(root))
 
     # `imgwatch index` while the daemon runs hands the work to it, and reports its summary.
     runs = daemon.model_runs()
     index = imgwatch_cli(daemon.data_dir, "index", str(root), "--json")
     assert index.returncode == 0, index.stderr
-    assert json.loads(index.stdout)["unchanged"] == len(_disk_images(root))
+    assert json.loads(index.stdout)["unchanged"] == len(disk_images(root))
     assert daemon.model_runs() == runs
 
     assert daemon.stop() == 0
-    _assert_agree(daemon.data_dir, root)
+    assert_agree(daemon.data_dir, root)
 
 
 def test_a_burst_of_500_files_is_indexed_exactly_once(
@@ -275,7 +121,7 @@ def test_a_burst_of_500_files_is_indexed_exactly_once(
     assert status["model_runs"] == 500
     assert status["vectors"] == 500
     assert daemon.stop() == 0
-    _assert_agree(daemon.data_dir, root)
+    assert_agree(daemon.data_dir, root)
 
 
 def test_sigterm_stops_cleanly_in_bounded_time(
@@ -296,7 +142,7 @@ def test_sigterm_stops_cleanly_in_bounded_time(
     again = daemon_factory(root)
     again.idle()
     assert again.stop() == 0
-    _assert_agree(daemon.data_dir, root)
+    assert_agree(daemon.data_dir, root)
 
 
 def test_kill_9_during_a_burst_loses_and_duplicates_nothing(
@@ -322,7 +168,7 @@ def test_kill_9_during_a_burst_loses_and_duplicates_nothing(
     again.idle()
 
     assert again.stop() == 0
-    _assert_agree(daemon.data_dir, root)
+    assert_agree(daemon.data_dir, root)
 
 
 def test_a_journal_row_this_version_cannot_read_does_not_stop_the_daemon(
@@ -381,7 +227,7 @@ def test_a_removed_root_deletes_nothing(daemon_factory: Callable[..., RunningDae
     wait_until(lambda: daemon.status()["roots"][0]["guard"] is None, timeout=30)
     assert daemon.idle()["vectors"] == 8
     assert daemon.stop() == 0
-    _assert_agree(daemon.data_dir, root)
+    assert_agree(daemon.data_dir, root)
 
 
 def test_a_second_daemon_on_the_same_data_dir_is_refused(
@@ -441,7 +287,7 @@ def test_moves_between_two_roots_keep_their_vectors(
     assert daemon.paths_found(second / "album" / "c.jpg", k=1) == [str(second / "album" / "c.jpg")]
     assert not any(str(first) + os.sep in p for p in daemon.paths_found(second / "a.jpg"))
     assert daemon.stop() == 0
-    _assert_agree(daemon.data_dir, tmp_path)
+    assert_agree(daemon.data_dir, tmp_path)
 
 
 def test_a_mass_deletion_is_held_and_the_daemon_lives_on(
@@ -466,7 +312,7 @@ def test_a_mass_deletion_is_held_and_the_daemon_lives_on(
     assert json.loads(index.stdout)["removed"] == 25
     assert daemon.status()["roots"][0]["guard"] is None
     assert daemon.stop() == 0
-    _assert_agree(daemon.data_dir, root)
+    assert_agree(daemon.data_dir, root)
 
 
 def test_delete_then_write_anew_keeps_the_new_file(
@@ -486,7 +332,7 @@ def test_delete_then_write_anew_keeps_the_new_file(
         "score": pytest.approx(1.0, abs=1e-3),
     }
     assert daemon.stop() == 0
-    _assert_agree(daemon.data_dir, root)
+    assert_agree(daemon.data_dir, root)
 
 
 def test_new_weights_reindex_in_the_background_while_searches_answer(

@@ -16,9 +16,7 @@ from imgwatch.scan import ScanRules
 from imgwatch.search import search_files
 from imgwatch.status import gather_status
 from tests.conftest import index, jpeg_bytes, write_photo
-from tests.test_daemon import daemon_factory, imgwatch_cli, wait_until
-
-__all__ = ["daemon_factory"]  # the fixture, shared with test_daemon
+from tests.harness import imgwatch_cli, wait_until
 
 
 def _reconcile(ctx: Context, root: Path) -> dict[str, int]:

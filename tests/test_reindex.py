@@ -22,7 +22,7 @@ from imgwatch.services.ledger import ReindexLedger
 from imgwatch.services.pca import NotEnoughSamplesError, PCATransform
 from imgwatch.services.vectors import open_connections
 from tests.conftest import index, jpeg_bytes, write_photo
-from tests.test_daemon import wait_until
+from tests.harness import wait_until
 
 
 @pytest.fixture(scope="module")

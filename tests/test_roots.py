@@ -15,10 +15,8 @@ from imgwatch.roots import UnknownRootError, forget_root
 from imgwatch.search import search_images
 from imgwatch.status import gather_status
 from tests.conftest import index, write_photo
+from tests.harness import RunningDaemon, imgwatch_cli
 from tests.test_cli import _json, _json_lines, imgwatch
-from tests.test_daemon import RunningDaemon, daemon_factory, imgwatch_cli
-
-__all__ = ["daemon_factory"]  # a fixture, used by name
 
 
 def test_forget_root_removes_its_files_and_their_vectors(ctx: Context, photos: Path, tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ from imgwatch.jobs import repair_vectors
 from imgwatch.search import search_files
 from imgwatch.services.build import open_context
 from imgwatch.services.extractor import VGG16Extractor
-from tests import test_daemon
 from tests.conftest import (
     MilvusServer,
     _server_python,
@@ -24,12 +23,10 @@ from tests.conftest import (
     stop_milvus_server,
     write_photo,
 )
+from tests.harness import RunningDaemon, imgwatch_cli, wait_until
 from tests.milvus_server import SOCKET_NAME, TOKEN
-from tests.test_daemon import RunningDaemon, imgwatch_cli, wait_until
 
 pytestmark = pytest.mark.milvus_server
-
-daemon_factory = test_daemon.daemon_factory  # the same fixture: real daemons as subprocesses
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from imgwatch.thumbnails import ThumbnailCache, ThumbnailForbiddenError, Thumbna
 from imgwatch.web.page import SearchPageConfig, path_from_ref, path_ref
 from imgwatch.web.server import HttpServer
 from tests.conftest import index, jpeg_bytes, own_address, serve, stub_page_app, write_photo
-from tests.test_daemon import RunningDaemon, imgwatch_cli, start_daemon, wait_until
+from tests.harness import RunningDaemon, imgwatch_cli, start_daemon, wait_until
 
 TOKEN = "page-token-\u00e9"  # non-ASCII on purpose: compared as bytes, in constant time
 MAX_UPLOAD = 1024 * 1024

@@ -39,10 +39,9 @@ from imgwatch.sources.webhook import (
 from imgwatch.web import create_app
 from imgwatch.web.webhook import WebhookConfig, WebhookSurface
 from tests.conftest import serve, write_photo
-from tests.test_daemon import RunningDaemon, _env, daemon_factory, imgwatch_cli, start_daemon, wait_until
+from tests.harness import RunningDaemon, cli_env, imgwatch_cli, start_daemon, wait_until
 
 EVENTS = Path(__file__).parent / "events"
-__all__ = ["daemon_factory"]  # the fixture, shared with test_daemon
 TOKEN = "s3cret-token"
 WH = Source.WEBHOOK
 
@@ -425,7 +424,7 @@ def test_invoke_replays_a_recorded_event_without_a_daemon(tmp_path: Path) -> Non
     camera = tmp_path / "camera"
     write_photo(camera / "2024" / "summer" / "cat on sofa.jpg", seed=901)
     config = _config(tmp_path, {"camera-roll": camera})
-    env = _env(tmp_path / "data")
+    env = cli_env(tmp_path / "data")
 
     def invoke(name: str) -> dict[str, Any]:
         result = subprocess.run(
