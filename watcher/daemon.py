@@ -53,7 +53,7 @@ from imgwatch.notify import sd_notify, watchdog_interval
 from imgwatch.reindex import BackgroundReindex, Reindexer
 from imgwatch.scan import ScanRules
 from imgwatch.services.build import Services
-from imgwatch.sources.fs import OverflowListener, RootWatch, watch_root
+from imgwatch.sources.fs import RootWatch, overflow_rescans, watch_root
 from imgwatch.sources.webhook import allowed_paths
 from imgwatch.stats import DaemonStats
 from imgwatch.surfaces import DaemonParts, start_control_socket, start_search_page, start_webhook
@@ -184,12 +184,9 @@ class Daemon:
         """Watch until SIGTERM/SIGINT (or :meth:`stop`); returns the exit code."""
         self._install_signal_handlers()
         roots = [r for r in self._roots.values() if r.watched]
-        overflow = OverflowListener([r.path for r in roots], self.submit)
-        watchdog_log = logging.getLogger("watchdog.observers")
-        watchdog_log.addHandler(overflow)
-        if watchdog_log.getEffectiveLevel() > logging.WARNING:
-            watchdog_log.setLevel(logging.WARNING)  # the overflow warning must reach the listener
-        try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(overflow_rescans([r.path for r in roots], self.submit))
+            stack.callback(self._shut_down)
             # Unfinished events first, so that they keep their place before anything new arrives.
             for journal_id, event in self._ctx.catalog.journal_pending():
                 self._inbox.put((event, [journal_id]))
@@ -217,9 +214,6 @@ class Daemon:
                 except Exception:
                     log.exception("daemon loop error; carrying on")
                     time.sleep(1)
-        finally:
-            watchdog_log.removeHandler(overflow)
-            self._shut_down()
         if self._fatal is not None:
             raise self._fatal
         return 0

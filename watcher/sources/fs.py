@@ -11,7 +11,8 @@ import fnmatch
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from watchdog.events import (
@@ -222,6 +223,20 @@ class OverflowListener(logging.Handler):
         for root in self._roots:
             self._emit(RescanRequested(root, source=Source.FILESYSTEM))
 
+
+
+@contextmanager
+def overflow_rescans(roots: list[str], emit: Emit) -> Iterator[None]:
+    """While the block runs, an inotify queue overflow asks for a rescan of every root in ``roots``."""
+    listener = OverflowListener(roots, emit)
+    watchdog_log = logging.getLogger("watchdog.observers")
+    watchdog_log.addHandler(listener)
+    if watchdog_log.getEffectiveLevel() > logging.WARNING:
+        watchdog_log.setLevel(logging.WARNING)  # the overflow warning must reach the listener
+    try:
+        yield
+    finally:
+        watchdog_log.removeHandler(listener)
 
 @dataclass
 class RootWatch:
