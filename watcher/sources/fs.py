@@ -224,7 +224,6 @@ class OverflowListener(logging.Handler):
             self._emit(RescanRequested(root, source=Source.FILESYSTEM))
 
 
-
 @contextmanager
 def overflow_rescans(roots: list[str], emit: Emit) -> Iterator[None]:
     """While the block runs, an inotify queue overflow asks for a rescan of every root in ``roots``."""
@@ -237,6 +236,7 @@ def overflow_rescans(roots: list[str], emit: Emit) -> Iterator[None]:
         yield
     finally:
         watchdog_log.removeHandler(listener)
+
 
 @dataclass
 class RootWatch:
