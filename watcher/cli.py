@@ -561,7 +561,14 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
                 )
     with open_services(settings, command="watch") as services:
         services.catalog.remember_roots(roots, "watch")
-        return Daemon(services, roots, _rules(settings)).run()
+        daemon = Daemon(services, roots, _rules(settings))
+        code = daemon.run()
+        if daemon.unfinished_threads:
+            # Past the shutdown bound: closing the stores under running handlers could corrupt
+            # them; leaving now cannot (their work stays in the journal, as after a crash).
+            logging.shutdown()
+            os._exit(code)
+        return code
 
 
 def _remembered(settings: Settings, command: str) -> list[str]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from imgwatch.pathlocks import PathLocks
 from imgwatch.services.abc import Catalog, Extractor, FileReader, VectorStore
 
 
@@ -13,6 +14,8 @@ class Context:
     vectors: VectorStore
     extractor: Extractor
     files: FileReader
+    paths: PathLocks = field(default_factory=PathLocks, compare=False)
+    """The paths being handled now: one handler per path at a time, whoever dispatches."""
 
     @property
     def signature_key(self) -> str:

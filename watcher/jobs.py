@@ -16,6 +16,7 @@ from imgwatch.events import ImageModified, Outcome, Source
 from imgwatch.indexer import plan, run_plan
 from imgwatch.runtime import dispatch
 from imgwatch.scan import ScanRules
+from imgwatch.services.abc import FileRecord, FileState
 
 log = logging.getLogger(__name__)
 
@@ -38,31 +39,46 @@ def repair_vectors(ctx: Context) -> dict[str, int]:
     Entities with no catalog row (left by a crash or an outside hand) are deleted. Indexed rows whose
     entity is missing get it back: copied from another file with the same content where one has it,
     else extracted again. Rows in flight (pending) are left alone: their handler is still at work.
+    The catalog is read before Milvus, so a file indexed meanwhile does not look like a missing
+    vector; each repair holds its path (as handlers do) and looks again before acting.
     """
-    in_milvus = ctx.vectors.all_ids()
     vouched = ctx.catalog.ids_with_vectors()
+    in_milvus = ctx.vectors.all_ids()
+    # Read after Milvus: an entity written meanwhile has its (pending or indexed) row by now.
     strays = in_milvus - ctx.catalog.all_ids()
     ctx.vectors.delete(sorted(strays))
-    missing = [record for key, record in vouched.items() if key not in in_milvus]
-    restored = extracted = 0
-    for record in missing:
-        twin = ctx.catalog.find_by_hash(
-            record.content_hash or "", exclude_path=record.path, signature=record.signature or ""
-        )
-        vector = ctx.vectors.get_vectors([twin.id]).get(twin.id) if twin and twin.id in in_milvus else None
-        if vector is not None:
-            ctx.vectors.upsert([(record.id, record.path, vector)])
-            restored += 1
+    counts = {"stray_vectors_deleted": len(strays), "vectors_restored": 0, "vectors_re_extracted": 0}
+    failed = 0
+    for record in (record for key, record in vouched.items() if key not in in_milvus):
+        with ctx.paths.hold([record.path]):
+            done = _restore(record, ctx)
+        if done is None:
             continue
-        # No copy to take it from: extract it again (the handler re-reads the file).
-        ctx.catalog.mark_pending(record.path, 0, 0)
-        dispatch(ImageModified(record.path, source=Source.SCAN), ctx)
-        extracted += 1
-    return {
-        "stray_vectors_deleted": len(strays),
-        "vectors_restored": restored,
-        "vectors_re_extracted": extracted,
-    }
+        if done is Outcome.FAILED:
+            failed += 1
+        else:
+            counts["vectors_restored" if done is Outcome.MOVED else "vectors_re_extracted"] += 1
+    return counts | ({"vectors_not_restored": failed} if failed else {})
+
+
+def _restore(record: FileRecord, ctx: Context) -> Outcome | None:
+    """Give ``record`` its missing vector back: ``MOVED`` when copied from a twin, the handler's
+    outcome when extracted again, None when someone else already did (or the file changed)."""
+    current = ctx.catalog.get(record.path)
+    if current is None or current.id != record.id or current.state is not FileState.INDEXED:
+        return None
+    if not current.has_vector or ctx.vectors.get_vectors([record.id]):
+        return None
+    twin = ctx.catalog.find_by_hash(
+        record.content_hash or "", exclude_path=record.path, signature=record.signature or ""
+    )
+    vector = ctx.vectors.get_vectors([twin.id]).get(twin.id) if twin is not None else None
+    if vector is not None:
+        ctx.vectors.upsert([(record.id, record.path, vector)])
+        return Outcome.MOVED
+    # No copy to take it from: extract it again (the handler re-reads the file).
+    ctx.catalog.mark_pending(record.path, 0, 0)
+    return dispatch(ImageModified(record.path, source=Source.SCAN), ctx)
 
 
 def reconcile(ctx: Context, roots: Sequence[str], rules: ScanRules, *, workers: int) -> dict[str, int]:

@@ -7,12 +7,19 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from imgwatch.context import Context
-from imgwatch.events import ImageEvent, Outcome
+from imgwatch.events import ImageEvent, Outcome, paths_of
 from imgwatch.handlers import HANDLERS
 
 log = logging.getLogger(__name__)
 
 OnHandled = Callable[[ImageEvent, Outcome], None]
+
+
+def handle(event: ImageEvent, ctx: Context) -> Outcome:
+    """Run the handler registered for ``event``'s exact type, alone on the paths it touches (waiting
+    while another thread handles one of them). Its errors are raised."""
+    with ctx.paths.hold(paths_of(event)):
+        return HANDLERS[type(event)](event, ctx)
 
 
 def dispatch(event: ImageEvent, ctx: Context) -> Outcome:
@@ -21,9 +28,8 @@ def dispatch(event: ImageEvent, ctx: Context) -> Outcome:
     An unexpected error (a store that went away, a bug) is logged and reported as ``FAILED``; the
     file's catalog row stays ``pending``, so the next run picks it up again.
     """
-    handler = HANDLERS[type(event)]
     try:
-        return handler(event, ctx)
+        return handle(event, ctx)
     except Exception:
         log.exception("handling %r failed; it stays pending and will be retried", event)
         return Outcome.FAILED

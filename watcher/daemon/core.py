@@ -1,0 +1,381 @@
+"""``imgwatch watch``: the runtime that keeps the index in step with the roots, in real time.
+
+Threads and what they own:
+- watchdog observers (one per root) and the webhook only *produce* events: :class:`Intake` writes
+  each to the journal (durable first) and queues it;
+- the main thread *dispatches* (:meth:`Daemon._tick`): it routes each event to the
+  :class:`Coalescer` (files wait until settled, directories to scan) or to the :class:`OrderedOps`
+  (deletes and moves, in order, behind the mass-delete guard), and hands what is due to
+  :class:`Workers` (a pool of handler threads whose decoding overlaps the batched model);
+- the HTTP surfaces (:mod:`imgwatch.surfaces`) run uvicorn in threads of their own, the jobs run in
+  APScheduler's (:class:`Maintenance`), the shadow reindex in its own (:class:`BackgroundReindex`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+from imgwatch.context import Context
+from imgwatch.daemon.coalesce import SCANS, Coalescer, Due, Pending, backoff
+from imgwatch.daemon.guard import held_deletions
+from imgwatch.daemon.intake import Intake
+from imgwatch.daemon.lifecycle import Heartbeat, install_signal_handlers, ready, stopping
+from imgwatch.daemon.maintenance import Maintenance
+from imgwatch.daemon.ordering import DELETIONS, MAX_DELETE_HOLD_S, Op, OrderedOps
+from imgwatch.daemon.reports import Reports
+from imgwatch.daemon.watches import Watches
+from imgwatch.daemon.workers import Finished, Workers
+from imgwatch.errors import RootInUseError, StoreAuthError
+from imgwatch.events import (
+    DirectoryDeleted,
+    DirectoryMoved,
+    ImageCreated,
+    ImageDeleted,
+    ImageEvent,
+    ImageModified,
+    ImageMoved,
+    Outcome,
+    paths_of,
+)
+from imgwatch.indexer import Plan, plan, run_plan
+from imgwatch.ipc import socket_path
+from imgwatch.metrics import DaemonMetrics
+from imgwatch.pathlocks import is_under, overlap
+from imgwatch.reindex import BackgroundReindex, Reindexer
+from imgwatch.scan import ScanRules
+from imgwatch.services.build import Services
+from imgwatch.sources.fs import overflow_rescans
+from imgwatch.sources.webhook import allowed_paths
+from imgwatch.stats import DaemonStats
+from imgwatch.surfaces import DaemonParts, start_control_socket, start_search_page, start_webhook
+from imgwatch.web.server import HttpServer, stop_all
+
+log = logging.getLogger(__name__)
+
+ROOT_CHECK_S = 2.0
+
+
+class Daemon:
+    def __init__(self, services: Services, roots: list[str], rules: ScanRules) -> None:
+        self._settings = settings = services.settings
+        self._serving = services.serving
+        self._rules = rules
+        self._stop = threading.Event()
+        self._fatal: StoreAuthError | None = None
+        self._stats = DaemonStats()
+        self._metrics = DaemonMetrics(self._queue_depths, self._file_counts)
+        self._intake = Intake(lambda: self._ctx.catalog, self._received)
+        self._watches = Watches(settings, roots, rules, self._intake.submit)
+        self._allowed = allowed_paths(roots, settings.s3_mounts)
+        self._files = Coalescer(settings.settle_seconds, self._stat)
+        self._ops = OrderedOps()
+        self._workers = Workers(self._serving, settings.batch_size + 4, self._metrics.handling_seconds.time)
+        self._reindex = BackgroundReindex(Reindexer(services), services, on_fatal=self._fail)
+        self._jobs = Maintenance(settings, self._serving, self._reindex, self._rescan_all, self._fail)
+        self._heartbeat = Heartbeat()
+        self._servers: list[HttpServer] = []
+        self._reports = Reports(
+            settings, self._serving, self._watches, self._queue_depths, self._stats, self._jobs, self._reindex
+        )
+        self._control: HttpServer | None = None
+        self._last_root_check = 0.0
+        self.unfinished_threads = 0
+        """Threads still running when :meth:`run` returned (past the shutdown bound): the caller
+        must not close the services under them."""
+
+    @property
+    def _ctx(self) -> Context:
+        """The serving context, for the catalog and files (shared by every context) and brief reads.
+        Work that must not straddle a reindex's switch takes ``self._serving.use()`` instead."""
+        return self._serving.current
+
+    def _stat(self, path: str) -> tuple[int, int] | None:
+        return self._ctx.files.stat(path)  # the context of the moment: a reindex's switch replaces it
+
+    def submit(self, event: ImageEvent) -> None:
+        """Record ``event`` durably, then queue it. Safe from any thread."""
+        self._intake.submit(event)
+
+    def _received(self, event: ImageEvent) -> None:
+        self._stats.received(event.source.value)
+        self._metrics.events_received.labels(event.source.value).inc()
+
+    # ---- running -----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Watch until SIGTERM/SIGINT (or :meth:`stop`); returns the exit code."""
+        install_signal_handlers(self.stop, self._stop.is_set)
+        roots = self._watches.watched()
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(overflow_rescans([r.path for r in roots], self._intake.submit))
+            stack.callback(self._shut_down)
+            # Unfinished events first, so that they keep their place before anything new arrives.
+            self._intake.replay()
+            self._start_surfaces()
+            for root in roots:
+                if self._watches.start(root):
+                    self._intake.rescan(root.path)
+            self._control = start_control_socket(self._parts())
+            self._jobs.start()
+            self._reindex.start()
+            ready(len(roots))
+            log.info("watching %s", ", ".join(repr(r.path) for r in roots))
+            while not self._stop.is_set():
+                try:
+                    self._tick()
+                except StoreAuthError as e:
+                    self._fail(e)
+                except Exception:
+                    log.exception("daemon loop error; carrying on")
+                    time.sleep(1)
+        if self._fatal is not None:
+            raise self._fatal
+        return 0
+
+    def _start_surfaces(self) -> None:
+        """The webhook and page bind first: a port in use or a refused address fails before anything
+        runs."""
+        parts = self._parts()
+        if self._settings.webhook:
+            self._reports.webhook_url = f"http://{self._settings.webhook}/events"
+            self._servers.append(start_webhook(parts))
+        if self._settings.search_page:
+            server, self._reports.search_page_url = start_search_page(parts)
+            self._servers.append(server)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._intake.wake()
+
+    def _fail(self, error: StoreAuthError) -> None:
+        """Stop, and make :meth:`run` raise ``error``: retrying cannot cure it. Safe from any thread;
+        the work it interrupted stays in the journal for the next start."""
+        if self._fatal is None:
+            self._fatal = error
+            log.error("%s; stopping: retrying cannot help", error)
+        self.stop()
+
+    def _tick(self) -> None:
+        for event, ids in self._intake.take(timeout=self._wait_time()):
+            self._accept(event, ids)
+        if self._stop.is_set():
+            return
+        now = time.monotonic()
+        for finished in self._workers.finished():
+            self._reap(finished, now)
+        self._start_due(now)
+        self._run_ops(now)
+        if now - self._last_root_check > ROOT_CHECK_S:
+            self._last_root_check = now
+            for root in self._watches.check():
+                self._intake.rescan(root)
+        self._heartbeat.beat(now)
+
+    def _wait_time(self) -> float:
+        if self._workers.busy():
+            return 0.01
+        now = time.monotonic()
+        dues = [d for d in (self._files.next_due(), self._ops.next_due()) if d is not None]
+        ping = self._heartbeat.wait_limit(now)
+        wait = min([*dues, now + 0.5, *([now + ping] if ping is not None else [])]) - now
+        return min(max(wait, 0.0), 0.5)
+
+    def _shut_down(self) -> None:
+        """Stop taking work, let what has begun end (within the bound), then return: only then may
+        the caller close the stores. Unfinished work stays in the journal for the next start."""
+        deadline = stopping()
+        jobs_done = self._jobs.stop(deadline)
+        # An unfinished reindex resumes from its ledger on the next start; waiting costs only time.
+        self._reindex.stop(timeout=max(0.0, min(5.0, deadline - time.monotonic())))
+        stop_all([*self._servers, self._control])
+        if self._control is not None:
+            socket_path(self._settings.data_dir).unlink(missing_ok=True)
+        self._watches.stop(deadline)
+        running = self._workers.wait(deadline)
+        for finished in self._workers.finished():
+            self._reap(finished, time.monotonic())
+        self.unfinished_threads = running + (not jobs_done)
+        if self.unfinished_threads:
+            log.warning(
+                "%d handler(s) or job(s) still running at the shutdown bound", self.unfinished_threads
+            )
+        left = len(self._files) + len(self._ops) + running
+        log.info("stopped; %d unfinished event(s) stay in the journal for the next start", left)
+
+    # ---- dispatching -------------------------------------------------------------------------
+
+    def _accept(self, event: ImageEvent, ids: list[int]) -> None:
+        now = time.monotonic()
+        if isinstance(event, ImageCreated | ImageModified):
+            self._files.file_changed(event, ids + self._ops.cancel_deletion(event.path), now)
+        elif isinstance(event, SCANS):
+            self._files.scan_requested(event, ids, now)
+        elif isinstance(event, ImageDeleted | DirectoryDeleted):
+            ids = ids + self._files.cancel(event.path, under=isinstance(event, DirectoryDeleted))
+            self._ops.add(event, ids, now)
+        elif isinstance(event, ImageMoved | DirectoryMoved):
+            self._ops.add(event, ids, now)
+            self._files.follow(event.src_path, event.dest_path, now)
+        else:  # pragma: no cover - every event type is listed above
+            raise TypeError(f"no dispatch rule for {event!r}")
+
+    def _start_due(self, now: float) -> None:
+        queued = [*self._ops.paths(), *self._workers.op_paths()]
+
+        def waits(key: str, waiting: Pending) -> bool:
+            # A queued move or delete changes what this would see: after it.
+            return self._workers.reading(key) or overlap(paths_of(waiting.event), queued)
+
+        for due, key, waiting in self._files.take_due(now, waits):
+            if due is Due.SCAN:
+                self._start_scan(key, waiting)
+            elif due is Due.GONE:
+                # Gone already; the delete event that follows (if it was ever indexed) does the rest.
+                self._ctx.catalog.journal_done(waiting.journal_ids)
+            else:
+                self._workers.read(key, waiting)
+
+    def _run_ops(self, now: float) -> None:
+        for op in held_deletions(self._ops.deletions(), self._watches, self._ctx.catalog, self._settings):
+            self._ops.remove(op)
+            self._ctx.catalog.journal_done(op.journal_ids, error="held by the mass-delete guard")
+        for op in self._ops.take_due(
+            now, self._workers.blocked_paths(), lambda op: self._deletion_waits(op, now)
+        ):
+            self._workers.apply(op)
+
+    def _deletion_waits(self, op: Op, now: float) -> bool:
+        """A deletion waits while new files are being read: one of them may be this file, moved to
+        another root, and can then take its vector along instead of running the model."""
+        if not isinstance(op.event, DELETIONS) or now - op.received >= MAX_DELETE_HOLD_S:
+            return False
+        return self._workers.reading_files() or self._files.reading_soon(now + 0.5)
+
+    def _start_scan(self, key: str, waiting: Pending) -> None:
+        path = paths_of(waiting.event)[0]
+        root = self._watches.of(path)
+        if root is None or not os.path.isdir(path) or not self._watches.present(root):
+            self._ctx.catalog.journal_done(waiting.journal_ids)
+            return
+        self._workers.scan(key, waiting, lambda where, ctx: plan([where], self._rules, ctx))
+
+    def _reap(self, finished: Finished, now: float) -> None:
+        work = finished.work
+        if finished.error is not None:
+            self._failed(finished, now)
+        elif isinstance(finished.result, Plan):
+            self._planned(finished.result, work, now)
+        else:
+            assert finished.result is not None
+            self._stats.outcome(finished.result.value)
+            self._metrics.outcomes.labels(finished.result.value).inc()
+            self._ctx.catalog.journal_done(work.journal_ids)
+            if finished.result is not Outcome.UNCHANGED:
+                log.info("%s %s", finished.result.value, " -> ".join(map(repr, paths_of(work.event))))
+
+    def _failed(self, finished: Finished, now: float) -> None:
+        work, error = finished.work, finished.error
+        assert error is not None
+        if isinstance(work, Pending) and isinstance(work.event, SCANS):
+            log.warning("cannot scan %r: %s", paths_of(work.event)[0], error)  # vanished, unreadable
+            self._ctx.catalog.journal_done(work.journal_ids, error=str(error))
+            return
+        if isinstance(error, StoreAuthError):
+            self._fail(error)  # not retried; it stays pending, in the journal too
+        else:
+            work.attempts += 1
+            work.due = now + backoff(work.attempts)
+            self._stats.retried()
+            self._metrics.errors.inc()
+            self._ctx.catalog.journal_retry(work.journal_ids, f"{type(error).__name__}: {error}")
+            log.warning(
+                "%s failed (%s: %s); retrying in %.0f s",
+                " -> ".join(map(repr, paths_of(work.event))),
+                type(error).__name__,
+                error,
+                work.due - now,
+            )
+        if isinstance(work, Op):
+            self._ops.retry_first(work)  # later ops on these paths wait for it
+        else:
+            self._files.put_back(finished.key, work)
+
+    def _planned(self, work: Plan, scan: Pending | Op, now: float) -> None:
+        for event in [*work.moves, *work.deletions]:
+            self._accept(event, [])
+        for event in work.changes:
+            assert isinstance(event, ImageCreated | ImageModified)
+            self._accept(replace(event, write_closed=True), [])
+        self._ctx.catalog.journal_done(scan.journal_ids)
+        if work.total - work.unchanged:
+            where = paths_of(scan.event)[0]
+            log.info("scan of %r: %d to do, %d unchanged", where, work.total - work.unchanged, work.unchanged)
+
+    def _rescan_all(self) -> int:
+        watched = self._watches.active()
+        for root in watched:
+            self._intake.rescan(root)
+        return len(watched)
+
+    # ---- what the surfaces reach -------------------------------------------------------------
+
+    def _parts(self) -> DaemonParts:
+        return DaemonParts(
+            settings=self._settings,
+            serving=self._serving,
+            allowed=self._allowed,
+            roots=list(self._watches.roots),
+            submit=self.submit,
+            health=self._reports.health,
+            metrics=self._metrics.render,
+            count_webhook_request=lambda method, status: self._metrics.webhook_requests.labels(
+                method, str(status)
+            ).inc(),
+            status=self._reports.status,
+            index=self.index_roots,
+            run_job=lambda name: (
+                self._jobs.run(name) | ({"reindex": self._reindex.status()} if name == "reconcile" else {})
+            ),
+            forget_root=self.forget_root,
+        )
+
+    def _queue_depths(self) -> dict[str, int]:
+        depths = self._workers.depths()
+        return {
+            "waiting": len(self._files),
+            "in_flight": depths["in_flight"],
+            "ordered": len(self._ops) + depths["ordered"],
+            "scanning": depths["scanning"],
+        }
+
+    def _file_counts(self) -> dict[str, int]:
+        return {state.value: n for state, n in self._ctx.catalog.counts().items()}
+
+    def index_roots(self, given: list[str]) -> dict[str, Any]:
+        """``imgwatch index`` while the daemon runs; :class:`ImgwatchError` for a bad root. Its
+        handlers take the same path locks as the daemon's: one thread per file at a time."""
+        from imgwatch.indexer import normalise_root
+
+        roots = [normalise_root(root) for root in given]
+        self._ctx.catalog.remember_roots(roots, "index")
+        with self._serving.use() as ctx:
+            summary = run_plan(plan(roots, self._rules, ctx), ctx, workers=self._settings.batch_size + 4)
+        self._watches.cleared(roots)
+        return summary.as_dict()
+
+    def forget_root(self, root: str) -> dict[str, Any]:
+        """``imgwatch forget ROOT`` while the daemon runs; refused for a root it watches."""
+        from imgwatch.indexer import normalise_root
+        from imgwatch.roots import forget_root
+
+        path = normalise_root(root) if os.path.isdir(root) else os.path.abspath(root)
+        if any(is_under(path, r) or is_under(r, path) for r in self._watches.roots):
+            raise RootInUseError(path)
+        with self._serving.use() as ctx:
+            return {"root": path, "removed": forget_root(ctx, path)}

@@ -1,0 +1,69 @@
+"""What the daemon says about itself: ``status`` on the control socket, ``/healthz`` on the webhook."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from imgwatch.config import Settings
+from imgwatch.daemon.maintenance import Maintenance
+from imgwatch.daemon.watches import Watches
+from imgwatch.reindex import BackgroundReindex
+from imgwatch.serving import Serving
+from imgwatch.stats import DaemonStats
+
+
+class Reports:
+    def __init__(
+        self,
+        settings: Settings,
+        serving: Serving,
+        watches: Watches,
+        queue: Callable[[], dict[str, int]],
+        stats: DaemonStats,
+        jobs: Maintenance,
+        reindex: BackgroundReindex,
+    ) -> None:
+        self._settings = settings
+        self._serving = serving
+        self._watches = watches
+        self._queue = queue
+        self._stats = stats
+        self._jobs = jobs
+        self._reindex = reindex
+        self._started = time.time()
+        self.webhook_url: str | None = None
+        self.search_page_url: str | None = None
+
+    def status(self) -> dict[str, Any]:
+        ctx = self._serving.current
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self._started, 1),
+            "vectors": self._vector_count(),
+            "model_runs": ctx.extractor.images_embedded,
+            "roots": self._watches.report(),
+            "s3_mounts": dict(self._settings.s3_mounts),
+            "webhook": self.webhook_url,
+            "search_page": self.search_page_url,
+            "queue": self._queue(),
+            "journal": ctx.catalog.journal_counts(),
+            **self._stats.snapshot(),
+            "jobs": self._jobs.status(ctx.catalog.last_job_runs()),
+            "reindex": self._reindex.status(),
+        }
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        try:
+            vectors = self._serving.current.vectors.count()
+        except Exception as e:  # noqa: BLE001 - reported, not raised: this is the health check
+            return 503, {"status": "degraded", "store": f"unreachable: {type(e).__name__}"}
+        return 200, {"status": "ok", "store": "reachable", "vectors": vectors, "queue": self._queue()}
+
+    def _vector_count(self) -> int | None:
+        try:
+            return self._serving.current.vectors.count()
+        except Exception:  # noqa: BLE001 - a Milvus server that is down: report, do not fail status
+            return None

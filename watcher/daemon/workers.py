@@ -1,0 +1,143 @@
+"""Work in flight: settled files and ordered ops in a pool of handler threads, scans in threads of
+their own. Each piece of work is handled by one thread at a time and reported back once, to the
+main loop, which alone decides what happens next (done, retried, rescanned)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from imgwatch.context import Context
+from imgwatch.daemon.coalesce import Pending
+from imgwatch.daemon.ordering import Op
+from imgwatch.events import DirectoryDeleted, DirectoryMoved, ImageEvent, Outcome, paths_of
+from imgwatch.indexer import Plan
+from imgwatch.runtime import handle
+from imgwatch.serving import Serving
+
+Scan = Callable[[str, Context], Plan]
+
+
+@dataclass
+class Finished:
+    """A piece of work that ended: ``result`` (an Outcome, or a Plan for a scan) or ``error``."""
+
+    key: str
+    work: Pending | Op
+    result: Outcome | Plan | None = None
+    error: Exception | None = None
+
+
+class Workers:
+    def __init__(
+        self, serving: Serving, threads: int, timed: Callable[[], AbstractContextManager[object]]
+    ) -> None:
+        self._serving = serving
+        self._timed = timed
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="imgwatch-handler")
+        self._files: dict[str, tuple[Future[Outcome], Pending]] = {}
+        self._ops: dict[Op, Future[Outcome]] = {}
+        self._scans: dict[str, tuple[Future[Plan], Pending]] = {}
+
+    # ---- starting work -----------------------------------------------------------------------
+
+    def read(self, key: str, waiting: Pending) -> None:
+        self._files[key] = (self._pool.submit(self._handle, waiting.event), waiting)
+
+    def apply(self, op: Op) -> None:
+        self._ops[op] = self._pool.submit(self._handle, op.event)
+
+    def scan(self, key: str, waiting: Pending, scan: Scan) -> None:
+        """Compare a directory with the catalog in a thread of its own: a big root takes a while, and
+        the main loop must keep dispatching, answering signals and pinging systemd's watchdog."""
+        path = paths_of(waiting.event)[0]
+        future: Future[Plan] = Future()
+        future.set_running_or_notify_cancel()  # running from now on: only its thread ends it
+
+        def run() -> None:
+            try:
+                with self._serving.use() as ctx:
+                    future.set_result(scan(path, ctx))
+            except BaseException as e:  # noqa: BLE001 - handed to the main loop
+                future.set_exception(e)
+
+        threading.Thread(target=run, name="imgwatch-scan", daemon=True).start()
+        self._scans[key] = (future, waiting)
+
+    def _handle(self, event: ImageEvent) -> Outcome:
+        with self._serving.use() as ctx:
+            if isinstance(event, DirectoryMoved | DirectoryDeleted):
+                return handle(event, ctx)
+            with self._timed():
+                return handle(event, ctx)
+
+    # ---- what is running ---------------------------------------------------------------------
+
+    def reading(self, key: str) -> bool:
+        return key in self._files or key in self._scans
+
+    def busy(self) -> bool:
+        return bool(self._files or self._scans or self._ops)
+
+    def reading_files(self) -> bool:
+        return bool(self._files or self._scans)
+
+    def blocked_paths(self) -> list[str]:
+        """Paths with work in flight: ordered ops on them wait."""
+        return [*self._files, *(path for op in self._ops for path in op.paths)]
+
+    def op_paths(self) -> list[str]:
+        return [path for op in self._ops for path in op.paths]
+
+    def depths(self) -> dict[str, int]:
+        return {"in_flight": len(self._files), "ordered": len(self._ops), "scanning": len(self._scans)}
+
+    def journal_ids(self) -> list[int]:
+        return [
+            *(i for _, waiting in self._files.values() for i in waiting.journal_ids),
+            *(i for op in self._ops for i in op.journal_ids),
+        ]
+
+    # ---- collecting --------------------------------------------------------------------------
+
+    def finished(self) -> list[Finished]:
+        done: list[Finished] = []
+        for op, future in list(self._ops.items()):
+            if future.done():
+                del self._ops[op]
+                done.append(_collect(op.paths[0], op, future))
+        for key, (file_future, waiting) in list(self._files.items()):
+            if file_future.done():
+                del self._files[key]
+                done.append(_collect(key, waiting, file_future))
+        for key, (scan_future, waiting) in list(self._scans.items()):
+            if scan_future.done():
+                del self._scans[key]
+                done.append(_collect(key, waiting, scan_future))
+        return done
+
+    def wait(self, deadline: float) -> int:
+        """Let the work that has begun end, until ``deadline`` (monotonic); work queued in the pool
+        is cancelled (its events stay in the journal). Returns how much is still running then."""
+        futures: list[Future[Any]] = [
+            *(f for f, _ in self._files.values()),
+            *self._ops.values(),
+            *(f for f, _ in self._scans.values()),
+        ]
+        for future in futures:
+            future.cancel()  # only what has not started: a handler, once begun, runs to its end
+        _, running = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
+        self._pool.shutdown(wait=not running, cancel_futures=True)
+        return len(running)
+
+
+def _collect(key: str, work: Pending | Op, future: Future[Outcome] | Future[Plan]) -> Finished:
+    try:
+        return Finished(key, work, result=future.result())
+    except Exception as e:  # noqa: BLE001 - the main loop decides: retry, fail, give up
+        return Finished(key, work, error=e)
