@@ -19,10 +19,10 @@ import os
 import threading
 import time
 from dataclasses import replace
-from typing import Any
 
 from imgwatch.context import Context
 from imgwatch.daemon.coalesce import SCANS, Coalescer, Due, Pending, backoff
+from imgwatch.daemon.commands import RootCommands
 from imgwatch.daemon.guard import held_deletions
 from imgwatch.daemon.intake import Intake
 from imgwatch.daemon.lifecycle import Heartbeat, install_signal_handlers, ready, stopping
@@ -31,7 +31,7 @@ from imgwatch.daemon.ordering import DELETIONS, MAX_DELETE_HOLD_S, Op, OrderedOp
 from imgwatch.daemon.reports import Reports
 from imgwatch.daemon.watches import Watches
 from imgwatch.daemon.workers import Finished, Workers
-from imgwatch.errors import RootInUseError, StoreAuthError
+from imgwatch.errors import StoreAuthError
 from imgwatch.events import (
     DirectoryDeleted,
     DirectoryMoved,
@@ -43,10 +43,10 @@ from imgwatch.events import (
     Outcome,
     paths_of,
 )
-from imgwatch.indexer import Plan, plan, run_plan
+from imgwatch.indexer import Plan, plan
 from imgwatch.ipc import socket_path
 from imgwatch.metrics import DaemonMetrics
-from imgwatch.pathlocks import is_under, overlap
+from imgwatch.pathlocks import overlap
 from imgwatch.reindex import BackgroundReindex, Reindexer
 from imgwatch.scan import ScanRules
 from imgwatch.services.build import Services
@@ -84,6 +84,7 @@ class Daemon:
             settings, self._serving, self._watches, self._queue_depths, self._stats, self._jobs, self._reindex
         )
         self._control: HttpServer | None = None
+        self._control_ops = RootCommands(settings, self._serving, rules, self._watches)
         self._last_root_check = 0.0
         self.unfinished_threads = 0
         """Threads still running when :meth:`run` returned (past the shutdown bound): the caller
@@ -338,11 +339,11 @@ class Daemon:
                 method, str(status)
             ).inc(),
             status=self._reports.status,
-            index=self.index_roots,
+            index=self._control_ops.index,
             run_job=lambda name: (
                 self._jobs.run(name) | ({"reindex": self._reindex.status()} if name == "reconcile" else {})
             ),
-            forget_root=self.forget_root,
+            forget_root=self._control_ops.forget,
         )
 
     def _queue_depths(self) -> dict[str, int]:
@@ -356,26 +357,3 @@ class Daemon:
 
     def _file_counts(self) -> dict[str, int]:
         return {state.value: n for state, n in self._ctx.catalog.counts().items()}
-
-    def index_roots(self, given: list[str]) -> dict[str, Any]:
-        """``imgwatch index`` while the daemon runs; :class:`ImgwatchError` for a bad root. Its
-        handlers take the same path locks as the daemon's: one thread per file at a time."""
-        from imgwatch.indexer import normalise_root
-
-        roots = [normalise_root(root) for root in given]
-        self._ctx.catalog.remember_roots(roots, "index")
-        with self._serving.use() as ctx:
-            summary = run_plan(plan(roots, self._rules, ctx), ctx, workers=self._settings.batch_size + 4)
-        self._watches.cleared(roots)
-        return summary.as_dict()
-
-    def forget_root(self, root: str) -> dict[str, Any]:
-        """``imgwatch forget ROOT`` while the daemon runs; refused for a root it watches."""
-        from imgwatch.indexer import normalise_root
-        from imgwatch.roots import forget_root
-
-        path = normalise_root(root) if os.path.isdir(root) else os.path.abspath(root)
-        if any(is_under(path, r) or is_under(r, path) for r in self._watches.roots):
-            raise RootInUseError(path)
-        with self._serving.use() as ctx:
-            return {"root": path, "removed": forget_root(ctx, path)}
