@@ -104,3 +104,11 @@ class RootInUseError(ImgwatchError):
     def __init__(self, root: str) -> None:
         self.root = root
         super().__init__(f"the daemon is watching {root}: stop watching it (imgwatch watch without it) first")
+
+
+class DaemonStoppingError(ImgwatchError):
+    """A job asked for while the daemon is shutting down."""
+
+    def __init__(self, job: str) -> None:
+        self.job = job
+        super().__init__(f"the daemon is stopping: {job} not started (run it again once it is back)")

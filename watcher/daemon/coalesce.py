@@ -140,8 +140,9 @@ class Coalescer:
         if len(self._last_read) > 10_000:
             self._last_read = {k: t for k, t in self._last_read.items() if now - t < HOT_S}
 
-    def next_due(self) -> float | None:
-        return min((p.due for p in self._pending.values()), default=None)
+    def next_due(self, after: float) -> float | None:
+        """The first moment after ``after`` at which some work becomes due."""
+        return min((due for due in (p.due for p in self._pending.values()) if due > after), default=None)
 
     def reading_soon(self, horizon: float) -> bool:
         """A file (not a scan) will be read before ``horizon``."""

@@ -182,7 +182,9 @@ class Daemon:
         if self._workers.busy():
             return 0.01
         now = time.monotonic()
-        dues = [d for d in (self._files.next_due(), self._ops.next_due()) if d is not None]
+        # Only future moments: work that is due but waits (behind an op in backoff, say) wakes the
+        # loop through what it waits for, and must not make it spin.
+        dues = [d for d in (self._files.next_due(after=now), self._ops.next_due(after=now)) if d is not None]
         ping = self._heartbeat.wait_limit(now)
         wait = min([*dues, now + 0.5, *([now + ping] if ping is not None else [])]) - now
         return min(max(wait, 0.0), 0.5)
@@ -191,6 +193,11 @@ class Daemon:
         """Stop taking work, let what has begun end (within the bound), then return: only then may
         the caller close the stores. Unfinished work stays in the journal for the next start."""
         deadline = stopping()
+        for key, work in self._workers.cancel_queued():
+            if isinstance(work, Op):
+                self._ops.retry_first(work)
+            else:
+                self._files.put_back(key, work)
         jobs_done = self._jobs.stop(deadline)
         # An unfinished reindex resumes from its ledger on the next start; waiting costs only time.
         self._reindex.stop(timeout=max(0.0, min(5.0, deadline - time.monotonic())))

@@ -12,7 +12,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from imgwatch.config import Settings
-from imgwatch.errors import ConfigError, StoreAuthError
+from imgwatch.errors import ConfigError, DaemonStoppingError, StoreAuthError
 from imgwatch.jobs import compact, repair_vectors, run_recorded
 from imgwatch.reindex import BackgroundReindex
 from imgwatch.serving import Serving
@@ -36,6 +36,7 @@ class Maintenance:
         self._fail = fail
         self._scheduler: BackgroundScheduler | None = None
         self._running = 0
+        self._stopped = False
         self._changed = threading.Condition()
 
     def start(self) -> None:
@@ -58,6 +59,8 @@ class Maintenance:
     def run(self, name: str) -> dict[str, Any]:
         """Run job ``name`` now, in the calling thread."""
         with self._changed:
+            if self._stopped:
+                raise DaemonStoppingError(name)
             self._running += 1
         try:
             with self._serving.use() as ctx:
@@ -92,4 +95,5 @@ class Maintenance:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
         with self._changed:
+            self._stopped = True
             return self._changed.wait_for(lambda: self._running == 0, max(0.0, deadline - time.monotonic()))

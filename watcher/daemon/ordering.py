@@ -84,8 +84,9 @@ class OrderedOps:
             blocked.extend(op.paths)
         return ready
 
-    def next_due(self) -> float | None:
-        return min((op.due for op in self._ops), default=None)
+    def next_due(self, after: float) -> float | None:
+        """The first moment after ``after`` at which some work becomes due."""
+        return min((due for due in (op.due for op in self._ops) if due > after), default=None)
 
     def journal_ids(self) -> Iterator[int]:
         for op in self._ops:

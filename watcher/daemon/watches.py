@@ -75,8 +75,10 @@ class Watches:
         now = mount_of(root.path)
         if now is None:
             return False
-        if root.mount is None:
-            root.mount = now  # missing at start, here now: this is its filesystem
+        if root.mount is None or (now != root.mount and is_under(now, root.mount)):
+            # Missing at first, or its disk mounted (deeper) after the daemon saw the bare mount
+            # point: this is its filesystem now. A shallower mount is the stale tree underneath.
+            root.mount = now
         return now == root.mount
 
     def start(self, root: WatchedRoot) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -15,7 +15,7 @@ from typing import Any
 from imgwatch.context import Context
 from imgwatch.daemon.coalesce import Pending
 from imgwatch.daemon.ordering import Op
-from imgwatch.events import DirectoryDeleted, DirectoryMoved, ImageEvent, Outcome, paths_of
+from imgwatch.events import ImageCreated, ImageEvent, ImageModified, Outcome, paths_of
 from imgwatch.indexer import Plan
 from imgwatch.runtime import handle
 from imgwatch.serving import Serving
@@ -71,9 +71,9 @@ class Workers:
 
     def _handle(self, event: ImageEvent) -> Outcome:
         with self._serving.use() as ctx:
-            if isinstance(event, DirectoryMoved | DirectoryDeleted):
+            if not isinstance(event, ImageCreated | ImageModified):
                 return handle(event, ctx)
-            with self._timed():
+            with self._timed():  # the extraction histogram: file reads only
                 return handle(event, ctx)
 
     # ---- what is running ---------------------------------------------------------------------
@@ -105,32 +105,40 @@ class Workers:
 
     # ---- collecting --------------------------------------------------------------------------
 
-    def finished(self) -> list[Finished]:
-        done: list[Finished] = []
+    def finished(self) -> Iterator[Finished]:
+        """The work that ended, each taken off the books only as it is handed over: if the caller
+        fails on one, the rest stay in flight for the next call."""
         for op, future in list(self._ops.items()):
             if future.done():
                 del self._ops[op]
-                done.append(_collect(op.paths[0], op, future))
+                yield _collect(op.paths[0], op, future)
         for key, (file_future, waiting) in list(self._files.items()):
             if file_future.done():
                 del self._files[key]
-                done.append(_collect(key, waiting, file_future))
+                yield _collect(key, waiting, file_future)
         for key, (scan_future, waiting) in list(self._scans.items()):
             if scan_future.done():
                 del self._scans[key]
-                done.append(_collect(key, waiting, scan_future))
-        return done
+                yield _collect(key, waiting, scan_future)
+
+    def cancel_queued(self) -> list[tuple[str, Pending | Op]]:
+        """Cancel the pool's work that has not started (at shutdown; its events stay in the
+        journal) and return it: it is neither done nor failed."""
+        cancelled: list[tuple[str, Pending | Op]] = []
+        for op, future in list(self._ops.items()):
+            if future.cancel():
+                del self._ops[op]
+                cancelled.append((op.paths[0], op))
+        for key, (file_future, waiting) in list(self._files.items()):
+            if file_future.cancel():
+                del self._files[key]
+                cancelled.append((key, waiting))
+        return cancelled
 
     def wait(self, deadline: float) -> int:
-        """Let the work that has begun end, until ``deadline`` (monotonic); work queued in the pool
-        is cancelled (its events stay in the journal). Returns how much is still running then."""
-        futures: list[Future[Any]] = [
-            *(f for f, _ in self._files.values()),
-            *self._ops.values(),
-            *(f for f, _ in self._scans.values()),
-        ]
-        for future in futures:
-            future.cancel()  # only what has not started: a handler, once begun, runs to its end
+        """Let the handlers that have begun end, until ``deadline`` (monotonic); returns how many
+        still run then. Scans are not waited for: they only read, and are redone at the next start."""
+        futures: list[Future[Any]] = [*(f for f, _ in self._files.values()), *self._ops.values()]
         _, running = wait(futures, timeout=max(0.0, deadline - time.monotonic()))
         self._pool.shutdown(wait=not running, cancel_futures=True)
         return len(running)
