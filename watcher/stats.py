@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -20,6 +21,7 @@ class DaemonStats:
         self._received: Counter[str] = Counter()
         self._outcomes: Counter[str] = Counter()
         self._retries = 0
+        self._last_error: dict[str, str] | None = None
 
     def received(self, source: str) -> None:
         with self._lock:
@@ -29,9 +31,12 @@ class DaemonStats:
         with self._lock:
             self._outcomes[outcome] += 1
 
-    def retried(self) -> None:
+    def retried(self, error: str = "") -> None:
+        """Work failed for a reason outside the image (a store, the disk) and will be retried."""
         with self._lock:
             self._retries += 1
+            if error:
+                self._last_error = {"error": error, "at": datetime.now(UTC).isoformat(timespec="seconds")}
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -39,4 +44,5 @@ class DaemonStats:
                 "events_received": dict(self._received),
                 "outcomes": dict(self._outcomes),
                 "retries": self._retries,
+                "last_retried_error": self._last_error,
             }

@@ -19,7 +19,9 @@ CLOSED_SETTLE_S = 0.15
 #: A file changed again this soon after it was read is "hot": wait for it to settle instead.
 HOT_S = 1.0
 SCAN_DELAY_S = 0.2
-MAX_RETRY_DELAY_S = 300.0
+#: Work that failed for a reason outside the image (a store down, a full disk) is retried at most
+#: this far apart; when any work succeeds again, everything waiting for a retry is pulled forward.
+MAX_RETRY_DELAY_S = 60.0
 #: A file a webhook announced but that is not visible yet (a slow network mount) is looked for
 #: this many times, backing off, before the announcement is dropped.
 WEBHOOK_LOOKS = 5
@@ -139,6 +141,12 @@ class Coalescer:
             yield Due.READ, key, waiting
         if len(self._last_read) > 10_000:
             self._last_read = {k: t for k, t in self._last_read.items() if now - t < HOT_S}
+
+    def pull_forward(self, now: float) -> None:
+        """Work waiting for a retry is due now (the cause of its failure has gone away)."""
+        for waiting in self._pending.values():
+            if waiting.attempts and waiting.due > now:
+                waiting.due = now
 
     def next_due(self, after: float) -> float | None:
         """The first moment after ``after`` at which some work becomes due."""

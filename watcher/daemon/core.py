@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from imgwatch.context import Context
@@ -59,6 +60,7 @@ from imgwatch.web.server import HttpServer, stop_all
 log = logging.getLogger(__name__)
 
 ROOT_CHECK_S = 2.0
+PULL_FORWARD_S = 10.0
 
 
 class Daemon:
@@ -86,6 +88,8 @@ class Daemon:
         self._control: HttpServer | None = None
         self._control_ops = RootCommands(settings, self._serving, rules, self._watches)
         self._last_root_check = 0.0
+        self._retrying = False
+        self._pulled = 0.0
         self.unfinished_threads = 0
         """Threads still running when :meth:`run` returned (past the shutdown bound): the caller
         must not close the services under them."""
@@ -213,7 +217,10 @@ class Daemon:
             log.warning(
                 "%d handler(s) or job(s) still running at the shutdown bound", self.unfinished_threads
             )
-        left = len(self._files) + len(self._ops) + running
+        try:
+            left = self._ctx.catalog.journal_counts()["pending"]
+        except Exception:  # noqa: BLE001 - a full or locked catalog: count what is in memory
+            left = len(self._files) + len(self._ops) + running
         log.info("stopped; %d unfinished event(s) stay in the journal for the next start", left)
 
     # ---- dispatching -------------------------------------------------------------------------
@@ -245,14 +252,14 @@ class Daemon:
                 self._start_scan(key, waiting)
             elif due is Due.GONE:
                 # Gone already; the delete event that follows (if it was ever indexed) does the rest.
-                self._ctx.catalog.journal_done(waiting.journal_ids)
+                self._journal_done(waiting.journal_ids)
             else:
                 self._workers.read(key, waiting)
 
     def _run_ops(self, now: float) -> None:
         for op in held_deletions(self._ops.deletions(), self._watches, self._ctx.catalog, self._settings):
             self._ops.remove(op)
-            self._ctx.catalog.journal_done(op.journal_ids, error="held by the mass-delete guard")
+            self._journal_done(op.journal_ids, error="held by the mass-delete guard")
         for op in self._ops.take_due(
             now, self._workers.blocked_paths(), lambda op: self._deletion_waits(op, now)
         ):
@@ -269,7 +276,7 @@ class Daemon:
         path = paths_of(waiting.event)[0]
         root = self._watches.of(path)
         if root is None or not os.path.isdir(path) or not self._watches.present(root):
-            self._ctx.catalog.journal_done(waiting.journal_ids)
+            self._journal_done(waiting.journal_ids)
             return
         self._workers.scan(key, waiting, lambda where, ctx: plan([where], self._rules, ctx))
 
@@ -281,9 +288,16 @@ class Daemon:
             self._planned(finished.result, work, now)
         else:
             assert finished.result is not None
+            if self._retrying and now - self._pulled > PULL_FORWARD_S:
+                # Something works again: what waits for a retry (the same store) may work too. At
+                # most once per PULL_FORWARD_S, so a file that fails for its own reason is not
+                # retried after every success.
+                self._retrying, self._pulled = False, now
+                self._files.pull_forward(now)
+                self._ops.pull_forward(now)
             self._stats.outcome(finished.result.value)
             self._metrics.outcomes.labels(finished.result.value).inc()
-            self._ctx.catalog.journal_done(work.journal_ids)
+            self._journal_done(work.journal_ids)
             if finished.result is not Outcome.UNCHANGED:
                 log.info("%s %s", finished.result.value, " -> ".join(map(repr, paths_of(work.event))))
 
@@ -292,27 +306,44 @@ class Daemon:
         assert error is not None
         if isinstance(work, Pending) and isinstance(work.event, SCANS):
             log.warning("cannot scan %r: %s", paths_of(work.event)[0], error)  # vanished, unreadable
-            self._ctx.catalog.journal_done(work.journal_ids, error=str(error))
+            self._journal_done(work.journal_ids, error=str(error))
             return
+        reason = f"{type(error).__name__}: {error}"
         if isinstance(error, StoreAuthError):
             self._fail(error)  # not retried; it stays pending, in the journal too
         else:
+            # Rescheduled before anything that touches the disk: on a full disk the journal write
+            # below fails too, and the work must still come back.
             work.attempts += 1
             work.due = now + backoff(work.attempts)
-            self._stats.retried()
+            self._retrying = True
+            self._stats.retried(reason)
             self._metrics.errors.inc()
-            self._ctx.catalog.journal_retry(work.journal_ids, f"{type(error).__name__}: {error}")
             log.warning(
-                "%s failed (%s: %s); retrying in %.0f s",
+                "%s failed (%s); retrying in %.0f s",
                 " -> ".join(map(repr, paths_of(work.event))),
-                type(error).__name__,
-                error,
+                reason,
                 work.due - now,
             )
         if isinstance(work, Op):
             self._ops.retry_first(work)  # later ops on these paths wait for it
         else:
             self._files.put_back(finished.key, work)
+        if not isinstance(error, StoreAuthError):
+            self._journal(lambda: self._ctx.catalog.journal_retry(work.journal_ids, reason))
+
+    def _journal_done(self, ids: list[int], error: str | None = None) -> None:
+        self._journal(lambda: self._ctx.catalog.journal_done(ids, error=error))
+
+    def _journal(self, write: Callable[[], None]) -> None:
+        """Journal bookkeeping is best-effort: a row left pending is replayed (idempotently) at the
+        next start, while an exception here would drop the work it describes from the loop."""
+        try:
+            write()
+        except Exception as e:  # noqa: BLE001 - the catalog's disk is full or locked: logged, not fatal
+            log.warning(
+                "cannot update the journal (%s: %s); it is replayed at the next start", type(e).__name__, e
+            )
 
     def _planned(self, work: Plan, scan: Pending | Op, now: float) -> None:
         for event in [*work.moves, *work.deletions]:
@@ -320,7 +351,7 @@ class Daemon:
         for event in work.changes:
             assert isinstance(event, ImageCreated | ImageModified)
             self._accept(replace(event, write_closed=True), [])
-        self._ctx.catalog.journal_done(scan.journal_ids)
+        self._journal_done(scan.journal_ids)
         if work.total - work.unchanged:
             where = paths_of(scan.event)[0]
             log.info("scan of %r: %d to do, %d unchanged", where, work.total - work.unchanged, work.unchanged)

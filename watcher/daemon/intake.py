@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import queue
 from collections.abc import Callable
 
 from imgwatch.events import ImageEvent, RescanRequested, Source
 from imgwatch.services.abc import Catalog
+
+log = logging.getLogger(__name__)
 
 Work = tuple[ImageEvent, list[int]]
 """An event and the journal rows it settles when done (none for the daemon's own rescans)."""
@@ -24,10 +27,18 @@ class Intake:
         self._queue: queue.SimpleQueue[Work] = queue.SimpleQueue()
 
     def submit(self, event: ImageEvent) -> None:
-        """Record ``event`` durably, then queue it. Safe from any thread."""
-        journal_id = self._catalog().journal_append(event)
+        """Record ``event`` durably, then queue it. Safe from any thread.
+
+        If the journal cannot be written (a full disk), the event is queued all the same: dropping
+        it would leave the change unseen until the next rescan, while a crash before it is handled
+        is covered anyway (every start rescans every root)."""
+        try:
+            ids = [self._catalog().journal_append(event)]
+        except Exception as e:  # noqa: BLE001 - the catalog's disk; the event must not be lost here
+            log.warning("cannot journal %r (%s: %s); handling it unjournalled", event, type(e).__name__, e)
+            ids = []
         self._received(event)
-        self._queue.put((event, [journal_id]))
+        self._queue.put((event, ids))
 
     def replay(self) -> int:
         """Queue the journal's unfinished events (from before a stop or a crash), oldest first."""

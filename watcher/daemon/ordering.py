@@ -84,6 +84,11 @@ class OrderedOps:
             blocked.extend(op.paths)
         return ready
 
+    def pull_forward(self, now: float) -> None:
+        for op in self._ops:
+            if op.attempts and op.due > now:
+                op.due = now
+
     def next_due(self, after: float) -> float | None:
         """The first moment after ``after`` at which some work becomes due."""
         return min((due for due in (op.due for op in self._ops) if due > after), default=None)
