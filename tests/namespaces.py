@@ -4,7 +4,10 @@ A ``sleep`` process holds the namespace (``unshare -m --propagation private``): 
 outlives the daemon, so a test can look at the data dir after the daemon stopped, and everything
 mounted in it goes when the holder is killed. The daemon enters it with ``nsenter``, which execs in
 place, so the daemon's PID is the child's. The test itself stays on the host (a threaded process
-cannot change its mount namespace) and reaches the namespace's files through ``/proc/PID/root``.
+cannot change its mount namespace) and reaches the namespace's files through ``/proc/PID/root``,
+except SQLite files: SQLite resolves symbolic links in the path it is given, ``/proc/PID/root``
+included, and would open (or create) the host's file of that name. Those are read from inside
+(:meth:`MountNamespace.python`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,22 @@ from tests.harness import RunningDaemon, cli_env, wait_until
 
 TOOLS = ("unshare", "nsenter", "mount", "umount")
 REPO = Path(__file__).resolve().parents[1]
+AGREE = """
+from pathlib import Path
+from imgwatch.config import Settings
+from imgwatch.services.abc import FileState
+from imgwatch.services.build import open_context
+from tests.harness import disk_images
+
+root = Path({root!r})
+settings = Settings(data_dir=Path({data_dir!r}), weights="random:0")
+with open_context(settings, command="test", model=False) as ctx:
+    records = list(ctx.catalog.under(str(root)))
+    assert {{r.path for r in records}} == disk_images(root), (records, disk_images(root))
+    assert all(r.state is FileState.INDEXED and r.has_vector for r in records), records
+    assert ctx.vectors.count() == len(records), (ctx.vectors.count(), records)
+    assert set(ctx.vectors.get_vectors(r.id for r in records)) == {{r.id for r in records}}
+"""
 
 
 def require_mount_namespaces() -> None:
@@ -81,11 +100,9 @@ class MountNamespace:
         return done.stdout.decode()
 
     def assert_agree(self, data_dir: Path, root: Path) -> None:
-        """:func:`tests.harness.assert_agree` as the namespace sees disk, catalog and Milvus."""
-        self.python(
-            "from pathlib import Path; from tests.harness import assert_agree; "
-            f"assert_agree(Path({str(data_dir)!r}), Path({str(root)!r}))"
-        )
+        """With the daemon stopped, as the namespace sees them: disk, catalog and Milvus agree, one
+        entity per file, no extras (:func:`tests.harness.assert_agree`, without loading VGG16)."""
+        self.python(AGREE.format(data_dir=str(data_dir), root=str(root)))
 
     def path(self, path: Path) -> Path:
         """``path`` as the namespace sees it, reachable from the host."""
