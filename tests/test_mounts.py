@@ -68,7 +68,7 @@ def test_an_unmounted_root_keeps_its_entries_and_comes_back_unchanged(
         status = daemon.status()
         return status if status["roots"][0]["guard"] else None
 
-    try:
+    try:  # the daemon looks at its roots every 2 s: 30 s is fifteen looks, however busy the machine
         status = wait_until(guarded, timeout=30)
     except AssertionError:
         raise AssertionError(f"the unmount went unnoticed: {daemon.status()['roots']}") from None
