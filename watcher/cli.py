@@ -2,7 +2,7 @@
 
 The commands themselves live in ``imgwatch.commands`` (one module per group); this module puts them
 in order, resolves the settings and turns an :class:`ImgwatchError` into a message and an exit status
-(``imgwatch.commands.exits``).
+(``imgwatch.commands.exits``: 78 for a configuration no restart cures, 1 for other fatal errors).
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING
 
 from imgwatch import __version__
 from imgwatch.commands.exits import (
+    EXIT_CONFIG,
     EXIT_FATAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_QUERY_FAILED,
+    exit_status,
 )
 from imgwatch.commands.indexing import add_compact, add_forget, add_index, add_reindex
 from imgwatch.commands.logs import configure_logging
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 # The exit statuses are re-exported: scripts and tests know them as imgwatch.cli's.
 __all__ = [
+    "EXIT_CONFIG",
     "EXIT_FATAL",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
@@ -85,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args, settings)
     except ImgwatchError as e:
         print(f"imgwatch: error: {e}", file=sys.stderr)
-        return EXIT_FATAL
+        return exit_status(e)
     except KeyboardInterrupt:
         print("imgwatch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
