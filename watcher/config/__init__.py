@@ -18,7 +18,8 @@ Keeping the two apart, rather than switching the sources off for direct construc
 Paths (``data_dir``, ``roots``, ``poll_roots``, the ``s3_mounts`` directories, ``weights`` when it is
 a file, the config file's own path) are made absolute once, by the source that read them
 (``paths.py``). Every error is a ``ConfigError`` that names where the value came from: the flag
-(``--batch-size``), the variable (``IMGWATCH_BATCH_SIZE``) or the config file.
+(``--batch-size``), the variable (``IMGWATCH_BATCH_SIZE``) or the config file. Secrets
+(``SECRET_SETTINGS``) appear neither in ``repr()`` nor in those errors.
 
 The environment variable names and the choices live in ``imgwatch.names`` (no pydantic, for the
 CLI's parser) and are re-exported here, where every caller has always found them.
@@ -28,6 +29,7 @@ from imgwatch.config.checks import DEFAULT_JOBS, JOB_NAMES
 from imgwatch.config.load import load_settings
 from imgwatch.config.model import (
     DEFAULT_MAX_PIXELS,
+    SECRET_SETTINGS,
     Settings,
     default_config_file,
     default_data_dir,
@@ -71,6 +73,7 @@ __all__ = [
     "INDEX_TYPES",
     "JOB_NAMES",
     "PRECISIONS",
+    "SECRET_SETTINGS",
     "Settings",
     "default_config_file",
     "default_data_dir",

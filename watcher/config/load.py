@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from imgwatch.config.checks import PROBLEM_TYPE
-from imgwatch.config.model import Settings, default_config_file
+from imgwatch.config.model import SECRET_SETTINGS, Settings, default_config_file
 from imgwatch.config.paths import PathError, absolute
 from imgwatch.config.sources import CURRENT_LOAD, NOT_A_SOURCE_SETTING, Load, Sources
 from imgwatch.errors import ConfigError
@@ -76,6 +76,9 @@ def _config_error(error: ValidationError, origins: Mapping[str, str]) -> ConfigE
     source = origins.get(name, "the defaults")
     if first["type"] == PROBLEM_TYPE:
         problem = first["msg"]  # ours: it names the setting and the value
+    elif name in SECRET_SETTINGS:
+        # The message goes to a terminal or the journal: say what is wrong, never what was given.
+        problem = f"{name}: {first['msg']} (the value given is not shown: it is a secret)"
     else:
         problem = f"{name}: {first['msg']}, not {first['input']!r}"
     return ConfigError(source, problem)

@@ -32,7 +32,12 @@ def default_config_file() -> Path:
 
 
 class Settings(BaseModel):
-    """Everything a command needs to build the services. Immutable once resolved."""
+    """Everything a command needs to build the services. Immutable once resolved.
+
+    The secrets (``SECRET_SETTINGS``) are plain strings, so every consumer passes them on as before,
+    but they are left out of ``repr()`` and ``str()``: a settings object in a log line, a traceback's
+    locals or an error message does not carry them along.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
@@ -42,7 +47,8 @@ class Settings(BaseModel):
     """``imagenet``, a path to a VGG16 state-dict file, or ``random:SEED`` (tests/offline demos only)."""
     milvus_uri: str | None = None
     """A Milvus server (``http://host:19530``); ``None`` means Milvus Lite at ``data_dir/vectors.db``."""
-    milvus_token: str | None = None
+    milvus_token: str | None = Field(default=None, repr=False)
+    """``user:password`` or an API key for the Milvus server. A secret: not in ``repr()``."""
     collection: str = "imgwatch"
     node: str | None = None
     """This watcher's name when several share one Milvus collection (each with its own catalog and
@@ -77,10 +83,12 @@ class Settings(BaseModel):
     mass_delete_min_files: int = 20
     webhook: str | None = None
     """``HOST:PORT`` for the HTTP event endpoint of ``imgwatch watch``; off when unset."""
-    webhook_token: str | None = None
-    """Shared secret callers send as ``Authorization: Bearer TOKEN``."""
-    webhook_hmac_secret: str | None = None
-    """When set, callers must also sign each body: ``X-Imgwatch-Signature: sha256=<hex HMAC>``."""
+    webhook_token: str | None = Field(default=None, repr=False)
+    """Shared secret callers send as ``Authorization: Bearer TOKEN`` (the search page's too). A secret:
+    not in ``repr()``."""
+    webhook_hmac_secret: str | None = Field(default=None, repr=False)
+    """When set, callers must also sign each body: ``X-Imgwatch-Signature: sha256=<hex HMAC>``. A
+    secret: not in ``repr()``."""
     webhook_max_bytes: int = 1024 * 1024
     metrics_public: bool = False
     """Serve the webhook port's ``/metrics`` without the token even off loopback (a trusted scraper)."""
@@ -174,3 +182,7 @@ class Settings(BaseModel):
     @classmethod
     def _jobs(cls, value: Any) -> dict[str, Mapping[str, Any]]:
         return checks.jobs(value)
+
+
+#: The settings that hold secrets: never shown, in ``repr()`` or in an error message about their value.
+SECRET_SETTINGS = frozenset(name for name, info in Settings.model_fields.items() if not info.repr)
