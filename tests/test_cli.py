@@ -15,7 +15,7 @@ import html5lib
 import pytest
 from PIL import Image
 
-from imgwatch.cli import build_parser
+from imgwatch.cli import EXIT_CONFIG, EXIT_FATAL, build_parser
 from imgwatch.config import Settings
 from imgwatch.samples import photo
 from imgwatch.status import gather_status
@@ -219,12 +219,33 @@ def test_files_that_cannot_be_looked_at_keep_their_entries(tmp_path: Path) -> No
 
 def test_fatal_errors_exit_non_zero_with_a_message(tmp_path: Path) -> None:
     missing = imgwatch(tmp_path, "index", str(tmp_path / "nowhere"))
-    assert missing.returncode == 1 and b"does not exist" in missing.stderr
+    assert missing.returncode == EXIT_FATAL == 1 and b"does not exist" in missing.stderr
 
     bad_config = tmp_path / "bad.toml"
     bad_config.write_text("batch_size = 'many'\n")
     config = imgwatch(tmp_path, "status", "--config", str(bad_config))
-    assert config.returncode == 1 and b"batch_size must be a positive integer" in config.stderr
+    # 78, sysexits' EX_CONFIG: what the systemd units' RestartPreventExitStatus= names.
+    assert (
+        config.returncode == EXIT_CONFIG == 78 and b"batch_size must be a positive integer" in config.stderr
+    )
+
+
+def test_watch_with_a_bad_setting_exits_ex_config_and_one_that_may_pass_exits_1(tmp_path: Path) -> None:
+    """`imgwatch watch` that no restart can cure ends with EXIT_CONFIG, the status the systemd units
+    do not restart (tests/test_systemd.py runs the unit's own command with a bad config file); a
+    failure that may pass (another process holds the data dir) keeps EXIT_FATAL, and is restarted."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    from_env = imgwatch(tmp_path, "watch", str(root), env={"IMGWATCH_POLL_INTERVAL": "-1"})
+    assert from_env.returncode == EXIT_CONFIG, from_env.stderr
+    assert b"in environment variable IMGWATCH_POLL_INTERVAL: poll_interval must be a positive" in (
+        from_env.stderr
+    )
+
+    with _lock_held_elsewhere(tmp_path / "data", "index"):
+        busy = imgwatch(tmp_path, "watch", str(root))
+    assert busy.returncode == EXIT_FATAL, busy.stderr
+    assert b"is in use by PID" in busy.stderr
 
 
 def test_changed_extractor_is_refused(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@ load; bad values are errors that name their source. Real TOML files in tmp_path,
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from imgwatch.config import (
     ENV_PREFIX,
     ENV_VARS,
     ENV_WEIGHTS,
+    SECRET_SETTINGS,
     Settings,
     load_settings,
 )
@@ -384,6 +387,55 @@ def test_replace_checks_the_changes_and_keeps_the_rest(tmp_path: Path) -> None:
     assert changed.data_dir == settings.data_dir and settings.index_type == "FLAT"
     with pytest.raises(ValidationError, match="batch_size must be a positive integer"):
         settings.replace(batch_size=0)
+
+
+_SECRETS = {
+    "milvus_token": "root:milvus-password-7f3a",
+    "webhook_token": "webhook-token-91c2",
+    "webhook_hmac_secret": "hmac-key-5d8e",
+}
+
+
+def test_secrets_stay_out_of_repr_str_and_log_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Settings built directly, loaded from a file, from the environment, and copied: each still hands
+    every secret to its consumers, and none shows one in repr(), str() or a log line."""
+    assert set(_SECRETS) == SECRET_SETTINGS
+    # A setting added later whose name says it is a secret must be declared one.
+    assert {name for name in Settings.model_fields if re.search("token|secret|password", name)} <= (
+        SECRET_SETTINGS
+    )
+    config = _config(tmp_path, "".join(f'{name} = "{value}"\n' for name, value in _SECRETS.items()))
+    variables = {ENV_VARS[name]: value for name, value in _SECRETS.items()}
+    built = Settings(weights="random:0", **_SECRETS)
+    candidates = {
+        "built": built,
+        "from the file": load_settings({}, environ={}, config_file=config),
+        "from the environment": load_settings({}, environ=variables),
+        "replaced": built.replace(batch_size=2),
+    }
+    log = logging.getLogger("imgwatch.test_config")
+    for how, settings in candidates.items():
+        assert {name: getattr(settings, name) for name in _SECRETS} == _SECRETS, how
+        with caplog.at_level(logging.INFO, logger=log.name):
+            log.info("settings %s / %r", settings, settings)
+        shown = [repr(settings), str(settings), f"{settings}", caplog.text]
+        assert all("weights='" in text for text in shown), how  # the rest is still shown
+        for text in shown:
+            assert not [value for value in _SECRETS.values() if value in text], f"{how}: {text}"
+        caplog.clear()
+
+
+def test_a_bad_secret_is_reported_without_its_value(tmp_path: Path) -> None:
+    for name in sorted(SECRET_SETTINGS):
+        config = _config(tmp_path, f"{name} = 73519284\n")  # a number: not a string
+        with pytest.raises(ConfigError) as caught:
+            load_settings({}, environ={}, config_file=config)
+        assert caught.value.source == str(config)
+        assert caught.value.problem.startswith(f"{name}: Input should be a valid string"), caught.value
+        assert "73519284" not in str(caught.value)
+    # Any other setting's bad value is still shown, so that the user sees what was wrong.
+    with pytest.raises(ConfigError, match=r"collection: .*, not 73519284"):
+        load_settings({}, environ={}, config_file=_config(tmp_path, "collection = 73519284\n"))
 
 
 @pytest.mark.slow

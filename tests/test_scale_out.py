@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from imgwatch.cli import EXIT_CONFIG
 from imgwatch.config import Settings
 from imgwatch.jobs import repair_vectors
 from imgwatch.search import search_files
@@ -175,7 +176,8 @@ def test_a_token_the_server_stops_accepting_stops_the_daemon_instead_of_retrying
     tmp_path: Path,
 ) -> None:
     """A refused token is not an outage: no waiting fixes it. The daemon says which setting to fix and
-    exits non-zero; the work it could not finish stays in the journal for the next start."""
+    exits with EXIT_CONFIG, the status systemd does not restart; the work it could not finish stays
+    in the journal for the next start."""
     from pymilvus import MilvusClient
 
     user, password = server_user
@@ -199,7 +201,8 @@ def test_a_token_the_server_stops_accepting_stops_the_daemon_instead_of_retrying
         wait_until(lambda: _refused(milvus_server.uri, f"{user}:{password}"), timeout=30, interval=0.5)
         write_photo(root / "second.jpg", 701, (200, 150))
 
-        assert daemon.process.wait(timeout=120) == 1
+        # EX_CONFIG, which the systemd units exempt from Restart=on-failure: no restart loop.
+        assert daemon.process.wait(timeout=120) == EXIT_CONFIG
         log = daemon.log.read_text()
         assert f"the Milvus server at {milvus_server.uri} refused the token" in log
         assert "IMGWATCH_MILVUS_TOKEN or as `milvus_token` in the config file" in log

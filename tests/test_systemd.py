@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from imgwatch.cli import EXIT_CONFIG, EXIT_FATAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_QUERY_FAILED
 from imgwatch.config import ENV_CONFIG, ENV_VARS, load_settings
 from imgwatch.daemon import SHUTDOWN_TIMEOUT_S
 
-SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
+REPO = Path(__file__).resolve().parent.parent
+SYSTEMD_DIR = REPO / "systemd"
 SYSTEM_UNIT = SYSTEMD_DIR / "imgwatch.service"
 USER_UNIT = SYSTEMD_DIR / "user" / "imgwatch.service"
 BOTH_UNITS = pytest.mark.parametrize("unit", [SYSTEM_UNIT, USER_UNIT], ids=["system", "user"])
@@ -69,14 +71,50 @@ def test_unit_keeps_the_daemons_promises(unit: Path) -> None:
     assert "MemoryDenyWriteExecute" not in service["Service"]
 
 
-def daemon_command() -> str:
-    """An ExecStart= command line that exists here: this interpreter's console script, else ``-m``."""
-    script = Path(sys.executable).parent / "imgwatch"
-    argv = (
-        [str(script), "watch"] if os.access(script, os.X_OK) else [sys.executable, "-m", "imgwatch", "watch"]
+@BOTH_UNITS
+def test_unit_does_not_restart_what_a_restart_cannot_cure(unit: Path) -> None:
+    """Restart=on-failure alone would start a daemon with a bad setting or a refused Milvus token
+    again every RestartSec, for ever: the CLI's status for those is the one the unit exempts."""
+    service = parse_unit(unit)
+    assert only(service, "RestartPreventExitStatus").split() == [str(EXIT_CONFIG)]
+    # Distinct from every other way the CLI ends (2: argparse's usage error), so that what may pass
+    # (EXIT_FATAL: Milvus unreachable, the data dir in use) is still restarted.
+    assert EXIT_CONFIG not in {EXIT_OK, EXIT_FATAL, 2, EXIT_QUERY_FAILED, EXIT_INTERRUPTED}
+
+
+def test_the_units_command_with_a_bad_setting_ends_as_the_units_do_not_restart(tmp_path: Path) -> None:
+    """The command systemd runs (the console script, `imgwatch watch`), configured as the system unit
+    configures it (IMGWATCH_CONFIG, IMGWATCH_DATA_DIR) with a bad value in the file: the status
+    systemd would see is one that both units' RestartPreventExitStatus= names."""
+    system, user = parse_unit(SYSTEM_UNIT), parse_unit(USER_UNIT)
+    prevented = set(only(system, "RestartPreventExitStatus").split())
+    assert prevented == set(only(user, "RestartPreventExitStatus").split())
+    environment = dict(value.split("=", 1) for value in system["Service"]["Environment"])
+    assert {ENV_CONFIG, "IMGWATCH_DATA_DIR"} <= set(environment), environment
+    config = tmp_path / "config.toml"
+    config.write_text(f'roots = ["{tmp_path}"]\nbatch_size = 0\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGWATCH_")}
+    # PYTHONPATH: the script must run this checkout's package, whichever one the venv installed.
+    env |= {ENV_CONFIG: str(config), "IMGWATCH_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        daemon_argv(), env=env, cwd="/", capture_output=True, text=True, timeout=120, check=False
     )
+    assert str(result.returncode) in prevented, result.stderr
+    assert f"bad configuration in {config}: batch_size must be a positive integer" in result.stderr
+
+
+def daemon_argv() -> list[str]:
+    """An ExecStart= command that exists here: this interpreter's console script, else ``-m``."""
+    script = Path(sys.executable).parent / "imgwatch"
+    if os.access(script, os.X_OK):
+        return [str(script), "watch"]
+    return [sys.executable, "-m", "imgwatch", "watch"]
+
+
+def daemon_command() -> str:
+    """:func:`daemon_argv` as an ExecStart= command line."""
     # Quoted for systemd's own command-line syntax; "%" would start a specifier.
-    return " ".join(f'"{arg}"'.replace("%", "%%") for arg in argv)
+    return " ".join(f'"{arg}"'.replace("%", "%%") for arg in daemon_argv())
 
 
 def runnable_copy(unit: Path, directory: Path) -> Path:

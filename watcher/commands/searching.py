@@ -1,0 +1,233 @@
+"""The commands that look the index up: ``search`` and ``duplicates``, with their output formats."""
+
+# ruff: noqa: T201 - a CLI module: printing the outcome is its job (see imgwatch.commands)
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from imgwatch.commands.daemon_client import running_daemon
+from imgwatch.commands.exits import EXIT_OK, EXIT_QUERY_FAILED
+from imgwatch.commands.logs import quiet_libraries
+from imgwatch.commands.options import html_options
+from imgwatch.errors import ImgwatchError
+
+if TYPE_CHECKING:
+    from imgwatch.commands.options import Subcommands
+    from imgwatch.config import Settings
+    from imgwatch.search import QueryResult
+
+
+def add_search(commands: Subcommands, common: argparse.ArgumentParser) -> None:
+    search = commands.add_parser(
+        "search",
+        parents=[common],
+        help="find the indexed images most similar to image files",
+        description="Find the indexed images most similar to each QUERY image, best first. The model "
+        "loads once for all queries.",
+    )
+    search.add_argument(
+        "queries", nargs="+", metavar="QUERY", help="an image file (with --like: an indexed file)"
+    )
+    search.add_argument("-k", type=int, default=10, help="results per query (default 10)")
+    search.add_argument(
+        "--like",
+        action="store_true",
+        help="more like this: each QUERY is an indexed file and its stored vector is the query (no "
+        "model run; the file need not be readable any more); it is left out of its own results",
+    )
+    search.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        metavar="S",
+        help="only results with a cosine similarity of at least S (-1..1)",
+    )
+    output = search.add_mutually_exclusive_group()
+    output.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object per query and line: {"query": ..., "results": [{"path", "score"}]}',
+    )
+    output.add_argument(
+        "-f",
+        "--paths-only",
+        action="store_true",
+        help="print only the result paths, one per line, as their exact bytes (for xargs and friends)",
+    )
+    output.add_argument(
+        "-0",
+        "--null",
+        action="store_true",
+        help="like -f, but end each path with a NUL byte instead of a newline (for xargs -0): "
+        "safe for any file name",
+    )
+    html_options(search, "the results: query images on top, then thumbnails with scores and paths")
+    search.set_defaults(run=run_search)
+
+
+def add_duplicates(commands: Subcommands, common: argparse.ArgumentParser) -> None:
+    duplicates = commands.add_parser(
+        "duplicates",
+        parents=[common],
+        help="find groups of near-duplicate images in the index",
+        description="Group the indexed images whose vectors are at least THRESHOLD similar (cosine): "
+        "resized, re-encoded or lightly edited copies. Groups are closed under similarity (a~b and "
+        "b~c puts a, b and c together) and listed largest first. Streams over the vector store "
+        "without loading the model; goes through the daemon when one runs.",
+    )
+    duplicates.add_argument(
+        "--threshold",
+        type=float,
+        default=0.95,
+        help="the cosine similarity from which two images count as duplicates (default 0.95)",
+    )
+    duplicates.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object: {"groups": [{"paths": [...], "max_score": ...}]}',
+    )
+    html_options(duplicates, "the groups, with thumbnails")
+    duplicates.set_defaults(run=run_duplicates)
+
+
+def run_search(args: argparse.Namespace, settings: Settings) -> int:
+    from imgwatch.search import QueryResult, read_queries, search_images, search_like
+    from imgwatch.services.build import open_context
+    from imgwatch.services.files import LocalFileReader
+
+    if args.k < 1:
+        raise ImgwatchError("-k must be at least 1")
+    if args.min_score is not None and not -1.0 <= args.min_score <= 1.0:
+        raise ImgwatchError("--min-score must be between -1 and 1 (a cosine similarity)")
+    if args.open and args.html is None:
+        raise ImgwatchError("--open opens the page that --html writes: give --html OUT.html too")
+    files = LocalFileReader(settings.max_file_bytes)
+    queries: list[tuple[str, bytes | str]] = []
+    daemon = running_daemon(settings)
+    if args.like:
+        # The daemon's working directory is not ours: send absolute paths, report them as given.
+        absolute = [os.path.abspath(q) for q in args.queries]
+        if daemon is not None:
+            raw = daemon.search_like(absolute, args.k)
+            results = [_query_result(r, query) for r, query in zip(raw, args.queries, strict=True)]
+        else:
+            with open_context(settings, command="search", model=False) as ctx:
+                results = search_like(absolute, ctx, k=args.k)
+            results = [QueryResult(q, r.matches, r.error) for r, q in zip(results, args.queries, strict=True)]
+    else:
+        queries = read_queries(list(args.queries), files)
+        if daemon is not None:
+            results = [_query_result(r, r["query"]) for r in daemon.search(queries, args.k)]
+        else:
+            with open_context(settings, command="search") as ctx:
+                results = search_images(queries, ctx, k=args.k)
+    if args.min_score is not None:
+        floor = args.min_score
+        results = [QueryResult(r.query, [m for m in r.matches if m.score >= floor], r.error) for r in results]
+    if args.paths_only or args.null:
+        _print_paths([m.path for r in results for m in r.matches], b"\0" if args.null else b"\n")
+    else:
+        _print_results(results, as_json=args.json)
+    if args.html is not None:
+        from imgwatch.report import search_page
+
+        given = {name: data for name, data in queries if isinstance(data, bytes)}
+        _write_page(args.html, search_page(results, lambda path: files.read(path).data, given), args.open)
+    failed = [r for r in results if r.error]
+    for result in failed:
+        print(f"imgwatch: cannot search with {result.query}: {result.error}", file=sys.stderr)
+    return EXIT_QUERY_FAILED if failed else EXIT_OK
+
+
+def _query_result(raw: dict[str, Any], query: str) -> QueryResult:
+    from imgwatch.search import Match, QueryResult
+
+    matches = [Match(m["path"], m["score"], m.get("node")) for m in raw["results"]]
+    return QueryResult(query, matches, raw.get("error"))
+
+
+def _print_paths(paths: list[str], end: bytes) -> None:
+    """Each path as its exact bytes (a non-UTF-8 name stays the name xargs must pass on)."""
+    sys.stdout.flush()
+    out = sys.stdout.buffer
+    for path in paths:
+        out.write(os.fsencode(path) + end)
+    out.flush()
+
+
+def _print_results(results: list[QueryResult], *, as_json: bool) -> None:
+    for result in results:
+        if as_json:
+            line: dict[str, Any] = {
+                "query": result.query,
+                "results": [m.as_dict() for m in result.matches],
+            }
+            if result.error:
+                line["error"] = result.error
+            print(json.dumps(line), flush=True)
+            continue
+        print(f"{result.query}:")
+        if result.error:
+            print(f"  error: {result.error}")
+        elif not result.matches:
+            print("  (no matches)")
+        for rank, match in enumerate(result.matches, 1):
+            where = f"[{match.node}] " if match.node is not None else ""
+            print(f"  {rank:>3}  {match.score:6.4f}  {where}{match.path}")
+
+
+def _write_page(path: Path, page: str, open_it: bool) -> None:
+    try:
+        path.write_text(page, encoding="utf-8")
+    except OSError as e:
+        raise ImgwatchError(f"cannot write {path}: {e.strerror or e}") from e
+    print(f"imgwatch: wrote {path}", file=sys.stderr)
+    if open_it:
+        import webbrowser
+
+        if not webbrowser.open(path.resolve().as_uri()):
+            print(f"imgwatch: no web browser found; open {path} yourself", file=sys.stderr)
+
+
+def run_duplicates(args: argparse.Namespace, settings: Settings) -> int:
+    from imgwatch.duplicates import DuplicateGroup, find_duplicates
+    from imgwatch.services.build import open_context
+    from imgwatch.services.files import LocalFileReader
+
+    if not 0.0 < args.threshold <= 1.0:
+        raise ImgwatchError("--threshold must be above 0 and at most 1 (a cosine similarity)")
+    if args.open and args.html is None:
+        raise ImgwatchError("--open opens the page that --html writes: give --html OUT.html too")
+    daemon = running_daemon(settings)
+    if daemon is not None:
+        reply = daemon.duplicates(args.threshold)
+        groups = [DuplicateGroup(list(g["paths"]), float(g["max_score"])) for g in reply["groups"]]
+    else:
+        with open_context(settings, command="duplicates", model=False) as ctx:
+            if args.log_level != "debug":
+                # Importing pymilvus (in open_context) re-applied its own logging config; without
+                # this, every query_iterator on Milvus Lite warns "failed to get mvccTs" (harmless).
+                quiet_libraries()
+            groups = find_duplicates(ctx, threshold=args.threshold)
+    if args.json:
+        print(json.dumps({"groups": [{"paths": g.paths, "max_score": g.max_score} for g in groups]}))
+    else:
+        for number, group in enumerate(groups, 1):
+            print(f"group {number}: {len(group.paths)} files, best pair {group.max_score:.4f}")
+            for path in group.paths:
+                print(f"  {path}")
+        if not groups:
+            print(f"no near-duplicates (threshold {args.threshold:g})")
+    if args.html is not None:
+        from imgwatch.report import duplicates_page
+
+        files = LocalFileReader(settings.max_file_bytes)
+        page = duplicates_page(groups, lambda path: files.read(path).data, args.threshold)
+        _write_page(args.html, page, args.open)
+    return EXIT_OK

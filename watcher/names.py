@@ -1,0 +1,44 @@
+"""The names users type outside Python: environment variables, and the values of the choice settings.
+
+Light on purpose (no pydantic): the CLI builds its parser from these, so ``imgwatch --help`` and a
+mistyped flag are answered without loading the settings machinery. ``imgwatch.config`` re-exports
+every name here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+#: Every setting NAME can be given as the environment variable IMGWATCH_<NAME> (upper case).
+ENV_PREFIX = "IMGWATCH_"
+ENV_DATA_DIR = "IMGWATCH_DATA_DIR"
+ENV_WEIGHTS = "IMGWATCH_WEIGHTS"
+ENV_MILVUS_URI = "IMGWATCH_MILVUS_URI"
+ENV_MILVUS_TOKEN = "IMGWATCH_MILVUS_TOKEN"  # noqa: S105 - a variable name, not a secret
+#: The config file, not a setting: it names where the file-settings come from.
+ENV_CONFIG = "IMGWATCH_CONFIG"
+ENV_DEVICE = "IMGWATCH_DEVICE"
+ENV_PCA = "IMGWATCH_PCA"
+ENV_NODE = "IMGWATCH_NODE"
+ENV_WEBHOOK_TOKEN = "IMGWATCH_WEBHOOK_TOKEN"  # noqa: S105 - a variable name, not a secret
+ENV_WEBHOOK_HMAC_SECRET = "IMGWATCH_WEBHOOK_HMAC_SECRET"  # noqa: S105 - a variable name, not a secret
+ENV_SEARCH_PAGE = "IMGWATCH_SEARCH_PAGE"
+
+#: The documented variables (systemd/imgwatch.env.example) and the setting each feeds. Any other
+#: setting may be given as IMGWATCH_<NAME> too; lists and tables as JSON.
+ENV_VARS: Mapping[str, str] = {
+    "data_dir": ENV_DATA_DIR,
+    "weights": ENV_WEIGHTS,
+    "milvus_uri": ENV_MILVUS_URI,
+    "milvus_token": ENV_MILVUS_TOKEN,
+    "device": ENV_DEVICE,
+    "pca": ENV_PCA,
+    "node": ENV_NODE,
+    "webhook_token": ENV_WEBHOOK_TOKEN,
+    "webhook_hmac_secret": ENV_WEBHOOK_HMAC_SECRET,
+    "search_page": ENV_SEARCH_PAGE,
+}
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ", "AUTOINDEX")
