@@ -99,7 +99,7 @@ def run_watch(args: argparse.Namespace, settings: Settings) -> int:
         except ImgwatchError as e:
             if not daemon.unfinished_threads:
                 raise
-            print(f"imgwatch: error: {e}", file=sys.stderr)  # noqa: T201 - the CLI's own message
+            print(f"imgwatch: error: {e}", file=sys.stderr)
             code = exit_status(e)
         if daemon.unfinished_threads:
             # Past the shutdown bound: closing the stores under running handlers could corrupt

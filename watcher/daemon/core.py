@@ -195,33 +195,49 @@ class Daemon:
 
     def _shut_down(self) -> None:
         """Stop taking work, let what has begun end (within the bound), then return: only then may
-        the caller close the stores. Unfinished work stays in the journal for the next start."""
+        the caller close the stores. Unfinished work stays in the journal for the next start. Each
+        step runs even if an earlier one failed (a start that failed half-way stops here too)."""
         deadline = stopping()
-        for key, work in self._workers.cancel_queued():
-            if isinstance(work, Op):
-                self._ops.retry_first(work)
-            else:
-                self._files.put_back(key, work)
-        jobs_done = self._jobs.stop(deadline)
-        # An unfinished reindex resumes from its ledger on the next start; waiting costs only time.
-        self._reindex.stop(timeout=max(0.0, min(5.0, deadline - time.monotonic())))
-        stop_all([*self._servers, self._control])
-        if self._control is not None:
-            socket_path(self._settings.data_dir).unlink(missing_ok=True)
-        self._watches.stop(deadline)
+        left = max(0.0, min(5.0, deadline - time.monotonic()))
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("the queued work", self._put_back_queued),
+            ("the jobs", lambda: self._jobs.stop(deadline)),
+            # An unfinished reindex resumes from its ledger on the next start: waiting costs time only.
+            ("the reindex", lambda: self._reindex.stop(timeout=left)),
+            ("the servers", lambda: stop_all([*self._servers, self._control])),
+            ("the socket", self._remove_socket),
+            ("the watches", lambda: self._watches.stop(deadline)),
+        ]
+        results: dict[str, object] = {}
+        for name, step in steps:
+            try:
+                results[name] = step()
+            except Exception:
+                log.exception("stopping %s failed; going on with the shutdown", name)
         running = self._workers.wait(deadline)
         for finished in self._workers.finished():
             self._reap(finished, time.monotonic())
-        self.unfinished_threads = running + (not jobs_done)
+        self.unfinished_threads = running + (results.get("the jobs") is not True)
         if self.unfinished_threads:
             log.warning(
                 "%d handler(s) or job(s) still running at the shutdown bound", self.unfinished_threads
             )
         try:
-            left = self._ctx.catalog.journal_counts()["pending"]
+            pending = self._ctx.catalog.journal_counts()["pending"]
         except Exception:  # noqa: BLE001 - a full or locked catalog: count what is in memory
-            left = len(self._files) + len(self._ops) + running
-        log.info("stopped; %d unfinished event(s) stay in the journal for the next start", left)
+            pending = len(self._files) + len(self._ops) + running
+        log.info("stopped; %d unfinished event(s) stay in the journal for the next start", pending)
+
+    def _remove_socket(self) -> None:
+        if self._control is not None:
+            socket_path(self._settings.data_dir).unlink(missing_ok=True)
+
+    def _put_back_queued(self) -> None:
+        for key, work in self._workers.cancel_queued():
+            if isinstance(work, Op):
+                self._ops.retry_first(work)
+            else:
+                self._files.put_back(key, work)
 
     # ---- dispatching -------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import ipaddress
 import os
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Annotated
 
@@ -68,7 +68,7 @@ PathOf = Callable[[int], str | None]
 class SearchPageConfig:
     host: str
     port: int
-    token: str | None
+    token: str | None = field(repr=False)
     """Required from callers when set; must be set unless ``host`` is loopback."""
     max_upload_bytes: int
 
@@ -126,8 +126,8 @@ def _raw_query(request: Request, name: str) -> str | None:
     """A query parameter still percent-encoded: Starlette decodes values as UTF-8 and would replace
     the bytes of a file name that is not UTF-8; :func:`path_from_ref` decodes them as bytes."""
     found = None
-    for field in request.scope["query_string"].decode("latin-1").split("&"):
-        key, _, value = field.partition("=")
+    for pair in request.scope["query_string"].decode("latin-1").split("&"):
+        key, _, value = pair.partition("=")
         if urllib.parse.unquote(key) == name:
             found = value
     return found

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio.to_thread
@@ -58,8 +58,8 @@ class Health(BaseModel):
 class WebhookConfig:
     host: str
     port: int
-    token: str | None
-    hmac_secret: str | None
+    token: str | None = field(repr=False)
+    hmac_secret: str | None = field(repr=False)
     max_bytes: int
     allowed: AllowedPaths
     metrics_public: bool = False
