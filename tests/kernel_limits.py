@@ -78,7 +78,7 @@ def inotify_watches(pid: int) -> int | None:
     return found
 
 
-def start_wrapped(
+def launch_wrapped(
     data_dir: Path,
     *roots: Path,
     wrapper: list[str],
@@ -86,11 +86,9 @@ def start_wrapped(
     env: dict[str, str] | None = None,
 ) -> RunningDaemon:
     """``imgwatch watch`` as :func:`tests.harness.start_daemon` starts it, run by ``wrapper`` (a
-    command that ends by exec'ing its arguments, so the daemon keeps the wrapper's PID)."""
-    # Imported here: a watcher process started by tests/test_fs_source.py imports this module for
-    # sysctl_lowered alone, and the harness would load the whole daemon with it.
-    from imgwatch.ipc import DaemonUnavailableError
-    from tests.harness import RunningDaemon, cli_env, wait_until
+    command that ends by exec'ing its arguments, so the daemon keeps the wrapper's PID); returns at
+    once, see :func:`wait_answering`."""
+    from tests.harness import RunningDaemon, cli_env
 
     log = data_dir.parent / f"daemon-{time.monotonic_ns()}.log"
     command = [sys.executable, "-m", "imgwatch", "watch", *map(str, roots), "--log-level", "info", *extra]
@@ -102,11 +100,19 @@ def start_wrapped(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    daemon = RunningDaemon(process, data_dir, log)
+    return RunningDaemon(process, data_dir, log)
+
+
+def wait_answering(daemon: RunningDaemon) -> RunningDaemon:
+    """Until ``daemon`` answers on its control socket; killed if it never does."""
+    # Imported here: a watcher process started by tests/test_fs_source.py imports this module for
+    # sysctl_lowered alone, and the harness would load the whole daemon with it.
+    from imgwatch.ipc import DaemonUnavailableError
+    from tests.harness import wait_until
 
     def answering() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"daemon exited with {process.returncode}:\n{log.read_text()}")
+        if daemon.process.poll() is not None:
+            raise AssertionError(f"daemon exited with {daemon.process.returncode}:\n{daemon.log.read_text()}")
         try:
             daemon.status()
         except DaemonUnavailableError:
@@ -116,10 +122,21 @@ def start_wrapped(
     try:
         wait_until(answering, timeout=120)
     except BaseException:
-        process.kill()
-        process.wait()
+        daemon.process.kill()
+        daemon.process.wait()
         raise
     return daemon
+
+
+def start_wrapped(
+    data_dir: Path,
+    *roots: Path,
+    wrapper: list[str],
+    extra: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> RunningDaemon:
+    """:func:`launch_wrapped`, then :func:`wait_answering`."""
+    return wait_answering(launch_wrapped(data_dir, *roots, wrapper=wrapper, extra=extra, env=env))
 
 
 def nested_tree(root: Path, width: int, depth: int) -> list[Path]:
