@@ -23,14 +23,14 @@ def test_a_second_signal_during_a_slow_shutdown_exits_at_once_and_the_next_start
     root = tmp_path / "photos"
     root.mkdir()
     daemon = daemon_factory(root)
-    for seed in range(60):  # 640x480: decoding too keeps the handler pool busy
-        write_photo(root / f"{seed:02d}.jpg", seed=500 + seed, size=(640, 480))
+    for seed in range(40):
+        write_photo(root / f"{seed:02d}.jpg", seed=500 + seed, size=(320, 240))
     wait_until(lambda: daemon.status()["outcomes"].get("added", 0) >= 3, timeout=300, interval=0.05)
     assert daemon.status()["queue"]["in_flight"] > 0
 
     daemon.process.send_signal(signal.SIGTERM)
     # The control socket goes just before the shutdown waits for the files in flight: every file
-    # handed to the handler pool, ~50 at VGG16's pace, so seconds even on a fast machine.
+    # handed to the handler pool, ~35 at VGG16's pace, so seconds even on a fast machine.
     wait_until(lambda: not socket_path(daemon.data_dir).exists(), timeout=SHUTDOWN_TIMEOUT_S, interval=0.01)
     assert daemon.process.poll() is None
     second = time.monotonic()
@@ -48,5 +48,5 @@ def test_a_second_signal_during_a_slow_shutdown_exits_at_once_and_the_next_start
     status = again.idle()
     assert status["model_runs"] > 0  # the work the first one left undone
     assert again.stop() == 0
-    assert len(disk_images(root)) == 60
+    assert len(disk_images(root)) == 40
     assert_agree(daemon.data_dir, root)
