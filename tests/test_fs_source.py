@@ -273,7 +273,10 @@ class Watcher:
         assert self.process.stdin is not None
         self.process.stdin.write(command + "\n")
         self.process.stdin.flush()
-        return wait_until(lambda: next((x for x in self.lines[count:] if answer in x), None), timeout=60)
+        reply: dict[str, str] = wait_until(
+            lambda: next((x for x in self.lines[count:] if answer in x), None), timeout=60
+        )
+        return reply
 
     def events(self, kind: str) -> list[str]:
         return [line["path"] for line in self.lines if line.get("event") == kind]
