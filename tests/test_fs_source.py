@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import json
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,20 +34,20 @@ from imgwatch.events import (
     ImageEvent,
     ImageModified,
     ImageMoved,
-    RescanRequested,
     Source,
     paths_of,
 )
 from imgwatch.scan import ScanRules
 from imgwatch.sources.fs import (
     EventTranslator,
-    OverflowListener,
     PathFilter,
     filesystem_type,
     is_network_filesystem,
     watch_root,
 )
-from tests.conftest import write_photo
+from tests.conftest import REPO, write_photo
+from tests.harness import wait_until
+from tests.kernel_limits import need_root, need_user_namespace, nested_tree
 
 ROOT = "/photos"
 
@@ -192,14 +197,165 @@ def test_a_real_watch_reports_changes(tmp_path: Path, force_poll: bool) -> None:
         assert any(isinstance(e, ImageModified) and e.write_closed for e in seen)
 
 
-def test_an_inotify_queue_overflow_asks_for_a_rescan_of_every_root() -> None:
-    seen: list[ImageEvent] = []
-    listener = OverflowListener(["/a", "/b"], seen.append)
-    inotify_log = logging.getLogger("watchdog.observers.inotify_c")
-    inotify_log.addHandler(listener)
+# ---- the kernel's limits, for real: a watcher process of its own, which the test can stop ----------
+
+#: A process that watches ``argv[1]`` as the daemon does (``watch_root`` inside ``overflow_rescans``)
+#: and prints what it sees as JSON lines. ``argv[2]``: inotify's queue size for its instance, or 0;
+#: ``argv[3]``: its inotify watch limit, or 0 (it runs in a user namespace of its own for that).
+#: Commands on stdin: ``mode`` (print the watch's mode), ``cap`` (the watch limit = the watches held
+#: now), ``quit``.
+WATCHER = """
+import contextlib, json, os, sys, threading
+from imgwatch.scan import ScanRules
+from imgwatch.sources.fs import overflow_rescans, watch_root
+from tests.kernel_limits import inotify_watches, sysctl_lowered
+
+root, queue, limit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+lock = threading.Lock()
+def say(**fields):
+    with lock:
+        print(json.dumps(fields), flush=True)
+def seen(event):
+    say(event=type(event).__name__, path=event.path)
+def watches_limit(n):
+    with open("/proc/sys/user/max_inotify_watches", "w") as f:
+        f.write(str(n))
+if limit:
+    watches_limit(limit)
+with overflow_rescans([root], seen):
+    # Only an instance made while the sysctl is lowered gets the small queue: lowered for this call.
+    lowered = sysctl_lowered("fs.inotify.max_queued_events", queue) if queue else contextlib.nullcontext()
+    with lowered:
+        watch = watch_root(root, ScanRules(), seen, poll_interval=0.2)
+    say(mode=watch.mode)
+    for command in sys.stdin:
+        if command.strip() == "mode":
+            say(mode=watch.mode)
+        elif command.strip() == "cap":
+            watches_limit(inotify_watches(os.getpid()))
+            say(capped=True)
+        else:
+            break
+    watch.stop()
+"""
+
+
+class Watcher:
+    """The WATCHER process, and what it printed."""
+
+    def __init__(self, root: Path, *, queue: int = 0, limit: int = 0) -> None:
+        wrapper = ["unshare", "-U", "-r"] if limit else []
+        self.process = subprocess.Popen(
+            [*wrapper, sys.executable, "-c", WATCHER, str(root), str(queue), str(limit)],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[dict[str, str]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(json.loads(line))
+
+    def wait_for(self, **fields: str) -> None:
+        """Until the watcher printed a line with ``fields`` (inotify and polling take a moment)."""
+        try:
+            wait_until(lambda: any(fields.items() <= line.items() for line in self.lines), timeout=60)
+        except AssertionError:
+            raise AssertionError(f"the watcher never said {fields}; it said {self.lines}") from None
+
+    def command(self, command: str, answer: str) -> dict[str, str]:
+        count = len(self.lines)
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        reply: dict[str, str] = wait_until(
+            lambda: next((x for x in self.lines[count:] if answer in x), None), timeout=60
+        )
+        return reply
+
+    def events(self, kind: str) -> list[str]:
+        return [line["path"] for line in self.lines if line.get("event") == kind]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(BrokenPipeError):
+                assert self.process.stdin is not None
+                self.process.stdin.close()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(timeout=10)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+
+
+def test_an_overflow_of_inotify_s_queue_renews_the_watch_and_asks_for_one_rescan(tmp_path: Path) -> None:
+    """A real IN_Q_OVERFLOW: the watcher is stopped (SIGSTOP, as a busy machine would leave it
+    unscheduled) while a burst fills its 8-event queue. watchdog alone would rebuild its watches in a
+    loop for ever (its rebuild's own events overflow the queue again) and report nothing more."""
+    need_root()
+    root = tmp_path / "root"
+    folders = nested_tree(root, width=6, depth=5)
+    watcher = Watcher(root, queue=8)
     try:
-        inotify_log.warning("Inotify queue overflowed; filesystem events were lost")
-        inotify_log.warning("something else")
+        watcher.wait_for(mode="inotify")
+        watcher.process.send_signal(signal.SIGSTOP)
+        try:
+            for n in range(40):  # ~120 events
+                (folders[n % len(folders)] / f"burst{n}.jpg").write_bytes(b"x")
+        finally:
+            watcher.process.send_signal(signal.SIGCONT)
+        watcher.wait_for(event="RescanRequested", path=str(root))
+
+        # The renewed watch sees the whole tree again, down to its deepest folder.
+        deep = folders[-1] / "after.jpg"
+        write_photo(deep, seed=1)
+        watcher.wait_for(event="ImageModified", path=str(deep))
+        assert watcher.command("mode", "mode") == {"mode": "inotify"}
     finally:
-        inotify_log.removeHandler(listener)
-    assert seen == [RescanRequested("/a", source=FS), RescanRequested("/b", source=FS)]
+        watcher.close()
+    assert watcher.events("RescanRequested") == [str(root)]
+
+
+def test_a_tree_beyond_the_watch_limit_is_polled(tmp_path: Path) -> None:
+    """The watcher's inotify watch limit (its user namespace's, so no other process on the machine
+    is affected) allows the root and a few folders, not the tree's 31: watchdog would skip the rest
+    in silence."""
+    need_user_namespace()
+    root = tmp_path / "root"
+    folders = nested_tree(root, width=6, depth=5)
+    watcher = Watcher(root, limit=10)
+    try:
+        watcher.wait_for(mode="polling (inotify watch limit reached)")
+        deep = write_photo(folders[-1] / "deep.jpg", seed=1)
+        watcher.wait_for(event="ImageCreated", path=str(deep))
+    finally:
+        watcher.close()
+
+
+def test_a_folder_beyond_the_watch_limit_later_switches_the_root_to_polling(tmp_path: Path) -> None:
+    """The tree grows past the limit while watched: the new folder cannot get a watch, so the root
+    is watched anew (by polling now) and rescanned; a file in that folder is found."""
+    need_user_namespace()
+    root = tmp_path / "root"
+    folders = nested_tree(root, width=2, depth=3)
+    watcher = Watcher(root, limit=1000)
+    try:
+        watcher.wait_for(mode="inotify")
+        watcher.command("cap", "capped")
+        new = folders[-1] / "new"
+        new.mkdir()
+        watcher.wait_for(event="RescanRequested", path=str(root))
+        assert watcher.command("mode", "mode") == {"mode": "polling (inotify watch limit reached)"}
+        photo = write_photo(new / "grown.jpg", seed=2)
+        watcher.wait_for(event="ImageCreated", path=str(photo))
+    finally:
+        watcher.close()
+    assert watcher.events("RescanRequested") == [str(root)]

@@ -27,9 +27,17 @@ def sd_notify(*states: str) -> bool:
 
 
 def watchdog_interval() -> float | None:
-    """Seconds between watchdog pings the service manager expects (half its timeout), if any."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and int(pid) != os.getpid()):
+    """Seconds between the watchdog pings the service manager expects of this process (half its
+    timeout, as sd_watchdog_enabled(3) advises), or None when it expects none."""
+    usec, pid = os.environ.get("WATCHDOG_USEC"), os.environ.get("WATCHDOG_PID")
+    if not usec:
         return None
-    return int(usec) / 2_000_000
+    try:
+        timeout_us = int(usec)
+        if pid and int(pid) != os.getpid():
+            return None  # set for another process, one that started this one
+    except ValueError:
+        # A unit's typo must not stop the daemon; without pings, systemd restarts it, which shows.
+        log.warning("ignoring WATCHDOG_USEC=%r, WATCHDOG_PID=%r: not whole numbers", usec, pid)
+        return None
+    return timeout_us / 2_000_000 if timeout_us > 0 else None

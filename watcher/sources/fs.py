@@ -11,6 +11,7 @@ import fnmatch
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import DEFAULT_EMITTER_TIMEOUT, BaseObserver, EventQueue, ObservedWatch
+from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
+from watchdog.observers.inotify_c import InotifyFD
 from watchdog.observers.polling import PollingObserver
 
 from imgwatch.events import (
@@ -208,50 +210,257 @@ class EventTranslator(FileSystemEventHandler):
         return []
 
 
-class OverflowListener(logging.Handler):
-    """watchdog rebuilds its watches when inotify's queue overflows but tells only its log: listen
-    there, and ask for a rescan of the root, since events were lost."""
+# ---- lost events: an overflow of the kernel's queue, the watch limit reached later ------------------
 
-    def __init__(self, roots: list[str], emit: Emit) -> None:
-        super().__init__(level=logging.WARNING)
-        self._roots = roots
-        self._emit = emit
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "overflow" not in record.getMessage().lower():
-            return
-        for root in self._roots:
-            self._emit(RescanRequested(root, source=Source.FILESYSTEM))
+_rescan_lock = threading.Lock()
+_rescanners: list[tuple[frozenset[str], Emit]] = []
 
 
 @contextmanager
 def overflow_rescans(roots: list[str], emit: Emit) -> Iterator[None]:
-    """While the block runs, an inotify queue overflow asks for a rescan of every root in ``roots``."""
-    listener = OverflowListener(roots, emit)
-    watchdog_log = logging.getLogger("watchdog.observers")
-    watchdog_log.addHandler(listener)
-    if watchdog_log.getEffectiveLevel() > logging.WARNING:
-        watchdog_log.setLevel(logging.WARNING)  # the overflow warning must reach the listener
+    """While the block runs, a watch on one of ``roots`` that lost events (inotify's queue
+    overflowed, or its watch limit was reached below the root) asks for a rescan of its root, once it
+    watches again. Each root has an inotify instance, so a queue of its own: the others lost nothing."""
+    entry = (frozenset(roots), emit)
+    with _rescan_lock:
+        _rescanners.append(entry)
     try:
         yield
     finally:
-        watchdog_log.removeHandler(listener)
+        with _rescan_lock:
+            _rescanners.remove(entry)
+
+
+def _ask_for_rescan(root: str) -> None:
+    with _rescan_lock:
+        emits = [emit for roots, emit in _rescanners if root in roots]
+    for emit in emits:
+        emit(RescanRequested(root, source=Source.FILESYSTEM))
+
+
+#: The watchdog events the translator uses, and the only ones inotify is asked for: the opens and
+#: reads of every file and directory (the daemon's own reads and scans) would fill the kernel's queue.
+_EVENT_TYPES: list[type[FileSystemEvent]] = [
+    *(FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileDeletedEvent, FileMovedEvent),
+    *(DirCreatedEvent, DirDeletedEvent, DirMovedEvent),
+]
+
+#: Called by a watch group that lost events: ``True`` for the watch limit, ``False`` for an overflow.
+_Lost = Callable[[bool], None]
 
 
 @dataclass
+class _WatchGroup(InotifyWatchGroup):
+    """watchdog 7's recursive inotify watch (internals: hence the pin in pyproject.toml), telling us
+    what watchdog keeps to itself. It skips, silently, a directory it cannot watch because the watch
+    limit is reached: that directory's changes would be missed for good. And it answers an overflow by
+    removing and re-adding every watch in its reader thread: one IN_IGNORED event per directory,
+    which overflows the queue again, for ever, once the tree has as many directories as the queue
+    has room (16384 by default). Here an overflow is reported instead, and the watch is renewed."""
+
+    lost: _Lost | None = None
+
+    def _add_callback(self, path: bytes) -> None:
+        try:
+            wd = self._inotify_fd.add_callback(path, self.event_mask, self._callback, self._id)
+        except OSError as e:
+            if path == self.path:
+                raise
+            if e.errno == errno.ENOSPC and self.lost is not None:
+                self.lost(True)
+            return  # otherwise, as watchdog: a directory that vanished or cannot be read
+        self._active_callbacks_by_path[path] = wd
+        self._active_callbacks_by_watch[wd] = path
+
+    def on_queue_overflow(self) -> None:
+        with self._lock:
+            if not self.is_active:
+                return
+            self._move_event_grouper.discard_pending_events()
+        if self.lost is not None:
+            self.lost(False)
+
+
+class _Emitter(InotifyEmitter):
+    def __init__(
+        self,
+        event_queue: EventQueue,
+        watch: ObservedWatch,
+        *,
+        timeout: float = DEFAULT_EMITTER_TIMEOUT,
+        event_filter: list[type[FileSystemEvent]] | None = None,
+        inotify_fd: InotifyFD | None = None,
+        lost: _Lost | None = None,
+    ) -> None:
+        super().__init__(
+            event_queue, watch, timeout=timeout, event_filter=event_filter, inotify_fd=inotify_fd
+        )
+        self._lost = lost
+
+    def on_thread_start(self) -> None:
+        # InotifyEmitter.on_thread_start, with our watch group.
+        self._inotify = _WatchGroup(
+            self._inotify_fd,
+            os.fsencode(self.watch.path),
+            event_mask=self.get_event_mask_from_filter(),
+            is_recursive=self.watch.is_recursive,
+            follow_symlink=self.watch.follow_symlink,
+            lost=self._lost,
+        )
+
+
+class _InotifyObserver(BaseObserver):
+    """watchdog's InotifyObserver with the emitter above: an inotify instance (a queue) per root."""
+
+    def __init__(self, lost: _Lost) -> None:
+        self._inotify_fd = InotifyFD()  # OSError(EMFILE) at the instance limit
+        super().__init__(_Emitter, inotify_fd=self._inotify_fd, lost=lost)
+        self._inotify_fd.start()
+
+    def on_thread_stop(self) -> None:
+        super().on_thread_stop()
+        self._inotify_fd.stop()
+        self._inotify_fd.join()
+
+
+# ---- a root's watch ------------------------------------------------------------------------------
+
+
 class RootWatch:
-    root: str
-    observer: BaseObserver
-    mode: str
-    """``inotify`` or ``polling (reason)``."""
+    """One root, watched by inotify or, where inotify cannot serve it, polled. A watch that lost
+    events (see :func:`overflow_rescans`) watches its root anew, by polling if the watch limit is
+    reached, and then asks for a rescan."""
+
+    def __init__(
+        self,
+        root: str,
+        handler: EventTranslator,
+        *,
+        poll_reason: str | None,
+        poll_interval: float,
+        follow: bool,
+    ) -> None:
+        self.root = root
+        self._handler = handler
+        self._poll_interval = poll_interval
+        self._follow = follow
+        self._lock = threading.Lock()
+        self._renew_lock = threading.Lock()
+        self._stopped = False
+        self._renewing = False
+        self.observer, self.mode = self._start(poll_reason)
+        """``mode``: ``inotify`` or ``polling (reason)``."""
 
     def alive(self) -> bool:
         """watchdog ends a watch whose root was deleted; the observer thread itself lives on."""
-        return self.observer.is_alive() and any(emitter.is_alive() for emitter in self.observer.emitters)
+        if self._renewing:
+            return True
+        observer = self.observer
+        return observer.is_alive() and any(emitter.is_alive() for emitter in list(observer.emitters))
 
     def stop(self) -> None:
-        self.observer.stop()
-        self.observer.join(timeout=10)
+        with self._lock:
+            self._stopped = True
+            self.observer.stop()
+            self.observer.join(timeout=10)
+
+    def _start(self, reason: str | None) -> tuple[BaseObserver, str]:
+        if reason is None:
+            try:
+                return self._start_inotify(), "inotify"
+            except OSError as e:
+                reason = _refused(self.root, e)
+        log.info("polling %r every %g s: %s", self.root, self._poll_interval, reason)
+        poller = PollingObserver(timeout=self._poll_interval)
+        poller.schedule(
+            self._handler, self.root, recursive=True, event_filter=_EVENT_TYPES, follow_symlink=self._follow
+        )
+        poller.start()
+        return poller, f"polling ({reason})"
+
+    def _start_inotify(self) -> BaseObserver:
+        starting, limit_reached = True, False
+
+        def lost(limit: bool) -> None:
+            nonlocal limit_reached
+            if starting:
+                # An overflow now is covered by the scan that follows every start; a directory
+                # left unwatched for the limit fails the start.
+                limit_reached = limit_reached or limit
+            else:
+                self._renew(limit)
+
+        observer = _InotifyObserver(lost)
+        try:
+            observer.schedule(
+                self._handler,
+                self.root,
+                recursive=True,
+                event_filter=_EVENT_TYPES,
+                follow_symlink=self._follow,
+            )
+            observer.start()
+        except OSError:
+            observer.stop()
+            raise
+        starting = False
+        if limit_reached:
+            observer.stop()
+            observer.join(timeout=10)
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+        return observer
+
+    def _renew(self, limit: bool) -> None:
+        """Called in watchdog's reader thread, under its locks: the renewal runs in a thread of its own
+        (``_lock`` may be held by one that waits for this reader thread to end)."""
+        with self._renew_lock:
+            if self._stopped or self._renewing:
+                return
+            self._renewing = True
+        threading.Thread(target=self._renewal, args=(limit,), name="imgwatch-rewatch", daemon=True).start()
+
+    def _renewal(self, limit: bool) -> None:
+        log.warning(
+            "%s below %r: events were lost; watching it anew, then rescanning it%s",
+            "inotify's watch limit is reached" if limit else "inotify's event queue overflowed",
+            self.root,
+            "" if limit else ". If this recurs, raise fs.inotify.max_queued_events with sysctl",
+        )
+        with self._lock:
+            try:
+                if self._stopped:
+                    return
+                # The old watch goes first: both at once could need twice the watch limit. What
+                # changes in between, the rescan finds.
+                self.observer.stop()
+                self.observer.join(timeout=10)
+                self.observer, self.mode = self._start(None)
+            except OSError as e:
+                log.error("cannot watch %r again: %s", self.root, e)
+                return  # not alive now: the daemon's root check takes over
+            finally:
+                self._renewing = False
+        _ask_for_rescan(self.root)
+
+
+def _refused(root: str, error: OSError) -> str:
+    """Why inotify cannot watch ``root``, logged with the fix; ``error`` again if no limit explains it."""
+    if error.errno == errno.ENOSPC:
+        log.error(
+            "cannot watch %r with inotify: the per-user watch limit is reached. Raise it with "
+            "`sudo sysctl fs.inotify.max_user_watches=1048576` (and add that line to "
+            "/etc/sysctl.d/90-imgwatch.conf to keep it); polling this root meanwhile",
+            root,
+        )
+        return "inotify watch limit reached"
+    if error.errno == errno.EMFILE:
+        log.error(
+            "cannot watch %r with inotify: too many inotify instances. Raise "
+            "fs.inotify.max_user_instances with sysctl; polling this root meanwhile",
+            root,
+        )
+        return "inotify instance limit reached"
+    raise error
 
 
 def watch_root(
@@ -259,40 +468,13 @@ def watch_root(
 ) -> RootWatch:
     """Start watching ``root`` recursively. Network filesystems are polled, and so is a root whose
     inotify watches cannot all be added; the reason is logged and reported in ``status``."""
-    handler = EventTranslator(PathFilter(root, rules), emit)
     fs_type = filesystem_type(root)
     reason = None
     if force_poll:
         reason = "forced by configuration"
     elif is_network_filesystem(fs_type):
         reason = f"{fs_type} is a network filesystem; inotify would miss changes made elsewhere"
-    if reason is None:
-        observer: BaseObserver = Observer()
-        try:
-            observer.schedule(handler, root, recursive=True, follow_symlink=rules.follow_symlinks)
-            observer.start()
-            return RootWatch(root, observer, "inotify")
-        except OSError as e:
-            observer.stop()
-            if e.errno == errno.ENOSPC:
-                reason = "inotify watch limit reached"
-                log.error(
-                    "cannot watch %r with inotify: the per-user watch limit is reached. Raise it with "
-                    "`sudo sysctl fs.inotify.max_user_watches=1048576` (and add that line to "
-                    "/etc/sysctl.d/90-imgwatch.conf to keep it); polling this root meanwhile",
-                    root,
-                )
-            elif e.errno == errno.EMFILE:
-                reason = "inotify instance limit reached"
-                log.error(
-                    "cannot watch %r with inotify: too many inotify instances. Raise "
-                    "fs.inotify.max_user_instances with sysctl; polling this root meanwhile",
-                    root,
-                )
-            else:
-                raise
-    log.info("polling %r every %.0f s: %s", root, poll_interval, reason)
-    poller = PollingObserver(timeout=poll_interval)
-    poller.schedule(handler, root, recursive=True, follow_symlink=rules.follow_symlinks)
-    poller.start()
-    return RootWatch(root, poller, f"polling ({reason})")
+    handler = EventTranslator(PathFilter(root, rules), emit)
+    return RootWatch(
+        root, handler, poll_reason=reason, poll_interval=poll_interval, follow=rules.follow_symlinks
+    )
