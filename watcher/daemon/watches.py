@@ -114,7 +114,8 @@ class Watches:
                 root.watch = None
             if present and root.watch is None:
                 log.info("root %r is back; rescanning it", root.path)
-                root.guard = None
+                if root.guard == MISSING or (root.guard or "").startswith("cannot watch"):
+                    root.guard = None  # a mass-delete guard stays until `imgwatch index ROOT`
                 if self.start(root):
                     returned.append(root.path)
             elif not present and root.watch is not None:
