@@ -159,7 +159,60 @@ def test_a_build_that_fails_and_is_retried_leaves_no_store_open(
         assert services.catalog.last_job_runs()["reindex"]["outcome"] == "ok"
         assert list(clients.values()) == [2, 2, 2, 2]  # the serving store's and the attempt's own
         assert open_connections(uri) == 1  # the new serving store; the old one closed at the switch
+        # What the failed attempts wrote went with their collection: the switch waited for all of it.
+        records = services.catalog.ids_with_vectors()
+        assert len(records) == 8 and services.ctx.vectors.all_ids() == set(records)
     assert open_connections(uri) == 0
+
+
+def test_a_retried_build_switches_only_once_the_new_collection_holds_every_vector(
+    settings: Settings, extractor: VGG16Extractor, other_extractor: VGG16Extractor, photos: Path
+) -> None:
+    """The ledger says which rows have their vector in the new collection; when the collection lost
+    them (dropped, emptied, a Milvus that did not keep its writes), a retry that trusts the ledger
+    switches to a collection with vectors missing. The build checks the collection itself."""
+    from imgwatch.services.vectors import MilvusVectorStore
+
+    with open_services(settings, command="test", extractor=extractor) as services:
+        index(services.ctx, photos)
+    switched = settings.replace(weights="random:1")
+    attempts: list[str] = []
+
+    with open_services(switched, command="test", extractors=[extractor, other_extractor]) as services:
+        serving = services.ctx.vectors
+
+        def fail_the_first(progress: dict[str, Any]) -> None:
+            if not attempts:
+                attempts.append(progress["collection"])
+                # Two rows are in the new collection and the ledger; then the collection goes from
+                # under the build (its next write fails, for real), and the ledger still says two.
+                assert ReindexLedger(services.catalog).progress()["done"] == 2
+                serving.drop_collection(progress["collection"])
+
+        reindexer = Reindexer(services, batch=2, switch_when_left=1, on_progress=fail_the_first)
+        with pytest.raises(Exception, match="collection"):
+            reindexer.run()
+        assert services.ctx.extractor is extractor  # not switched
+        [collection] = attempts
+        # An entity the catalog knows nothing of, in the collection the retry resumes.
+        stray = MilvusVectorStore(switched.vectors_uri, dimension=4096, collection=collection)
+        try:
+            stray.upsert([(10_000, "/nowhere.jpg", np.ones(4096, dtype=np.float32) / 64)])
+        finally:
+            stray.close()
+
+        reindexer.run()  # the retry
+
+        ctx = services.ctx
+        assert ctx.extractor is other_extractor
+        assert ctx.vectors.collection == collection
+        records = services.catalog.ids_with_vectors()
+        assert len(records) == 8
+        assert {r.signature for r in records.values()} == {other_extractor.signature.key}
+        assert ctx.vectors.all_ids() == set(records)
+        for record in records.values():
+            stored = ctx.vectors.get_vectors([record.id])[record.id]
+            assert float(stored @ other_extractor.embed(Path(record.path).read_bytes())) > 0.999
 
 
 def test_pca_needs_enough_vectors_and_says_so(

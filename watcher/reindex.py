@@ -22,7 +22,7 @@ import numpy as np
 from imgwatch.context import Context
 from imgwatch.errors import ImgwatchError
 from imgwatch.reindex_background import BackgroundReindex
-from imgwatch.reindex_build import Build
+from imgwatch.reindex_build import SWITCH_ROUNDS, Build, IncompleteBuildError
 from imgwatch.reindex_steps import (
     REBUILD_FACTOR,
     Mode,
@@ -56,6 +56,7 @@ __all__ = [
     "SWITCH_WHEN_LEFT",
     "BackgroundReindex",
     "Build",
+    "IncompleteBuildError",
     "Mode",
     "Reindexer",
     "SharedCollectionError",
@@ -157,19 +158,26 @@ class Reindexer:
                 "started_at": started.isoformat(),
             }
             build = Build(services, self._ledger, step.mode, store, target_extractor, transform)
-            while build.left() >= self._switch_when_left:
-                if stop is not None and stop.is_set():
-                    self._progress["phase"] = "paused"
-                    return build.done
-                build.sync(self._batch)
-                if self._on_progress is not None:
-                    self._on_progress(self.progress() or {})
+            # The ledger is trusted only as far as the collection bears it out (a retried or resumed
+            # build's collection may have lost what an earlier attempt wrote): before the switch the
+            # collection is checked against it, and what is missing is built again, here, where
+            # handlers and searches run on.
+            for _ in range(SWITCH_ROUNDS):
+                while build.left() >= self._switch_when_left:
+                    if stop is not None and stop.is_set():
+                        self._progress["phase"] = "paused"
+                        return build.done
+                    build.sync(self._batch)
+                    if self._on_progress is not None:
+                        self._on_progress(self.progress() or {})
+                if not (missing := build.verify()):
+                    break
+            else:
+                raise IncompleteBuildError(collection, f"{missing} vectors were missing again")
             self._progress["phase"] = "switching"
             old_store = services.ctx.vectors
             with services.serving.exclusive() as held:
-                while build.sync(self._batch * 4, held=held):
-                    pass
-                build.drop_stale()
+                build.complete(held, self._batch * 4)
                 generation = int(catalog.get_meta(GENERATION_META_KEY) or 0)
                 self._ledger.finish(
                     target.key,

@@ -381,6 +381,21 @@ class MilvusVectorStore:
         )
         return {self._row(int(row["id"])): np.asarray(row["vector"], dtype=np.float32) for row in rows}
 
+    def present(self, ids: Iterable[int]) -> set[int]:
+        """Which of ``ids`` have an entity here (their vectors are not read)."""
+        keys = list(ids)
+        found: set[int] = set()
+        for start in range(0, len(keys), 1000):
+            batch = [self._key(key) for key in keys[start : start + 1000]]
+            rows = self._client.query(
+                self._collection,
+                filter=f"id in {batch}",
+                output_fields=["id"],
+                consistency_level="Strong",  # see get_vectors
+            )
+            found.update(self._row(int(row["id"])) for row in rows)
+        return found
+
     def ids_for_path(self, path: str) -> list[int]:
         """Keys of entities whose stored path is ``path`` (for repairs when the catalog lost track)."""
         own = self._own_filter()
