@@ -4,8 +4,13 @@ A change of model or weights, turning PCA on or off, or an ANN index that no lon
 the collection, each needs a new Milvus collection. It is built beside the serving one: every catalog
 row that vouches for a vector gets one in the new collection (re-extracted from the file, projected
 from the stored vector, or copied), tracked in the reindex ledger so a restart resumes where it
-stopped, and redone when the file changes meanwhile. Then, with handlers held for a moment, the last
-changes are caught up and one catalog transaction switches over; the old collection is dropped.
+stopped, and redone when the file changes meanwhile. Before the switch the new collection is checked
+against the ledger (:meth:`~imgwatch.reindex_build.Build.verify`: a retried or resumed build's
+collection may have lost what an earlier attempt wrote). Then, with handlers held for a moment, the
+last changes are caught up and one catalog transaction switches over; the old collection is dropped.
+
+Parts: the steps (:mod:`imgwatch.reindex_steps`), one build (:mod:`imgwatch.reindex_build`) and the
+daemon's background runner (:mod:`imgwatch.reindex_background`); their names are exported from here.
 """
 
 from __future__ import annotations
