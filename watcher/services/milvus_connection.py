@@ -19,7 +19,7 @@ from imgwatch.errors import DataDirBusyError, StoreAuthError, StoreUnavailableEr
 # Milvus Lite runs one in-process server per file, shared by every client of that file, and has no
 # reference count of its own: a store that released it would pull it from under another store (the
 # serving collection and a reindex's new one live in the same file). Writes share one lock per file,
-# because the WAL race (see MilvusVectorStore.__init__) is in the file's server, not per collection.
+# because the WAL race (see MilvusConnection.__init__) is in the file's server, not per collection.
 # The count is kept for servers too: it is how many clients of each URI this process holds open.
 _users: Counter[str] = Counter()
 _write_locks: dict[str, threading.Lock] = {}
