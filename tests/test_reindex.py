@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from imgwatch.config import Settings
+from imgwatch.context import Context
 from imgwatch.events import ImageCreated, ImageDeleted, ImageModified
 from imgwatch.reindex import BackgroundReindex, Mode, Reindexer, next_step, wanted_index
 from imgwatch.runtime import dispatch
 from imgwatch.samples import photo
 from imgwatch.search import search_images
+from imgwatch.services.abc import FileBlob, content_hash
 from imgwatch.services.build import open_services, stored_index, stored_signature
 from imgwatch.services.extractor import VGG16Extractor, WeightsSpec
 from imgwatch.services.ledger import ReindexLedger
@@ -159,7 +161,60 @@ def test_a_build_that_fails_and_is_retried_leaves_no_store_open(
         assert services.catalog.last_job_runs()["reindex"]["outcome"] == "ok"
         assert list(clients.values()) == [2, 2, 2, 2]  # the serving store's and the attempt's own
         assert open_connections(uri) == 1  # the new serving store; the old one closed at the switch
+        # What the failed attempts wrote went with their collection: the switch waited for all of it.
+        records = services.catalog.ids_with_vectors()
+        assert len(records) == 8 and services.ctx.vectors.all_ids() == set(records)
     assert open_connections(uri) == 0
+
+
+def test_a_retried_build_switches_only_once_the_new_collection_holds_every_vector(
+    settings: Settings, extractor: VGG16Extractor, other_extractor: VGG16Extractor, photos: Path
+) -> None:
+    """The ledger says which rows have their vector in the new collection; when the collection lost
+    them (dropped, emptied, a Milvus that did not keep its writes), a retry that trusts the ledger
+    switches to a collection with vectors missing. The build checks the collection itself."""
+    from imgwatch.services.vectors import MilvusVectorStore
+
+    with open_services(settings, command="test", extractor=extractor) as services:
+        index(services.ctx, photos)
+    switched = settings.replace(weights="random:1")
+    attempts: list[str] = []
+
+    with open_services(switched, command="test", extractors=[extractor, other_extractor]) as services:
+        serving = services.ctx.vectors
+
+        def fail_the_first(progress: dict[str, Any]) -> None:
+            if not attempts:
+                attempts.append(progress["collection"])
+                # Two rows are in the new collection and the ledger; then the collection goes from
+                # under the build (its next write fails, for real), and the ledger still says two.
+                assert ReindexLedger(services.catalog).progress()["done"] == 2
+                serving.drop_collection(progress["collection"])
+
+        reindexer = Reindexer(services, batch=2, switch_when_left=1, on_progress=fail_the_first)
+        with pytest.raises(Exception, match="collection"):
+            reindexer.run()
+        assert services.ctx.extractor is extractor  # not switched
+        [collection] = attempts
+        # An entity the catalog knows nothing of, in the collection the retry resumes.
+        stray = MilvusVectorStore(switched.vectors_uri, dimension=4096, collection=collection)
+        try:
+            stray.upsert([(10_000, "/nowhere.jpg", np.ones(4096, dtype=np.float32) / 64)])
+        finally:
+            stray.close()
+
+        reindexer.run()  # the retry
+
+        ctx = services.ctx
+        assert ctx.extractor is other_extractor
+        assert ctx.vectors.collection == collection
+        records = services.catalog.ids_with_vectors()
+        assert len(records) == 8
+        assert {r.signature for r in records.values()} == {other_extractor.signature.key}
+        assert ctx.vectors.all_ids() == set(records)
+        for record in records.values():
+            stored = ctx.vectors.get_vectors([record.id])[record.id]
+            assert float(stored @ other_extractor.embed(Path(record.path).read_bytes())) > 0.999
 
 
 def test_pca_needs_enough_vectors_and_says_so(
@@ -176,33 +231,69 @@ def test_pca_needs_enough_vectors_and_says_so(
         assert _top_path(services, photos / "photo3.jpg")[0] == str(photos / "photo3.jpg")
 
 
+PCA_ROWS = 530
+"""Rows in the index a PCA-512 is fitted on (it needs at least 512 vectors)."""
+PCA_PHOTOS = 16
+"""Of those, photos indexed for real (VGG16 on each); the others hold vectors made from theirs."""
+
+
+def _index_derived_vectors(ctx: Context, folder: Path, count: int, seed: int) -> None:
+    """``count`` more rows with vectors made from the indexed ones, as a handler stores them: each a
+    seeded blend of two real fc7 vectors plus noise, kept non-negative (fc7 follows a ReLU) and
+    L2-normalised. Running VGG16 on 500 more photos would cost minutes on an AVX2 CPU, and the
+    projection never reads a file: it only needs enough vectors, realistic ones, in the index."""
+    real = ctx.vectors.get_vectors(sorted(ctx.vectors.all_ids()))
+    bases = np.stack(list(real.values()))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n in range(count):
+        i, j = rng.choice(len(bases), size=2, replace=False)
+        share = rng.uniform(0.2, 0.8)
+        noise = rng.normal(0, 0.3 / np.sqrt(bases.shape[1]), size=bases.shape[1])
+        vector = np.maximum(share * bases[i] + (1 - share) * bases[j] + noise, 0).astype(np.float32)
+        path = str(folder / f"derived{n:03d}.jpg")
+        data = f"derived {seed} {n}".encode()
+        rows.append((ctx.catalog.mark_pending(path, len(data), 0), data, vector / np.linalg.norm(vector)))
+    for start in range(0, len(rows), 100):
+        ctx.vectors.upsert(
+            [(record.id, record.path, vector) for record, _, vector in rows[start : start + 100]]
+        )
+    for record, data, _ in rows:
+        blob = FileBlob(record.path, data, len(data), 0, content_hash(data))
+        ctx.catalog.mark_indexed(record.id, blob, ctx.signature_key)
+
+
 def test_pca_512_projects_the_stored_vectors_and_keeps_the_results(
     settings: Settings, extractor: VGG16Extractor, tmp_path: Path
 ) -> None:
     root = tmp_path / "many"
-    for seed in range(530):
+    for seed in range(PCA_PHOTOS):
         write_photo(root / f"{seed:03d}.jpg", 1000 + seed, (160, 120))
-    queries = [
-        write_photo(tmp_path / "queries" / f"q{seed}.jpg", 1000 + seed, (200, 150))
-        for seed in range(0, 530, 53)
-    ]
+    # The same scenes at another size: each query's own photo is its best match, with or without PCA.
+    own = {
+        write_photo(tmp_path / "queries" / f"q{seed}.jpg", 1000 + seed, (200, 150)): root / f"{seed:03d}.jpg"
+        for seed in range(0, PCA_PHOTOS, 3)
+    }
+    queries = list(own)
     with open_services(settings, command="test", extractor=extractor) as services:
         index(services.ctx, root)
+        _index_derived_vectors(services.ctx, root, PCA_ROWS - PCA_PHOTOS, seed=7)
         full = {
             q: [m.path for m in r.matches] for q, r in zip(queries, _search(services, queries), strict=True)
         }
+    assert all(full[q][0] == str(own[q]) for q in queries)
 
     with open_services(settings.replace(pca=512), command="test", extractor=extractor) as services:
         before = extractor.images_embedded
         counts = Reindexer(services).run()
-        assert counts == {"steps": 1, "vectors": 530}
+        assert counts == {"steps": 1, "vectors": PCA_ROWS}
         assert extractor.images_embedded == before  # projected from the stored vectors: no model run
         ctx = services.ctx
         signature = ctx.extractor.signature
         assert signature.dimension == 512 and signature.pca.startswith("4096->512:")
         assert stored_signature(services.catalog) == signature
         ids = sorted(ctx.vectors.all_ids())
-        assert len(ids) == 530
+        assert len(ids) == PCA_ROWS
         assert {v.shape for v in ctx.vectors.get_vectors(ids[:5]).values()} == {(512,)}
         assert (settings.data_dir / "pca" / f"pca-512-{signature.pca_version}.npz").is_file()
         projected = {

@@ -4,8 +4,13 @@ A change of model or weights, turning PCA on or off, or an ANN index that no lon
 the collection, each needs a new Milvus collection. It is built beside the serving one: every catalog
 row that vouches for a vector gets one in the new collection (re-extracted from the file, projected
 from the stored vector, or copied), tracked in the reindex ledger so a restart resumes where it
-stopped, and redone when the file changes meanwhile. Then, with handlers held for a moment, the last
-changes are caught up and one catalog transaction switches over; the old collection is dropped.
+stopped, and redone when the file changes meanwhile. Before the switch the new collection is checked
+against the ledger (:meth:`~imgwatch.reindex_build.Build.verify`: a retried or resumed build's
+collection may have lost what an earlier attempt wrote). Then, with handlers held for a moment, the
+last changes are caught up and one catalog transaction switches over; the old collection is dropped.
+
+Parts: the steps (:mod:`imgwatch.reindex_steps`), one build (:mod:`imgwatch.reindex_build`) and the
+daemon's background runner (:mod:`imgwatch.reindex_background`); their names are exported from here.
 """
 
 from __future__ import annotations
@@ -14,17 +19,24 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
 from imgwatch.context import Context
-from imgwatch.errors import ImageError, ImgwatchError, StoreAuthError
-from imgwatch.services.abc import Extractor, ExtractorSignature, FileRecord, Vector
+from imgwatch.errors import ImgwatchError
+from imgwatch.reindex_background import BackgroundReindex
+from imgwatch.reindex_build import SWITCH_ROUNDS, Build, IncompleteBuildError
+from imgwatch.reindex_steps import (
+    REBUILD_FACTOR,
+    Mode,
+    SharedCollectionError,
+    Step,
+    next_step,
+    wanted_index,
+)
+from imgwatch.services.abc import Extractor, ExtractorSignature, Vector
 from imgwatch.services.build import (
     COLLECTION_META_KEY,
     GENERATION_META_KEY,
@@ -43,83 +55,26 @@ from imgwatch.services.build import (
 from imgwatch.services.ledger import ReindexLedger
 from imgwatch.services.pca import PCATransform, ProjectedExtractor
 
+__all__ = [
+    "BATCH",
+    "REBUILD_FACTOR",
+    "SWITCH_WHEN_LEFT",
+    "BackgroundReindex",
+    "Build",
+    "IncompleteBuildError",
+    "Mode",
+    "Reindexer",
+    "SharedCollectionError",
+    "Step",
+    "next_step",
+    "wanted_index",
+]
+
 log = logging.getLogger(__name__)
 
 BATCH = 32
 #: Below this many rows left, the switch takes the gate and finishes them with handlers held.
 SWITCH_WHEN_LEFT = 8
-#: An automatically sized ANN index is rebuilt once the ideal parameters are this far off.
-REBUILD_FACTOR = 2.0
-
-
-class SharedCollectionError(ImgwatchError):
-    def __init__(self, reason: str) -> None:
-        super().__init__(
-            f"the index needs rebuilding ({reason}), but its collection is shared with other watchers "
-            "(`node` is set): a watcher never replaces a shared collection by itself. See README, "
-            '"Scaling out", for changing the extractor of a shared collection.'
-        )
-
-
-class Mode(StrEnum):
-    EXTRACT = "extract"
-    """Run the (new) model on every file."""
-    PROJECT = "project"
-    """Apply a newly fitted PCA transform to the stored vectors: no file is read."""
-    COPY = "copy"
-    """Same vectors, another ANN index."""
-
-
-@dataclass(frozen=True)
-class Step:
-    mode: Mode
-    reason: str
-    signature: ExtractorSignature
-    """The target's signature (for :attr:`Mode.PROJECT`, the one being projected from)."""
-    index: dict[str, Any]
-    pca: int | None = None
-
-
-def next_step(
-    stored: ExtractorSignature,
-    configured: ExtractorSignature,
-    pca: int | None,
-    active_index: dict[str, Any],
-    wanted_index: dict[str, Any],
-) -> Step | None:
-    """The next change that brings an index made by ``stored`` towards the settings, or None.
-
-    Projections are only ever fitted on the model's own vectors, so a change of model or PCA size is
-    an extraction first and a projection after.
-    """
-    if stored.base.key != configured.base.key:
-        return Step(Mode.EXTRACT, "the configured model/weights differ", configured.base, wanted_index)
-    if stored.pca and (pca is None or pca != stored.dimension):
-        reason = "PCA turned off" if pca is None else f"PCA changed from {stored.dimension} to {pca}"
-        return Step(Mode.EXTRACT, reason, configured.base, wanted_index)
-    if pca is not None and not stored.pca:
-        return Step(Mode.PROJECT, f"PCA to {pca} dimensions turned on", stored, wanted_index, pca)
-    if wanted_index != active_index:
-        return Step(Mode.COPY, f"ANN index {active_index} -> {wanted_index}", stored, wanted_index)
-    return None
-
-
-def wanted_index(services: Services, active: dict[str, Any], entities: int) -> dict[str, Any]:
-    """The index the settings ask for. Automatically sized parameters follow the collection's size,
-    with hysteresis: they change only when off by :data:`REBUILD_FACTOR` or more."""
-    from imgwatch.services.vectors import auto_index_params
-
-    settings = services.settings
-    if settings.index_params:
-        return {"type": settings.index_type, "params": dict(settings.index_params)}
-    ideal = auto_index_params(settings.index_type, entities)
-    if active["type"] == settings.index_type and "nlist" in ideal:
-        current = int(active["params"].get("nlist", 0)) or 1
-        if 1 / REBUILD_FACTOR < ideal["nlist"] / current < REBUILD_FACTOR:
-            return active
-    if active["type"] == settings.index_type and "nlist" not in ideal:
-        return active
-    return {"type": settings.index_type, "params": ideal}
 
 
 class Reindexer:
@@ -207,20 +162,27 @@ class Reindexer:
                 "collection": collection,
                 "started_at": started.isoformat(),
             }
-            build = _Build(services, self._ledger, step.mode, store, target_extractor, transform)
-            while build.left() >= self._switch_when_left:
-                if stop is not None and stop.is_set():
-                    self._progress["phase"] = "paused"
-                    return build.done
-                build.sync(self._batch)
-                if self._on_progress is not None:
-                    self._on_progress(self.progress() or {})
+            build = Build(services, self._ledger, step.mode, store, target_extractor, transform)
+            # The ledger is trusted only as far as the collection bears it out (a retried or resumed
+            # build's collection may have lost what an earlier attempt wrote): before the switch the
+            # collection is checked against it, and what is missing is built again, here, where
+            # handlers and searches run on.
+            for _ in range(SWITCH_ROUNDS):
+                while build.left() >= self._switch_when_left:
+                    if stop is not None and stop.is_set():
+                        self._progress["phase"] = "paused"
+                        return build.done
+                    build.sync(self._batch)
+                    if self._on_progress is not None:
+                        self._on_progress(self.progress() or {})
+                if not (missing := build.verify()):
+                    break
+            else:
+                raise IncompleteBuildError(collection, f"{missing} vectors were missing again")
             self._progress["phase"] = "switching"
             old_store = services.ctx.vectors
             with services.serving.exclusive() as held:
-                while build.sync(self._batch * 4, held=held):
-                    pass
-                build.drop_stale()
+                build.complete(held, self._batch * 4)
                 generation = int(catalog.get_meta(GENERATION_META_KEY) or 0)
                 self._ledger.finish(
                     target.key,
@@ -353,163 +315,3 @@ class Reindexer:
 def _generation_of(collection: str) -> int:
     suffix = collection.rsplit("_", 1)[-1]
     return int(suffix) if suffix.isdigit() else 0
-
-
-class _Build:
-    """Fills one new collection from the catalog's rows, in batches, recording each in the ledger."""
-
-    def __init__(
-        self,
-        services: Services,
-        ledger: ReindexLedger,
-        mode: Mode,
-        store: Any,
-        extractor: Extractor,
-        transform: PCATransform | None,
-    ) -> None:
-        self._services = services
-        self._ledger = ledger
-        self._mode = mode
-        self._store = store
-        self._extractor = extractor
-        self._transform = transform
-        self._workers = services.settings.batch_size + 4
-        self.done = 0
-
-    def left(self) -> int:
-        return self._ledger.remaining()
-
-    def sync(self, limit: int, *, held: Context | None = None) -> int:
-        """Give up to ``limit`` rows their new vector; returns how many rows were taken.
-
-        ``held`` is the serving context when the caller holds it exclusively (the switch)."""
-        rows = self._ledger.todo(limit)
-        if not rows:
-            return 0
-        vectors: dict[int, Vector] = {}
-        if self._mode is not Mode.EXTRACT:
-            if held is not None:
-                vectors = self._reuse(rows, held)
-            else:
-                with self._services.serving.use() as serving:
-                    vectors = self._reuse(rows, serving)
-        missing = [r for r in rows if r.id not in vectors]
-        errors: dict[int, str] = {}
-        if missing:
-            extracted, errors = self._extract(missing)
-            vectors.update(extracted)
-        self._store.upsert([(r.id, r.path, vectors[r.id]) for r in rows if r.id in vectors])
-        self._ledger.record(rows, errors)
-        self.drop_stale()
-        self.done += len(vectors)
-        return len(rows)
-
-    def drop_stale(self) -> None:
-        stale = self._ledger.stale()
-        if stale:
-            self._store.delete(stale)
-            self._ledger.forget(stale)
-
-    def _reuse(self, rows: list[FileRecord], serving: Context) -> dict[int, Vector]:
-        """The serving collection's vectors of ``rows``, projected when PCA is being turned on."""
-        stored = serving.vectors.get_vectors([r.id for r in rows])
-        if not stored or self._transform is None:
-            return stored
-        keys = list(stored)
-        projected = self._transform.apply(np.stack([stored[k] for k in keys]))
-        return dict(zip(keys, projected, strict=True))
-
-    def _extract(self, rows: list[FileRecord]) -> tuple[dict[int, Vector], dict[int, str]]:
-        """Read each file and run the target model; reading overlaps the batched model."""
-        files = self._services.ctx.files
-
-        def one(row: FileRecord) -> tuple[int, Vector | None, str | None]:
-            try:
-                return row.id, self._extractor.embed(files.read(row.path).data), None
-            except ImageError as e:
-                return row.id, None, e.reason
-
-        vectors: dict[int, Vector] = {}
-        errors: dict[int, str] = {}
-        with ThreadPoolExecutor(self._workers, thread_name_prefix="imgwatch-reindex") as pool:
-            for key, vector, error in pool.map(one, rows):
-                if vector is not None:
-                    vectors[key] = vector
-                else:
-                    errors[key] = error or "unreadable"
-        return vectors, errors
-
-
-class BackgroundReindex:
-    """Runs a :class:`Reindexer` in a thread of its own whenever a step is pending (checked at start,
-    and whenever :meth:`wake` is called: after each maintenance job), and retries after failures.
-
-    A refused Milvus token is not retried: it goes to ``on_fatal`` (the daemon stops) and the thread
-    ends."""
-
-    RETRY_S = 300.0
-
-    def __init__(
-        self,
-        reindexer: Reindexer,
-        services: Services,
-        *,
-        on_fatal: Callable[[StoreAuthError], None] | None = None,
-    ) -> None:
-        self._reindexer = reindexer
-        self._services = services
-        self._on_fatal = on_fatal
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._waiting: str | None = None
-        # A daemon thread: a reindex stopped half-way resumes from the ledger on the next start.
-        self._thread = threading.Thread(target=self._loop, name="imgwatch-reindex", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self, timeout: float) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout)
-
-    def status(self) -> dict[str, Any] | None:
-        report = self._reindexer.progress()
-        if self._waiting is not None:
-            report = (report or {}) | {"phase": "waiting", "reason": self._waiting}
-        return report
-
-    def _loop(self) -> None:
-        from imgwatch.jobs import run_recorded
-        from imgwatch.services.pca import NotEnoughSamplesError
-
-        reraise = (NotEnoughSamplesError, SharedCollectionError)
-        while not self._stop.is_set():
-            self._wake.clear()
-            delay: float | None = None
-            try:
-                if self._reindexer.pending() is not None:
-                    self._waiting = None
-                    report = run_recorded(
-                        "reindex",
-                        lambda: self._reindexer.run(self._stop),
-                        self._services.ctx,
-                        reraise=(*reraise, StoreAuthError),
-                    )
-                    if report["outcome"] != "ok":
-                        delay = self.RETRY_S
-            except StoreAuthError as e:
-                if self._on_fatal is None:
-                    log.error("reindex: %s; not retrying", e)
-                else:
-                    self._on_fatal(e)
-                return
-            except reraise as e:
-                self._waiting = str(e)
-            except Exception:
-                log.exception("reindex check failed; retrying in %.0f s", self.RETRY_S)
-                delay = self.RETRY_S
-            self._wake.wait(delay)

@@ -1,0 +1,84 @@
+"""What a reindex has to do: the next step from the index as it is towards the settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from imgwatch.errors import ImgwatchError
+from imgwatch.services.abc import ExtractorSignature
+from imgwatch.services.build import Services
+
+#: An automatically sized ANN index is rebuilt once the ideal parameters are this far off.
+REBUILD_FACTOR = 2.0
+
+
+class SharedCollectionError(ImgwatchError):
+    def __init__(self, reason: str) -> None:
+        super().__init__(
+            f"the index needs rebuilding ({reason}), but its collection is shared with other watchers "
+            "(`node` is set): a watcher never replaces a shared collection by itself. See README, "
+            '"Scaling out", for changing the extractor of a shared collection.'
+        )
+
+
+class Mode(StrEnum):
+    EXTRACT = "extract"
+    """Run the (new) model on every file."""
+    PROJECT = "project"
+    """Apply a newly fitted PCA transform to the stored vectors: no file is read."""
+    COPY = "copy"
+    """Same vectors, another ANN index."""
+
+
+@dataclass(frozen=True)
+class Step:
+    mode: Mode
+    reason: str
+    signature: ExtractorSignature
+    """The target's signature (for :attr:`Mode.PROJECT`, the one being projected from)."""
+    index: dict[str, Any]
+    pca: int | None = None
+
+
+def next_step(
+    stored: ExtractorSignature,
+    configured: ExtractorSignature,
+    pca: int | None,
+    active_index: dict[str, Any],
+    wanted_index: dict[str, Any],
+) -> Step | None:
+    """The next change that brings an index made by ``stored`` towards the settings, or None.
+
+    Projections are only ever fitted on the model's own vectors, so a change of model or PCA size is
+    an extraction first and a projection after.
+    """
+    if stored.base.key != configured.base.key:
+        return Step(Mode.EXTRACT, "the configured model/weights differ", configured.base, wanted_index)
+    if stored.pca and (pca is None or pca != stored.dimension):
+        reason = "PCA turned off" if pca is None else f"PCA changed from {stored.dimension} to {pca}"
+        return Step(Mode.EXTRACT, reason, configured.base, wanted_index)
+    if pca is not None and not stored.pca:
+        return Step(Mode.PROJECT, f"PCA to {pca} dimensions turned on", stored, wanted_index, pca)
+    if wanted_index != active_index:
+        return Step(Mode.COPY, f"ANN index {active_index} -> {wanted_index}", stored, wanted_index)
+    return None
+
+
+def wanted_index(services: Services, active: dict[str, Any], entities: int) -> dict[str, Any]:
+    """The index the settings ask for. Automatically sized parameters follow the collection's size,
+    with hysteresis: they change only when off by :data:`REBUILD_FACTOR` or more."""
+    from imgwatch.services.vectors import auto_index_params
+
+    settings = services.settings
+    if settings.index_params:
+        return {"type": settings.index_type, "params": dict(settings.index_params)}
+    ideal = auto_index_params(settings.index_type, entities)
+    if active["type"] == settings.index_type and "nlist" in ideal:
+        current = int(active["params"].get("nlist", 0)) or 1
+        if 1 / REBUILD_FACTOR < ideal["nlist"] / current < REBUILD_FACTOR:
+            return active
+    if active["type"] == settings.index_type and "nlist" not in ideal:
+        return active
+    return {"type": settings.index_type, "params": ideal}

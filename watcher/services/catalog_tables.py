@@ -1,0 +1,134 @@
+"""The catalog's tables as the code sees them: mirrors of what the Alembic migrations define.
+
+The migrations own the schema; these mirrors only tell SQLAlchemy the columns. Paths are stored as
+their exact bytes (``os.fsencode``), so names that are not valid UTF-8 survive.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from imgwatch.services.abc import FileRecord, FileState
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class FileRow(Base):
+    """Mirror of the ``files`` table as the migrations define it (they own the schema)."""
+
+    __tablename__ = "files"
+    __table_args__ = (
+        sa.UniqueConstraint("path", name="uq_files_path"),
+        sa.CheckConstraint("state IN ('pending', 'indexed', 'failed')", name="ck_files_state"),
+        {"sqlite_autoincrement": True},  # ids are vector keys: never reuse one
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    size: Mapped[int]
+    mtime_ns: Mapped[int] = mapped_column(sa.BigInteger)
+    content_hash: Mapped[str | None] = mapped_column(sa.String(64), index=True)
+    state: Mapped[str] = mapped_column(sa.String(16), index=True)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    has_vector: Mapped[bool] = mapped_column(default=False)
+    signature: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    indexed_at: Mapped[datetime | None]
+
+
+class MetaRow(Base):
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.Text)
+
+
+class JournalRow(Base):
+    """Mirror of the ``journal`` table (migration 0002)."""
+
+    __tablename__ = "journal"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    path: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    dest_path: Mapped[bytes | None] = mapped_column(sa.LargeBinary)
+    source: Mapped[str] = mapped_column(sa.String(16))
+    occurred_at: Mapped[datetime]
+    done_at: Mapped[datetime | None] = mapped_column(index=True)
+    attempts: Mapped[int] = mapped_column(server_default="0")
+    error: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class JobRunRow(Base):
+    """Mirror of the ``job_runs`` table (migration 0003)."""
+
+    __tablename__ = "job_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job: Mapped[str] = mapped_column(sa.String(32), index=True)
+    started_at: Mapped[datetime]
+    duration_s: Mapped[float] = mapped_column(sa.Float)
+    outcome: Mapped[str] = mapped_column(sa.String(16))
+    counts: Mapped[str] = mapped_column(sa.Text)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class ReindexRow(Base):
+    """Mirror of the ``reindex_vectors`` table (migration 0004)."""
+
+    __tablename__ = "reindex_vectors"
+
+    file_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    content_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    path: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class RootRow(Base):
+    """Mirror of the ``roots`` table (migration 0005)."""
+
+    __tablename__ = "roots"
+    __table_args__ = (sa.UniqueConstraint("path", name="uq_roots_path"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    added_at: Mapped[datetime]
+    last_used_at: Mapped[datetime]
+    command: Mapped[str] = mapped_column(sa.String(16))
+
+
+FILES = cast(sa.Table, FileRow.__table__)
+META = cast(sa.Table, MetaRow.__table__)
+JOURNAL = cast(sa.Table, JournalRow.__table__)
+JOB_RUNS = cast(sa.Table, JobRunRow.__table__)
+LEDGER = cast(sa.Table, ReindexRow.__table__)
+ROOTS = cast(sa.Table, RootRow.__table__)
+
+
+def db_now() -> datetime:
+    """Now, as the catalog stores it: SQLite keeps naive datetimes, and all of ours are UTC."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def row_to_record(row: Any) -> FileRecord:
+    return FileRecord(
+        id=row.id,
+        path=os.fsdecode(row.path),
+        size=row.size,
+        mtime_ns=row.mtime_ns,
+        content_hash=row.content_hash,
+        state=FileState(row.state),
+        error=row.error,
+        has_vector=bool(row.has_vector),
+        signature=row.signature,
+        updated_at=row.updated_at.replace(tzinfo=UTC),
+    )
