@@ -195,9 +195,16 @@ class Reindexer:
                         REINDEX_META_KEY: None,
                     },
                 )
-                files = services.ctx.files
+                old = services.serving.current
                 services.serving.replace(
-                    Context(catalog=catalog, vectors=store, extractor=target_extractor, files=files)
+                    # The same path locks: a path held across the switch stays held.
+                    Context(
+                        catalog=catalog,
+                        vectors=store,
+                        extractor=target_extractor,
+                        files=old.files,
+                        paths=old.paths,
+                    )
                 )
                 # Serving now: it closes with the other services (or when a later reindex replaces it).
                 serving = True

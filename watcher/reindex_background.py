@@ -53,7 +53,8 @@ class BackgroundReindex:
     def stop(self, timeout: float) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive():  # not started when the daemon's start failed before it
+            self._thread.join(timeout)
 
     def status(self) -> dict[str, Any] | None:
         report = self._reindexer.progress()
