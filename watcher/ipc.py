@@ -102,7 +102,10 @@ class DaemonClient:
         :class:`DaemonUnavailableError` with the daemon's ``error`` if it refused."""
         if body is None and method != "GET":
             body = {}
-        target, fd = short_unix_path(self._path)
+        try:
+            target, fd = short_unix_path(self._path)
+        except OSError as e:  # a long path whose data dir does not exist (yet): nobody listens there
+            raise DaemonUnavailableError(f"no daemon answers on {self._path}: {e}") from e
         # Our own JSON: names that are not UTF-8 travel as surrogate escapes, which httpx's json=
         # (UTF-8 without ensure_ascii) cannot encode.
         content = json.dumps(body).encode() if body is not None else None
