@@ -534,3 +534,9 @@ def test_openapi_declares_the_auth_and_our_error_shapes(webhook: tuple[HttpServe
     assert "HTTPValidationError" not in json.dumps(document)
     health = document["paths"]["/healthz"]["get"]["responses"]
     assert health["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/Health")
+
+
+def test_a_long_socket_path_under_a_missing_data_dir_is_no_daemon(tmp_path: Path) -> None:
+    data_dir = tmp_path / ("d" * 120) / "data"  # past sun_path's 108 bytes, and not there
+    with pytest.raises(DaemonUnavailableError):
+        DaemonClient(data_dir).status()
