@@ -158,32 +158,6 @@ def test_sigterm_stops_cleanly_in_bounded_time(
     assert_agree(daemon.data_dir, root)
 
 
-def test_kill_9_during_a_burst_loses_and_duplicates_nothing(
-    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
-) -> None:
-    root = tmp_path / "photos"
-    root.mkdir()
-    daemon = daemon_factory(root)
-    for seed in range(60):
-        write_photo(root / f"{seed}.jpg", seed=200 + seed, size=(96, 72))
-    wait_until(lambda: daemon.status()["outcomes"].get("added", 0) >= 10, timeout=60, interval=0.05)
-    for seed in range(10):  # changes the daemon has seen only as journalled events, or not at all
-        (root / f"{seed}.jpg").rename(root / f"moved-{seed}.jpg")
-    for seed in range(10, 15):
-        (root / f"{seed}.jpg").unlink()
-    daemon.process.kill()
-    daemon.process.wait()
-    for seed in range(15, 20):  # and changes made while it was down
-        (root / f"{seed}.jpg").unlink()
-    write_photo(root / "while-down.jpg", seed=300)
-
-    again = daemon_factory(root)
-    again.idle()
-
-    assert again.stop() == 0
-    assert_agree(daemon.data_dir, root)
-
-
 def test_a_journal_row_this_version_cannot_read_does_not_stop_the_daemon(
     daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
 ) -> None:
