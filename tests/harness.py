@@ -33,6 +33,27 @@ def wait_until(condition: Callable[[], Any], timeout: float = 60.0, interval: fl
         time.sleep(interval)
 
 
+def wait_progressing(
+    condition: Callable[[], Any], progress: Callable[[], Any], stall_s: float = 120.0, interval: float = 0.1
+) -> Any:
+    """Wait until ``condition()`` is true, for as long as ``progress()`` keeps changing.
+
+    For waits whose length depends on the machine (VGG16 at 4-5 images/s on an AVX2-only CPU, ~11 on
+    AVX512-BF16): fails only when ``progress()`` returned the same value for ``stall_s`` seconds."""
+    last: Any = object()
+    progress_at = time.monotonic()
+    while True:
+        value = condition()
+        if value:
+            return value
+        mark = progress()
+        if mark != last:
+            last, progress_at = mark, time.monotonic()
+        elif time.monotonic() - progress_at > stall_s:
+            raise AssertionError(f"no progress for {stall_s:g} s (still {mark!r}) waiting for {condition}")
+        time.sleep(interval)
+
+
 @dataclass
 class RunningDaemon:
     process: subprocess.Popen[bytes]
@@ -105,14 +126,14 @@ def imgwatch_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[byte
     )
 
 
-def start_daemon(
+def launch_daemon(
     data_dir: Path,
     *roots: Path,
     extra: tuple[str, ...] = (),
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
 ) -> RunningDaemon:
-    """The daemon on ``data_dir``; ``cwd`` and ``env`` (added to the usual environment) as given."""
+    """The daemon process on ``data_dir``, just started: it may not answer yet (see :func:`start_daemon`)."""
     log = data_dir.parent / f"daemon-{time.monotonic_ns()}.log"
     # In another working directory, `-m imgwatch` must still find this checkout's package.
     where = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])} if cwd else {}
@@ -124,7 +145,20 @@ def start_daemon(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    daemon = RunningDaemon(process, data_dir, log)
+    return RunningDaemon(process, data_dir, log)
+
+
+def start_daemon(
+    data_dir: Path,
+    *roots: Path,
+    extra: tuple[str, ...] = (),
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> RunningDaemon:
+    """The daemon on ``data_dir``, once it answers; ``cwd`` and ``env`` (added to the usual
+    environment) as given."""
+    daemon = launch_daemon(data_dir, *roots, extra=extra, cwd=cwd, env=env)
+    process, log = daemon.process, daemon.log
 
     def answering() -> bool:
         if process.poll() is not None:
@@ -149,8 +183,11 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., RunningDaemon]]:
         extra: tuple[str, ...] = (),
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
+        wait: bool = True,
     ) -> RunningDaemon:
-        daemon = start_daemon(data_dir or tmp_path / "data", *roots, extra=extra, cwd=cwd, env=env)
+        """``wait=False``: return as soon as the process is started (to kill it during start-up)."""
+        start = start_daemon if wait else launch_daemon
+        daemon = start(data_dir or tmp_path / "data", *roots, extra=extra, cwd=cwd, env=env)
         started.append(daemon)
         return daemon
 
@@ -168,7 +205,8 @@ def disk_images(root: Path) -> set[str]:
 def assert_agree(data_dir: Path, root: Path) -> None:
     """With the daemon stopped: disk, catalog and Milvus agree, one entity per file, no extras."""
     settings = Settings(data_dir=data_dir, weights="random:0")
-    with open_context(settings, command="test") as ctx:
+    # No model: this only reads what is stored (loading VGG16 would cost seconds per call).
+    with open_context(settings, command="test", model=False) as ctx:
         records = list(ctx.catalog.under(str(root)))
         assert {r.path for r in records} == disk_images(root)
         assert all(r.state is FileState.INDEXED and r.has_vector for r in records)

@@ -10,21 +10,25 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from imgwatch.config import Settings
 from imgwatch.daemon import SHUTDOWN_TIMEOUT_S
 from imgwatch.events import ImageDeleted, Source
+from imgwatch.reindex import SWITCH_WHEN_LEFT
 from imgwatch.samples import photo
 from imgwatch.services.build import open_context
 from imgwatch.services.catalog import open_catalog
-from tests.conftest import jpeg_bytes, write_photo
+from imgwatch.services.extractor import VGG16Extractor
+from tests.conftest import index, jpeg_bytes, write_photo
 from tests.harness import (
     RunningDaemon,
     assert_agree,
     disk_images,
     imgwatch_cli,
+    wait_progressing,
     wait_until,
 )
 
@@ -104,22 +108,28 @@ def test_files_and_directories_follow_the_disk(
     assert_agree(daemon.data_dir, root)
 
 
-def test_a_burst_of_500_files_is_indexed_exactly_once(
+def test_a_burst_of_files_is_indexed_exactly_once(
     daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
 ) -> None:
     root = tmp_path / "burst"
     root.mkdir()
     daemon = daemon_factory(root)
+    daemon.idle()  # the start-up scan is over: every event from now on is the burst's
+    # What makes a burst is files arriving much faster than the model reads them: several times the
+    # handler pool (batch size + 4) and the model's batch at once. More files only cost model time.
+    files = 5 * (Settings().batch_size + 4)
     staging = tmp_path / "staging"
-    for seed in range(500):
-        write_photo(staging / f"{seed:03d}.jpg", seed=1000 + seed, size=(96, 72))
+    for seed in range(files):
+        write_photo(staging / f"{seed:03d}.jpg", seed=1000 + seed, size=(64, 48))
     for path in sorted(staging.iterdir()):
-        shutil.copy(path, root / path.name)
+        shutil.copy(path, root / path.name)  # create, write, close, chmod: several events each
 
     status = daemon.idle()
 
-    assert status["model_runs"] == 500
-    assert status["vectors"] == 500
+    assert status["model_runs"] == files
+    # Each file handled once: a second handling of a file would count as "unchanged" (or "updated").
+    assert status["outcomes"] == {"added": files}
+    assert status["vectors"] == files
     assert daemon.stop() == 0
     assert_agree(daemon.data_dir, root)
 
@@ -130,8 +140,11 @@ def test_sigterm_stops_cleanly_in_bounded_time(
     root = tmp_path / "photos"
     write_photo(root / "a.jpg", seed=1)
     daemon = daemon_factory(root)
-    for seed in range(40):  # work in progress when the signal arrives
-        write_photo(root / f"b{seed}.jpg", seed=100 + seed, size=(96, 72))
+    # Work in progress when the signal arrives: files being read and files waiting for the pool.
+    files = 2 * (Settings().batch_size + 4)
+    for seed in range(files):
+        write_photo(root / f"b{seed}.jpg", seed=100 + seed, size=(64, 48))
+    wait_until(lambda: daemon.status()["queue"]["in_flight"], timeout=60, interval=0.02)
 
     started = time.monotonic()
     code = daemon.stop()
@@ -141,32 +154,6 @@ def test_sigterm_stops_cleanly_in_bounded_time(
     # What it had not finished is picked up by the next start.
     again = daemon_factory(root)
     again.idle()
-    assert again.stop() == 0
-    assert_agree(daemon.data_dir, root)
-
-
-def test_kill_9_during_a_burst_loses_and_duplicates_nothing(
-    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
-) -> None:
-    root = tmp_path / "photos"
-    root.mkdir()
-    daemon = daemon_factory(root)
-    for seed in range(60):
-        write_photo(root / f"{seed}.jpg", seed=200 + seed, size=(96, 72))
-    wait_until(lambda: daemon.status()["outcomes"].get("added", 0) >= 10, timeout=60, interval=0.05)
-    for seed in range(10):  # changes the daemon has seen only as journalled events, or not at all
-        (root / f"{seed}.jpg").rename(root / f"moved-{seed}.jpg")
-    for seed in range(10, 15):
-        (root / f"{seed}.jpg").unlink()
-    daemon.process.kill()
-    daemon.process.wait()
-    for seed in range(15, 20):  # and changes made while it was down
-        (root / f"{seed}.jpg").unlink()
-    write_photo(root / "while-down.jpg", seed=300)
-
-    again = daemon_factory(root)
-    again.idle()
-
     assert again.stop() == 0
     assert_agree(daemon.data_dir, root)
 
@@ -294,22 +281,23 @@ def test_a_mass_deletion_is_held_and_the_daemon_lives_on(
     daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
 ) -> None:
     root = tmp_path / "photos"
-    for seed in range(30):
-        write_photo(root / f"{seed}.jpg", seed=1500 + seed, size=(96, 72))
-    daemon = daemon_factory(root)
-    assert daemon.idle()["vectors"] == 30
+    for seed in range(10):
+        write_photo(root / f"{seed}.jpg", seed=1500 + seed, size=(64, 48))
+    # The guard's own threshold (20 files by default) lowered, so that ten files make a mass deletion.
+    daemon = daemon_factory(root, env={"IMGWATCH_MASS_DELETE_MIN_FILES": "6"})
+    assert daemon.idle()["vectors"] == 10
 
-    for seed in range(25):  # 25 of 30 files vanish at once: more like a failing disk than a user
+    for seed in range(8):  # 8 of 10 files vanish at once: more like a failing disk than a user
         (root / f"{seed}.jpg").unlink()
 
     status = wait_until(lambda: (s := daemon.status())["roots"][0]["guard"] and s, timeout=30)
-    assert re.fullmatch(r"\d+ of its 30 files vanished at once", status["roots"][0]["guard"])
+    assert re.fullmatch(r"\d+ of its 10 files vanished at once", status["roots"][0]["guard"])
     status = daemon.idle()
-    assert status["vectors"] == 30
+    assert status["vectors"] == 10
     assert daemon.process.poll() is None
     # An explicit index of the root is the confirmation: it applies the deletions.
     index = imgwatch_cli(daemon.data_dir, "index", str(root), "--json")
-    assert json.loads(index.stdout)["removed"] == 25
+    assert json.loads(index.stdout)["removed"] == 8
     assert daemon.status()["roots"][0]["guard"] is None
     assert daemon.stop() == 0
     assert_agree(daemon.data_dir, root)
@@ -336,37 +324,44 @@ def test_delete_then_write_anew_keeps_the_new_file(
 
 
 def test_new_weights_reindex_in_the_background_while_searches_answer(
-    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
+    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path, extractor: VGG16Extractor
 ) -> None:
     root = tmp_path / "photos"
-    for seed in range(40):
-        write_photo(root / f"{seed:02d}.jpg", seed, (200, 150))
-    daemon = daemon_factory(root)
-    daemon.idle()
-    assert daemon.stop() == 0
+    # Enough files for the build to run batches beside the searches before its switch takes the rest.
+    files = 2 * SWITCH_WHEN_LEFT
+    for seed in range(files):
+        write_photo(root / f"{seed:02d}.jpg", seed, (64, 48))
+    # Indexed with the old weights in this process (the session's model), as `imgwatch index` would.
+    with open_context(
+        Settings(data_dir=tmp_path / "data", weights="random:0"), command="test", extractor=extractor
+    ) as ctx:
+        assert index(ctx, root).added == files
 
     daemon = daemon_factory(root, extra=("--weights", "random:1"))
     probe = root / "07.jpg"
     phases: list[str] = []
+    reindex: dict[str, Any] = {}
 
     def switched() -> bool:
+        nonlocal reindex
         reindex = daemon.status()["reindex"] or {}
         # Searches answer all along: from the old collection, then from the new one.
         assert daemon.paths_found(probe, k=1) == [str(probe)]
         phases.append(reindex.get("phase", "not started"))
         return reindex.get("phase") == "done"
 
-    wait_until(switched, timeout=180, interval=0.05)
+    # As long as it takes here (loading the new model, the build): it fails only when nothing moves.
+    wait_progressing(switched, lambda: (reindex.get("phase"), reindex.get("done")), interval=0.05)
     assert "building" in phases
     status = daemon.idle()
-    assert status["reindex"]["vectors"] == 40
+    assert status["reindex"]["vectors"] == files
     assert status["jobs"]  # the run is recorded like the other maintenance jobs
     assert daemon.stop() == 0
 
     settings = Settings(data_dir=daemon.data_dir, weights="random:1")
-    with open_context(settings, command="test") as ctx:
+    with open_context(settings, command="test", model=False) as ctx:
         records = ctx.catalog.ids_with_vectors()
-        assert len(records) == 40
+        assert len(records) == files
         assert {r.signature for r in records.values()} == {ctx.extractor.signature.key}
         assert ctx.extractor.signature.weights == "random:1"
         assert ctx.vectors.all_ids() == set(records)
