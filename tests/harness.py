@@ -67,6 +67,20 @@ class RunningDaemon:
     def status(self) -> dict[str, Any]:
         return self.client.status()
 
+    def wait_answering(self, timeout: float = 120) -> None:
+        """Until the daemon answers on its control socket; fails at once if it exits instead."""
+
+        def answering() -> bool:
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.log.read_text()}")
+            try:
+                self.status()
+            except DaemonUnavailableError:
+                return False
+            return True
+
+        wait_until(answering, timeout=timeout)
+
     def model_runs(self) -> int:
         return int(self.status()["model_runs"])
 
@@ -158,18 +172,7 @@ def start_daemon(
     """The daemon on ``data_dir``, once it answers; ``cwd`` and ``env`` (added to the usual
     environment) as given."""
     daemon = launch_daemon(data_dir, *roots, extra=extra, cwd=cwd, env=env)
-    process, log = daemon.process, daemon.log
-
-    def answering() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"daemon exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            daemon.status()
-        except DaemonUnavailableError:
-            return False
-        return True
-
-    wait_until(answering, timeout=120)
+    daemon.wait_answering()
     return daemon
 
 

@@ -105,22 +105,8 @@ def launch_wrapped(
 
 def wait_answering(daemon: RunningDaemon) -> RunningDaemon:
     """Until ``daemon`` answers on its control socket; killed if it never does."""
-    # Imported here: a watcher process started by tests/test_fs_source.py imports this module for
-    # sysctl_lowered alone, and the harness would load the whole daemon with it.
-    from imgwatch.ipc import DaemonUnavailableError
-    from tests.harness import wait_until
-
-    def answering() -> bool:
-        if daemon.process.poll() is not None:
-            raise AssertionError(f"daemon exited with {daemon.process.returncode}:\n{daemon.log.read_text()}")
-        try:
-            daemon.status()
-        except DaemonUnavailableError:
-            return False
-        return True
-
     try:
-        wait_until(answering, timeout=120)
+        daemon.wait_answering()
     except BaseException:
         daemon.process.kill()
         daemon.process.wait()

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from imgwatch.ipc import DaemonUnavailableError
 from tests.harness import RunningDaemon, cli_env, wait_until
 
 TOOLS = ("unshare", "nsenter", "mount", "umount")
@@ -127,16 +126,7 @@ class MountNamespace:
         daemon = RunningDaemon(process, self.path(data_dir), log)
         self._daemons.append(daemon)
 
-        def answering() -> bool:
-            if process.poll() is not None:
-                raise AssertionError(f"daemon exited with {process.returncode}:\n{log.read_text()}")
-            try:
-                daemon.status()
-            except DaemonUnavailableError:
-                return False
-            return True
-
-        wait_until(answering, timeout=120)
+        daemon.wait_answering()
         return daemon
 
     def close(self) -> None:
