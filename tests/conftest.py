@@ -44,7 +44,9 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def extractor() -> Iterator[VGG16Extractor]:
     """One real VGG16 for the whole session (loading it costs seconds); contexts adopt it."""
-    model = VGG16Extractor(WeightsSpec.parse(WEIGHTS), batch_size=8)
+    from tests.harness import SUITE_PRECISION
+
+    model = VGG16Extractor(WeightsSpec.parse(WEIGHTS), precision=SUITE_PRECISION, batch_size=8)
     yield model
     model.close()
 

@@ -121,8 +121,22 @@ class RunningDaemon:
         return self.process.wait(timeout=SHUTDOWN_TIMEOUT_S + 10)
 
 
-def cli_env(data_dir: Path) -> dict[str, str]:
+SUITE_PRECISION = os.environ.get("IMGWATCH_PRECISION", "auto")
+"""The model's precision in every process the suite starts and in its own extractor:
+``IMGWATCH_PRECISION=bf16`` runs the whole suite in bf16 (e.g. to see how long it takes where VGG16 runs
+at an AVX2-only CPU's pace). Every other ``IMGWATCH_`` variable of the caller is left out."""
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without the caller's ``IMGWATCH_`` settings (but the suite's precision)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGWATCH_")}
+    if SUITE_PRECISION != "auto":
+        env["IMGWATCH_PRECISION"] = SUITE_PRECISION
+    return env
+
+
+def cli_env(data_dir: Path) -> dict[str, str]:
+    env = clean_env()
     env.update(
         IMGWATCH_WEIGHTS="random:0", IMGWATCH_DATA_DIR=str(data_dir), XDG_CONFIG_HOME=str(data_dir / "cfg")
     )

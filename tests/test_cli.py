@@ -20,6 +20,7 @@ from imgwatch.config import Settings
 from imgwatch.samples import photo
 from imgwatch.status import gather_status
 from tests.conftest import jpeg_bytes, write_photo
+from tests.harness import clean_env
 from tests.test_lock import held_elsewhere
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ _UNPRIVILEGED = (
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGWATCH_")}
+    env = clean_env()
     env.update(
         IMGWATCH_WEIGHTS="random:0",
         IMGWATCH_DATA_DIR=str(tmp_path / "data"),
