@@ -19,10 +19,10 @@ from imgwatch.services.extractor import (
     VGG16Extractor,
     WeightsSpec,
     build_vgg16,
-    cpu_supports_bf16,
     imagenet_weights_file,
 )
 from imgwatch.services.images import prepare
+from imgwatch.services.precision import cpu_supports_bf16
 from tests.conftest import OpenContext, index, jpeg_bytes
 
 
