@@ -14,7 +14,6 @@ import logging
 import queue
 import threading
 import time
-import urllib.error
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,23 +22,29 @@ from typing import cast
 import numpy as np
 import numpy.typing as npt
 import torch
-import torchvision
 from PIL import Image
 from threadpoolctl import threadpool_limits
 from torch import nn
-from torchvision.models import VGG16_Weights
 
-from imgwatch.errors import ImgwatchError, WeightsFileError, WeightsUnavailableError
+from imgwatch.errors import ImgwatchError, WeightsFileError
 from imgwatch.services.abc import ExtractorSignature, Vector
 from imgwatch.services.cpu import cpus_we_may_run_on
 from imgwatch.services.images import PREPROCESSING_VERSION, prepare
+from imgwatch.services.precision import choose_precision, measure_bf16_speedup
+from imgwatch.services.weights import (
+    imagenet_state_dict,
+    imagenet_weights_file,
+    load_into,
+    load_state_file,
+    random_vgg16,
+    vgg16_on_meta,
+)
 
 log = logging.getLogger(__name__)
 
 MODEL = "torchvision.vgg16"
 LAYER = "classifier.4 (fc7 after ReLU)"
 DIMENSION = 4096
-IMAGENET_WEIGHTS = VGG16_Weights.IMAGENET1K_V1
 IMAGENET_IDENTITY = "imagenet1k_v1"
 #: Reduced precision is used only while its vectors stay this close to fp32's (cosine).
 MIN_REDUCED_PRECISION_COSINE = 0.999
@@ -85,11 +90,6 @@ class WeightsSpec:
             raise WeightsFileError(self.path, e.strerror or str(e)) from e
 
 
-def imagenet_weights_file() -> Path:
-    """Where torchvision's download cache keeps the ImageNet VGG16 weights."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_WEIGHTS.url).name
-
-
 def signature_for(weights: WeightsSpec, weights_identity: str, dtype: str) -> ExtractorSignature:
     return ExtractorSignature(
         model=MODEL,
@@ -105,54 +105,11 @@ def build_vgg16(weights: WeightsSpec) -> nn.Module:
     """The VGG16 network with the requested weights, in eval mode, on the CPU, in fp32."""
     if weights.kind == "random":
         assert weights.seed is not None
-        # A private generator state: seeding must not leak into the caller's global RNG use.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(weights.seed)
-            model = torchvision.models.vgg16(weights=None)
-        return cast(nn.Module, model.eval())
-    model = torchvision.models.vgg16(weights=None)
+        return random_vgg16(weights.seed)
     if weights.kind == "imagenet":
-        state = _imagenet_state_dict()
-    else:
-        assert weights.path is not None
-        state = _load_state_file(weights.path)
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError) as e:
-        raise WeightsFileError(weights.path or imagenet_weights_file(), f"not a VGG16 state dict: {e}") from e
-    return cast(nn.Module, model.eval())
-
-
-def _imagenet_state_dict() -> dict[str, torch.Tensor]:
-    expected = imagenet_weights_file()
-    try:
-        state: dict[str, torch.Tensor] = IMAGENET_WEIGHTS.get_state_dict(progress=False, check_hash=True)
-    except (urllib.error.URLError, OSError, RuntimeError) as e:
-        raise WeightsUnavailableError(expected, IMAGENET_WEIGHTS.url, str(e)) from e
-    return state
-
-
-def _load_state_file(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsFileError(path, "no such file") from None
-    except Exception as e:
-        raise WeightsFileError(path, f"not a PyTorch state-dict file ({e})") from e
-    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
-        loaded = loaded["state_dict"]
-    if not isinstance(loaded, dict):
-        raise WeightsFileError(path, f"expected a state dict, found {type(loaded).__name__}")
-    return loaded
-
-
-def cpu_supports_bf16() -> bool:
-    """True on CPUs with native bf16 matrix instructions (AMX or AVX512-BF16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
+        return load_into(vgg16_on_meta(), imagenet_state_dict(), imagenet_weights_file())
+    assert weights.path is not None
+    return load_into(vgg16_on_meta(), load_state_file(weights.path), weights.path)
 
 
 def _use_the_cpus_we_may_run_on() -> None:
@@ -182,14 +139,6 @@ def choose_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
-
-
-def choose_precision(requested: str, device: torch.device) -> str:
-    if requested != "auto":
-        return requested
-    if device.type == "cuda":
-        return "fp16"
-    return "bf16" if cpu_supports_bf16() else "fp32"
 
 
 class FC7(nn.Module):
@@ -232,7 +181,7 @@ class VGG16Extractor:
         self._mean = torch.tensor(_MEAN, device=self._device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(_STD, device=self._device).view(1, 3, 1, 1) * 255.0
         self._dtype = torch.float32
-        wanted = choose_precision(precision, self._device)
+        wanted = choose_precision(precision, self._device, self._bf16_speedup)
         if wanted != "fp32":
             self._switch_precision(wanted, required=precision != "auto")
         self._signature = signature_for(
@@ -287,11 +236,14 @@ class VGG16Extractor:
 
     def _infer(self, batch: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         with torch.inference_mode():
-            x = torch.from_numpy(batch).to(self._device).permute(0, 3, 1, 2).float()
-            x = ((x - self._mean) / self._std).to(self._dtype).contiguous(memory_format=torch.channels_last)
-            features = self._model(x).float()
+            features = self._model(self._prepared(batch)).float()
             features = nn.functional.normalize(features, dim=1)
         return features.cpu().numpy()
+
+    def _prepared(self, batch: npt.NDArray[np.uint8]) -> torch.Tensor:
+        """A uint8 NHWC batch as the model's normalised, channels-last input in its dtype."""
+        x = torch.from_numpy(batch).to(self._device).permute(0, 3, 1, 2).float()
+        return ((x - self._mean) / self._std).to(self._dtype).contiguous(memory_format=torch.channels_last)
 
     def close(self) -> None:
         with self._closing:
@@ -348,6 +300,9 @@ class VGG16Extractor:
             self._busy = not self._requests.empty()
         for (_, future), vector in zip(batch, vectors, strict=True):
             future.set_result(vector)
+
+    def _bf16_speedup(self) -> float:
+        return measure_bf16_speedup(self._model, self._prepared(_probe_batch()))
 
     def _switch_precision(self, name: str, *, required: bool) -> None:
         """Move the model to ``name`` precision if its vectors stay within cosine 0.999 of fp32."""
