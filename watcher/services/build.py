@@ -45,7 +45,7 @@ WRITING_COMMANDS = frozenset({"index"})
 
 def configured_signature(settings: Settings) -> ExtractorSignature:
     """The signature the configured model will have (before any PCA), without loading it."""
-    from imgwatch.services.extractor import WeightsSpec, signature_for
+    from imgwatch.services.model_spec import WeightsSpec, signature_for
 
     spec = WeightsSpec.parse(settings.weights)
     return signature_for(spec, spec.identity(), settings.precision)
@@ -156,7 +156,7 @@ class ExtractorCache:
         self._owned.clear()
 
     def _weights_setting(self, base: ExtractorSignature, recorded: str | None) -> str:
-        from imgwatch.services.extractor import IMAGENET_IDENTITY
+        from imgwatch.services.model_spec import IMAGENET_IDENTITY
 
         if base.key == configured_signature(self._settings).base.key:
             return self._settings.weights
@@ -173,7 +173,8 @@ class ExtractorCache:
 
 
 def _build_extractor(settings: Settings, weights: str) -> Extractor:
-    from imgwatch.services.extractor import VGG16Extractor, WeightsSpec
+    from imgwatch.services.extractor import VGG16Extractor
+    from imgwatch.services.model_spec import WeightsSpec
 
     return VGG16Extractor(
         WeightsSpec.parse(weights),

@@ -9,14 +9,11 @@ search or a single dropped file), and the images that arrive while it runs form 
 from __future__ import annotations
 
 import collections
-import hashlib
 import logging
 import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
-from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -26,10 +23,21 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from imgwatch.errors import ImgwatchError, WeightsFileError
+from imgwatch.errors import ImgwatchError
 from imgwatch.services.abc import ExtractorSignature, Vector
 from imgwatch.services.cpu import cpus_we_may_run_on
-from imgwatch.services.images import PREPROCESSING_VERSION, prepare
+from imgwatch.services.images import prepare
+
+# The model's description lives where commands that never run it can import it without torch; its
+# names stay importable from here too.
+from imgwatch.services.model_spec import (
+    DIMENSION,
+    IMAGENET_IDENTITY,
+    LAYER,
+    MODEL,
+    WeightsSpec,
+    signature_for,
+)
 from imgwatch.services.precision import choose_precision, measure_bf16_speedup
 from imgwatch.services.weights import (
     imagenet_state_dict,
@@ -40,65 +48,27 @@ from imgwatch.services.weights import (
     vgg16_on_meta,
 )
 
+__all__ = [
+    "DIMENSION",
+    "FC7",
+    "IMAGENET_IDENTITY",
+    "LAYER",
+    "MODEL",
+    "VGG16Extractor",
+    "WeightsSpec",
+    "build_vgg16",
+    "imagenet_weights_file",
+    "signature_for",
+]
+
 log = logging.getLogger(__name__)
 
-MODEL = "torchvision.vgg16"
-LAYER = "classifier.4 (fc7 after ReLU)"
-DIMENSION = 4096
-IMAGENET_IDENTITY = "imagenet1k_v1"
 #: Reduced precision is used only while its vectors stay this close to fp32's (cosine).
 MIN_REDUCED_PRECISION_COSINE = 0.999
 
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass(frozen=True)
-class WeightsSpec:
-    """A parsed ``--weights`` value."""
-
-    kind: str
-    """``imagenet``, ``file`` or ``random``."""
-    path: Path | None = None
-    seed: int | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> WeightsSpec:
-        if text == "imagenet":
-            return cls("imagenet")
-        if text.startswith("random:"):
-            try:
-                return cls("random", seed=int(text.removeprefix("random:")))
-            except ValueError:
-                raise ImgwatchError(
-                    f"--weights {text!r}: random weights take an integer seed, e.g. random:0"
-                ) from None
-        return cls("file", path=Path(text).expanduser())
-
-    def identity(self) -> str:
-        """The weights part of the signature. Hashes a weights file, so callers should keep it."""
-        if self.kind == "imagenet":
-            return IMAGENET_IDENTITY
-        if self.kind == "random":
-            return f"random:{self.seed}"
-        assert self.path is not None
-        try:
-            with self.path.open("rb") as f:
-                return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-        except OSError as e:
-            raise WeightsFileError(self.path, e.strerror or str(e)) from e
-
-
-def signature_for(weights: WeightsSpec, weights_identity: str, dtype: str) -> ExtractorSignature:
-    return ExtractorSignature(
-        model=MODEL,
-        weights=weights_identity,
-        layer=LAYER,
-        preprocessing=PREPROCESSING_VERSION,
-        dimension=DIMENSION,
-        dtype=dtype,
-    )
 
 
 def build_vgg16(weights: WeightsSpec) -> nn.Module:

@@ -16,9 +16,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imgwatch.errors import ImageError
 
-#: Bump whenever the output of :func:`prepare` changes for some input: it is part of the signature.
-PREPROCESSING_VERSION = "pil-exif-draft256-rgb-on-white-resize256-centercrop224-v1"
-
 #: Decoders we accept, chosen by content, never by file extension.
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "DIB", "TIFF")
 
