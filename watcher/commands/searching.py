@@ -97,8 +97,9 @@ def add_duplicates(commands: Subcommands, common: argparse.ArgumentParser) -> No
 
 
 def run_search(args: argparse.Namespace, settings: Settings) -> int:
-    from imgwatch.search import QueryResult, read_queries, search_images, search_like
-    from imgwatch.services.build import open_context
+    # The service builders (SQLAlchemy, pymilvus, and torch for a query image) only where no daemon
+    # answers: with one, this command is a thin client of its socket.
+    from imgwatch.search import QueryResult, read_queries
     from imgwatch.services.files import LocalFileReader
 
     if args.k < 1:
@@ -117,6 +118,9 @@ def run_search(args: argparse.Namespace, settings: Settings) -> int:
             raw = daemon.search_like(absolute, args.k)
             results = [_query_result(r, query) for r, query in zip(raw, args.queries, strict=True)]
         else:
+            from imgwatch.search import search_like
+            from imgwatch.services.build import open_context
+
             with open_context(settings, command="search", model=False) as ctx:
                 results = search_like(absolute, ctx, k=args.k)
             results = [QueryResult(q, r.matches, r.error) for r, q in zip(results, args.queries, strict=True)]
@@ -125,6 +129,9 @@ def run_search(args: argparse.Namespace, settings: Settings) -> int:
         if daemon is not None:
             results = [_query_result(r, r["query"]) for r in daemon.search(queries, args.k)]
         else:
+            from imgwatch.search import search_images
+            from imgwatch.services.build import open_context
+
             with open_context(settings, command="search") as ctx:
                 results = search_images(queries, ctx, k=args.k)
     if args.min_score is not None:
