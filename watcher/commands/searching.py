@@ -203,9 +203,7 @@ def _write_page(path: Path, page: str, open_it: bool) -> None:
 
 
 def run_duplicates(args: argparse.Namespace, settings: Settings) -> int:
-    from imgwatch.duplicates import DuplicateGroup, find_duplicates
-    from imgwatch.services.build import open_context
-    from imgwatch.services.files import LocalFileReader
+    from imgwatch.duplicates import DuplicateGroup
 
     if not 0.0 < args.threshold <= 1.0:
         raise ImgwatchError("--threshold must be above 0 and at most 1 (a cosine similarity)")
@@ -216,6 +214,9 @@ def run_duplicates(args: argparse.Namespace, settings: Settings) -> int:
         reply = daemon.duplicates(args.threshold)
         groups = [DuplicateGroup(list(g["paths"]), float(g["max_score"])) for g in reply["groups"]]
     else:
+        from imgwatch.duplicates import find_duplicates
+        from imgwatch.services.build import open_context
+
         with open_context(settings, command="duplicates", model=False) as ctx:
             if args.log_level != "debug":
                 # Importing pymilvus (in open_context) re-applied its own logging config; without
@@ -233,6 +234,7 @@ def run_duplicates(args: argparse.Namespace, settings: Settings) -> int:
             print(f"no near-duplicates (threshold {args.threshold:g})")
     if args.html is not None:
         from imgwatch.report import duplicates_page
+        from imgwatch.services.files import LocalFileReader
 
         files = LocalFileReader(settings.max_file_bytes)
         page = duplicates_page(groups, lambda path: files.read(path).data, args.threshold)
