@@ -3,7 +3,7 @@
 ``search``, ``search --like`` and ``index`` sent to the daemon, and ``status``, run as real processes
 with ``python -X importtime``: the interpreter's own report of every module the command imported is
 checked for the heavy libraries, while the answers show that the daemon gave them. No timings: the
-machines differ; the whole-process times are measured by hand (see the README's performance notes).
+machines differ; whole-process times are measured by hand, medians of repeated runs, not asserted.
 """
 
 from __future__ import annotations
