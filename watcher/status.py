@@ -106,13 +106,13 @@ def _has_schema(catalog: SQLiteCatalog) -> bool:
 
 def _count_vectors(settings: Settings, collection: str, dimension: int | None, *, busy: object) -> int | None:
     """Entities in Milvus, or ``None`` when another process has the (Lite) store open."""
-    from imgwatch.services.vectors import MilvusVectorStore
-
     if dimension is None:
         return 0
     lite = settings.uses_milvus_lite
     if lite and (busy is not None or not Path(settings.vectors_uri).exists()):
         return None if busy is not None else 0
+    from imgwatch.services.vectors import MilvusVectorStore  # not needed when a daemon has the store
+
     lock = DataDirLock(settings.data_dir, "status") if lite else None
     if lock is not None:
         try:

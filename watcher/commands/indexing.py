@@ -92,10 +92,7 @@ def add_forget(commands: Subcommands, common: argparse.ArgumentParser) -> None:
 
 
 def run_index(args: argparse.Namespace, settings: Settings) -> int:
-    from tqdm import tqdm
-
-    from imgwatch.indexer import normalise_root, plan, run_plan
-    from imgwatch.services.build import open_services
+    from imgwatch.indexer import normalise_root
 
     roots = [normalise_root(root) for root in args.roots]
     daemon = running_daemon(settings)
@@ -104,6 +101,12 @@ def run_index(args: argparse.Namespace, settings: Settings) -> int:
     if daemon is not None:
         result = daemon.index(roots)
     else:
+        # Only here: sent to a daemon, the command is a thin client and loads none of this.
+        from tqdm import tqdm
+
+        from imgwatch.indexer import plan, run_plan
+        from imgwatch.services.build import open_services
+
         with open_services(settings, command="index", rebuild=args.rebuild) as services:
             ctx = services.ctx
             work = plan(roots, scan_rules(settings), ctx)

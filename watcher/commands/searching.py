@@ -97,8 +97,9 @@ def add_duplicates(commands: Subcommands, common: argparse.ArgumentParser) -> No
 
 
 def run_search(args: argparse.Namespace, settings: Settings) -> int:
-    from imgwatch.search import QueryResult, read_queries, search_images, search_like
-    from imgwatch.services.build import open_context
+    # The service builders (SQLAlchemy, pymilvus, and torch for a query image) only where no daemon
+    # answers: with one, this command is a thin client of its socket.
+    from imgwatch.search import QueryResult, read_queries
     from imgwatch.services.files import LocalFileReader
 
     if args.k < 1:
@@ -117,6 +118,9 @@ def run_search(args: argparse.Namespace, settings: Settings) -> int:
             raw = daemon.search_like(absolute, args.k)
             results = [_query_result(r, query) for r, query in zip(raw, args.queries, strict=True)]
         else:
+            from imgwatch.search import search_like
+            from imgwatch.services.build import open_context
+
             with open_context(settings, command="search", model=False) as ctx:
                 results = search_like(absolute, ctx, k=args.k)
             results = [QueryResult(q, r.matches, r.error) for r, q in zip(results, args.queries, strict=True)]
@@ -125,6 +129,9 @@ def run_search(args: argparse.Namespace, settings: Settings) -> int:
         if daemon is not None:
             results = [_query_result(r, r["query"]) for r in daemon.search(queries, args.k)]
         else:
+            from imgwatch.search import search_images
+            from imgwatch.services.build import open_context
+
             with open_context(settings, command="search") as ctx:
                 results = search_images(queries, ctx, k=args.k)
     if args.min_score is not None:
@@ -196,9 +203,7 @@ def _write_page(path: Path, page: str, open_it: bool) -> None:
 
 
 def run_duplicates(args: argparse.Namespace, settings: Settings) -> int:
-    from imgwatch.duplicates import DuplicateGroup, find_duplicates
-    from imgwatch.services.build import open_context
-    from imgwatch.services.files import LocalFileReader
+    from imgwatch.duplicates import DuplicateGroup
 
     if not 0.0 < args.threshold <= 1.0:
         raise ImgwatchError("--threshold must be above 0 and at most 1 (a cosine similarity)")
@@ -209,6 +214,9 @@ def run_duplicates(args: argparse.Namespace, settings: Settings) -> int:
         reply = daemon.duplicates(args.threshold)
         groups = [DuplicateGroup(list(g["paths"]), float(g["max_score"])) for g in reply["groups"]]
     else:
+        from imgwatch.duplicates import find_duplicates
+        from imgwatch.services.build import open_context
+
         with open_context(settings, command="duplicates", model=False) as ctx:
             if args.log_level != "debug":
                 # Importing pymilvus (in open_context) re-applied its own logging config; without
@@ -226,6 +234,7 @@ def run_duplicates(args: argparse.Namespace, settings: Settings) -> int:
             print(f"no near-duplicates (threshold {args.threshold:g})")
     if args.html is not None:
         from imgwatch.report import duplicates_page
+        from imgwatch.services.files import LocalFileReader
 
         files = LocalFileReader(settings.max_file_bytes)
         page = duplicates_page(groups, lambda path: files.read(path).data, args.threshold)
