@@ -11,8 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from imgwatch.services.extractor import VGG16Extractor, WeightsSpec
-from imgwatch.services.precision import choose_precision, cpu_supports_bf16, decision_file, decision_key
+from imgwatch.services.extractor import PROBE_VERSION, VGG16Extractor, WeightsSpec
+from imgwatch.services.precision import (
+    cached_fidelity,
+    choose_precision,
+    cpu_supports_bf16,
+    decision_file,
+    decision_key,
+    fidelity_file,
+    fidelity_key,
+)
 from imgwatch.services.weights import random_init_file, random_vgg16
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,7 +28,7 @@ START = """
 import logging, sys
 logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
 from imgwatch.services.extractor import VGG16Extractor, WeightsSpec
-extractor = VGG16Extractor(WeightsSpec.parse("random:0"), precision="auto", batch_size=2)
+extractor = VGG16Extractor(WeightsSpec.parse("random:0"), precision=sys.argv[1], batch_size=2)
 print(extractor.signature.dtype)
 extractor.close()
 """
@@ -42,10 +50,10 @@ def cache_with_the_random_init(home: Path) -> Path:
     return home
 
 
-def start_extractor(home: Path) -> subprocess.CompletedProcess[str]:
-    """An extractor with precision auto in a fresh process, with ``home`` as its user cache dir."""
+def start_extractor(home: Path, precision: str = "auto") -> subprocess.CompletedProcess[str]:
+    """An extractor with ``precision`` in a fresh process, with ``home`` as its user cache dir."""
     result = subprocess.run(
-        [sys.executable, "-c", START],
+        [sys.executable, "-c", START, precision],
         env=os.environ | {"XDG_CACHE_HOME": str(home), "PYTHONPATH": str(REPO)},
         cwd=REPO,
         capture_output=True,
@@ -124,3 +132,30 @@ def test_an_explicit_precision_and_auto_ignore_the_environment(monkeypatch: pyte
     finally:
         explicit.close()
         auto.close()
+
+
+@needs_bf16
+def test_the_fidelity_gate_is_measured_once_per_machine_and_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Explicit bf16: the first start runs the gate's probe and records its cosine; a later start with
+    the same weights reads it and runs no probe (the record is untouched); other weights measure anew."""
+    home = cache_with_the_random_init(tmp_path / "cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    key = fidelity_key("random:0", "bf16", PROBE_VERSION)
+
+    first = start_extractor(home, precision="bf16")
+
+    record = fidelity_file(key)
+    assert first.stdout.strip() == "bf16", first.stderr
+    assert "(cached in" not in first.stderr
+    cosine = cached_fidelity(key)
+    assert cosine is not None and cosine >= 0.999
+    written = record.stat().st_mtime_ns
+
+    later = start_extractor(home, precision="bf16")
+
+    assert later.stdout.strip() == "bf16"
+    assert f"fidelity of bf16: cosine to fp32 {cosine:.5f} (cached in {record})" in later.stderr, later.stderr
+    assert record.stat().st_mtime_ns == written
+    assert fidelity_file(fidelity_key("random:1", "bf16", PROBE_VERSION)) != record

@@ -38,7 +38,13 @@ from imgwatch.services.model_spec import (
     WeightsSpec,
     signature_for,
 )
-from imgwatch.services.precision import choose_precision, measure_bf16_speedup
+from imgwatch.services.precision import (
+    cached_fidelity,
+    choose_precision,
+    fidelity_key,
+    measure_bf16_speedup,
+    record_fidelity,
+)
 from imgwatch.services.weights import (
     imagenet_state_dict,
     imagenet_weights_file,
@@ -54,6 +60,7 @@ __all__ = [
     "IMAGENET_IDENTITY",
     "LAYER",
     "MODEL",
+    "PROBE_VERSION",
     "VGG16Extractor",
     "WeightsSpec",
     "build_vgg16",
@@ -151,12 +158,11 @@ class VGG16Extractor:
         self._mean = torch.tensor(_MEAN, device=self._device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(_STD, device=self._device).view(1, 3, 1, 1) * 255.0
         self._dtype = torch.float32
+        identity = weights_identity or weights.identity()
         wanted = choose_precision(precision, self._device, self._bf16_speedup)
         if wanted != "fp32":
-            self._switch_precision(wanted, required=precision != "auto")
-        self._signature = signature_for(
-            weights, weights_identity or weights.identity(), _name_of(self._dtype)
-        )
+            self._switch_precision(wanted, identity, required=precision != "auto")
+        self._signature = signature_for(weights, identity, _name_of(self._dtype))
         self._embedded = 0
         self._batch_sizes: collections.Counter[int] = collections.Counter()
         self._busy = False
@@ -274,19 +280,28 @@ class VGG16Extractor:
     def _bf16_speedup(self) -> float:
         return measure_bf16_speedup(self._model, self._prepared(_probe_batch()))
 
-    def _switch_precision(self, name: str, *, required: bool) -> None:
-        """Move the model to ``name`` precision if its vectors stay within cosine 0.999 of fp32."""
-        probe = _probe_batch()
-        reference = self._infer(probe)
+    def _switch_precision(self, name: str, weights_identity: str, *, required: bool) -> None:
+        """Move the model to ``name`` precision if its vectors stay within cosine 0.999 of fp32.
+
+        On a CPU the cosine is measured once per machine, weights and torch version, then read from
+        the user's cache dir (see :mod:`imgwatch.services.precision`)."""
+        key = fidelity_key(weights_identity, name, PROBE_VERSION) if self._device.type == "cpu" else None
+        cosine = cached_fidelity(key) if key is not None else None
+        reason = f"cosine to fp32 {cosine:.5f}" if cosine is not None else ""
+        reference = self._infer(_probe_batch()) if cosine is None else None
         self._model.to(_DTYPES[name])
         self._dtype = _DTYPES[name]
-        try:
-            reduced = self._infer(probe)
-            cosine = float(np.min(np.sum(reference * reduced, axis=1)))
-        except RuntimeError as e:
-            cosine, reason = 0.0, str(e)
-        else:
-            reason = f"cosine to fp32 {cosine:.5f}"
+        if reference is not None:
+            try:
+                reduced = self._infer(_probe_batch())
+                cosine = float(np.min(np.sum(reference * reduced, axis=1)))
+            except RuntimeError as e:
+                cosine, reason = 0.0, str(e)
+            else:
+                reason = f"cosine to fp32 {cosine:.5f}"
+                if key is not None:
+                    record_fidelity(key, cosine)
+        assert cosine is not None
         if cosine >= MIN_REDUCED_PRECISION_COSINE:
             log.debug("using %s on %s (%s)", name, self._device, reason)
             return
@@ -295,6 +310,10 @@ class VGG16Extractor:
         log.warning("staying with fp32 on %s: %s is not accurate enough (%s)", self._device, name, reason)
         self._model.to(torch.float32)
         self._dtype = torch.float32
+
+
+#: Bump when :func:`_probe_batch` changes: cached fidelity results were measured on its images.
+PROBE_VERSION = "sin-noise-224-v1"
 
 
 def _probe_batch() -> npt.NDArray[np.uint8]:

@@ -5,8 +5,9 @@ AVX512-BF16 but no AMX, bf16 VGG16 ran ~1.6x slower than fp32, while on AMD Zen4
 So ``auto`` on a CPU with native bf16 times a small batch in both precisions and takes bf16 only
 with a clear margin. The verdict is kept in the user's cache dir, keyed by what decides it (CPU
 model and flags, the CPUs this process may use, the torch version): later starts read it and time
-nothing. Whether bf16's vectors are faithful enough is checked separately, at every start, by the
-extractor's fidelity gate (it depends on the weights).
+nothing. Whether bf16's vectors are faithful enough is checked separately by the extractor's
+fidelity gate (it depends on the weights): its cosine is kept the same way, keyed by the weights
+too, so a later start with the same weights, CPU and torch runs no probe either.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 #: bf16 must run at least this much faster than fp32 here to be worth its small loss of fidelity.
 MIN_BF16_SPEEDUP = 1.15
 DECISION_FORMAT = 1
+FIDELITY_FORMAT = 1
 _CHOICES = ("fp32", "bf16")
 
 
@@ -153,3 +155,39 @@ def _write_decision(path: Path, decision: dict[str, Any]) -> None:
     finally:
         if temp is not None:
             Path(temp).unlink(missing_ok=True)
+
+
+def fidelity_key(weights_identity: str, precision: str, probe_version: str) -> dict[str, Any]:
+    """What the fidelity gate's cosine depends on: the machine (as for the speed), the weights, the
+    precision and the probe images."""
+    return decision_key() | {"weights": weights_identity, "precision": precision, "probe": probe_version}
+
+
+def fidelity_file(key: dict[str, Any]) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / f"fidelity-{digest}.json"
+
+
+def cached_fidelity(key: dict[str, Any]) -> float | None:
+    """The gate's cosine measured before with ``key``, or None (never measured, or a damaged file)."""
+    path = fidelity_file(key)
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("fidelity record %s is unreadable, measuring again: %s", path, e)
+        return None
+    try:
+        if saved["format"] != FIDELITY_FORMAT or saved["key"] != key:
+            raise ValueError("it was made for another format, machine or weights")
+        cosine = float(saved["cosine"])
+    except (KeyError, TypeError, ValueError) as e:
+        log.warning("fidelity record %s is damaged, measuring again: %s", path, e)
+        return None
+    log.debug("fidelity of %s: cosine to fp32 %.5f (cached in %s)", key["precision"], cosine, path)
+    return cosine
+
+
+def record_fidelity(key: dict[str, Any], cosine: float) -> None:
+    _write_decision(fidelity_file(key), {"format": FIDELITY_FORMAT, "key": key, "cosine": cosine})
