@@ -1,7 +1,10 @@
-"""Near-duplicate groups over the real stores: planted copies are found, and nothing else."""
+"""Duplicate groups over the real stores: planted copies are found, and nothing else; byte-identical
+groups are told from look-alike ones, and come from the catalog alone."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -9,9 +12,10 @@ from PIL import Image
 
 from imgwatch import duplicates
 from imgwatch.context import Context
-from imgwatch.duplicates import find_duplicates
+from imgwatch.duplicates import DuplicateGroup, find_duplicates, find_exact_duplicates
 from imgwatch.samples import photo
-from tests.conftest import index, jpeg_bytes
+from tests.conftest import OpenContext, index, jpeg_bytes, write_photo
+from tests.test_cli import _json, imgwatch
 
 # Seeded random weights score unrelated scenes up to about 0.96 and copies above 0.99; real
 # ImageNet weights separate them far more, where the CLI's default of 0.95 applies.
@@ -86,3 +90,110 @@ def test_the_pass_runs_no_model_and_skips_files_the_catalog_does_not_vouch_for(
 def test_a_threshold_outside_the_cosine_range_is_refused(ctx: Context) -> None:
     with pytest.raises(ValueError, match="threshold"):
         find_duplicates(ctx, threshold=1.5)
+
+
+def _iso_mtime(path: Path) -> str:
+    return datetime.fromtimestamp(path.stat().st_mtime_ns / 1e9, UTC).isoformat(timespec="seconds")
+
+
+def test_byte_copies_make_exact_groups_and_a_resized_copy_a_similar_one(ctx: Context, tmp_path: Path) -> None:
+    root = tmp_path / "library"
+    root.mkdir()
+    original = photo(1, (480, 360))
+    a = root / "a.jpg"
+    a.write_bytes(jpeg_bytes(original))
+    a_backup = root / "backup" / "a.jpg"
+    a_backup.parent.mkdir()
+    a_backup.write_bytes(a.read_bytes())
+    resized = root / "a-resized.jpg"
+    resized.write_bytes(jpeg_bytes(original.resize((240, 180), Image.Resampling.LANCZOS)))
+    b = write_photo(root / "b.jpg", 5)
+    b_copy = root / "b-copy.jpg"
+    b_copy.write_bytes(b.read_bytes())
+    write_photo(root / "c.jpg", 8)
+    index(ctx, root)
+
+    groups = find_duplicates(ctx, threshold=THRESHOLD)
+
+    assert [(g.kind, g.paths) for g in groups] == [
+        ("similar", sorted([str(a), str(a_backup), str(resized)])),
+        ("exact", sorted([str(b), str(b_copy)])),
+    ]
+    similar, exact = groups
+    for group in groups:
+        assert [m.path for m in group.members] == group.paths
+        for member in group.members:
+            assert (member.size, member.mtime) == (
+                Path(member.path).stat().st_size,
+                _iso_mtime(Path(member.path)),
+            )
+        assert json.loads(json.dumps(group.as_dict())) == group.as_dict()
+        assert DuplicateGroup.from_dict(group.as_dict()) == group
+    sizes = {m.path: (m.width, m.height) for g in groups for m in g.members}
+    assert sizes[str(resized)] == (240, 180) and sizes[str(a)] == sizes[str(b)] == (480, 360)
+    assert exact.max_score == 1.0 and [m.score for m in exact.members] == [1.0, 1.0]
+    scores = {m.path: m.score for m in similar.members}
+    assert THRESHOLD <= scores[str(resized)] < scores[str(a)]  # a's best match is its byte copy
+    assert similar.max_score == max(scores.values())
+
+    # The exact pass reads only the catalog: it finds both byte-identical pairs (the look-alike
+    # stays out) with the vectors gone, and a member that can no longer be read has no pixel size.
+    ctx.vectors.delete(ctx.vectors.all_ids())
+    b_copy.unlink()
+    before = ctx.extractor.images_embedded
+
+    found = find_exact_duplicates(ctx.catalog)
+
+    assert [(g.kind, g.paths, g.max_score) for g in found] == [
+        ("exact", sorted([str(a), str(a_backup)]), 1.0),
+        ("exact", sorted([str(b), str(b_copy)]), 1.0),
+    ]
+    assert {(m.path, m.width, m.height) for m in found[1].members} == {
+        (str(b), 480, 360),
+        (str(b_copy), None, None),
+    }
+    assert find_duplicates(ctx, threshold=THRESHOLD) == []  # the look-alike pass did need them
+    assert ctx.extractor.images_embedded == before
+
+
+def test_exact_groups_from_the_cli_load_neither_model_nor_vector_store(
+    open_ctx: OpenContext, tmp_path: Path
+) -> None:
+    root = tmp_path / "photos"
+    a = write_photo(root / "a.jpg", 1, size=(64, 48))
+    (root / "old").mkdir()
+    (root / "old" / "a.jpg").write_bytes(a.read_bytes())
+    write_photo(root / "b.jpg", 2, size=(64, 48))
+    with open_ctx() as ctx:
+        index(ctx, root)
+
+    # PYTHONPROFILEIMPORTTIME is -X importtime: every module the command imports is on stderr.
+    result = imgwatch(tmp_path, "duplicates", "--exact", "--json", env={"PYTHONPROFILEIMPORTTIME": "1"})
+    bad = imgwatch(tmp_path, "duplicates", "--exact", "--threshold", "0.9")
+
+    report = _json(result)
+    imported = {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in result.stderr.decode().splitlines()
+        if line.startswith("import time:")
+    }
+    assert "sqlalchemy" in imported  # the log is read right: the catalog was opened
+    assert not {"torch", "torchvision", "pymilvus", "milvus_lite", "numpy"} & imported
+    [group] = report["groups"]
+    assert group == {
+        "kind": "exact",
+        "max_score": 1.0,
+        "members": [
+            {
+                "path": p,
+                "size": a.stat().st_size,
+                "width": 64,
+                "height": 48,
+                "mtime": _iso_mtime(Path(p)),
+                "score": 1.0,
+            }
+            for p in sorted([str(a), str(root / "old" / "a.jpg")])
+        ],
+        "paths": sorted([str(a), str(root / "old" / "a.jpg")]),
+    }
+    assert bad.returncode == 1 and b"--threshold" in bad.stderr

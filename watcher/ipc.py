@@ -126,11 +126,23 @@ class DaemonClient:
         """Search "more like this" for indexed ``paths``: the daemon uses their stored vectors."""
         return list(self.request("POST", "/search", {"k": k, "like": paths})["results"])
 
-    def duplicates(self, threshold: float) -> dict[str, Any]:
+    def duplicates(self, threshold: float, *, exact: bool = False) -> dict[str, Any]:
         # One pass over the whole collection: minutes on a large one, so no client-side timeout.
         return DaemonClient(self._path.parent, timeout=None).request(
-            "POST", "/duplicates", {"threshold": threshold}
+            "POST", "/duplicates", {"threshold": threshold, "exact": exact}
         )
+
+    def verdicts(self) -> dict[str, Any]:
+        """``{"verdicts": [...]}``: the recorded not-duplicates verdicts."""
+        return self.request("GET", "/duplicates/verdicts", None)
+
+    def mark_distinct(self, paths: list[str], note: str | None) -> dict[str, Any]:
+        """Record that no two of these indexed files are duplicates: ``{"added", "verdicts"}``."""
+        return self.request("POST", "/duplicates/verdicts", {"paths": paths, "note": note})
+
+    def withdraw_verdict(self, a: str, b: str) -> dict[str, Any]:
+        """Remove the verdict on ``a`` and ``b`` (paths or content hashes): ``{"withdrawn": ...}``."""
+        return self.request("POST", "/duplicates/verdicts/withdraw", {"a": a, "b": b})
 
     def index(self, roots: list[str]) -> dict[str, Any]:
         # A big first index runs for hours: no client-side timeout on this one.

@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from imgwatch.config import Settings
-from imgwatch.duplicates import find_duplicates
+from imgwatch.duplicates import find_duplicates, find_exact_duplicates
 from imgwatch.events import ImageEvent, Source
 from imgwatch.ipc import socket_path
 from imgwatch.search import QueryResult, search_images, search_like
 from imgwatch.serving import Serving
 from imgwatch.sources.webhook import AllowedPaths, parse_bind, parse_body
+from imgwatch.verdicts import list_verdicts, mark_distinct, withdraw_verdict
 from imgwatch.web import create_app
-from imgwatch.web.local import LocalSurface
+from imgwatch.web.local import LocalSurface, VerdictCalls
 from imgwatch.web.page import PageSurface, SearchPageBackend, SearchPageConfig
 from imgwatch.web.server import HttpServer, bind_tcp, bind_unix
 from imgwatch.web.webhook import WebhookConfig, WebhookSurface
@@ -128,10 +129,24 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
         with serving.use() as ctx:
             return _results(search_like(paths, ctx, k=k))
 
-    def duplicates(threshold: float) -> Reply:
+    def duplicates(threshold: float, exact: bool) -> Reply:
         with serving.use() as ctx:
-            groups = find_duplicates(ctx, threshold=threshold)
-        return {"groups": [{"paths": g.paths, "max_score": g.max_score} for g in groups]}
+            groups = (
+                find_exact_duplicates(ctx.catalog) if exact else find_duplicates(ctx, threshold=threshold)
+            )
+        return {"groups": [g.as_dict() for g in groups]}
+
+    def mark(paths: list[str], note: str | None) -> Reply:
+        return mark_distinct(serving.current.catalog, paths, note).as_dict()
+
+    def withdraw(a: str, b: str) -> Reply:
+        return {"withdrawn": withdraw_verdict(serving.current.catalog, a, b).as_dict()}
+
+    verdicts = VerdictCalls(
+        list_all=lambda: {"verdicts": [v.as_dict() for v in list_verdicts(serving.current.catalog)]},
+        mark=mark,
+        withdraw=withdraw,
+    )
 
     def invoke(payload: dict[str, Any]) -> Reply:
         """``imgwatch invoke`` while the daemon runs: the payload takes the webhook's path."""
@@ -149,6 +164,7 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
         invoke=invoke,
         run_job=parts.run_job,
         forget_root=parts.forget_root,
+        verdicts=verdicts,
     )
     path: Path = socket_path(parts.settings.data_dir)
     server = HttpServer(create_app(local=surface), bind_unix(path), "imgwatch-endpoint", work=surface.work)

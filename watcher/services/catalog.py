@@ -4,7 +4,8 @@ The schema belongs to the Alembic migrations in ``migrations/``; :func:`open_cat
 Paths are stored as their exact bytes (``os.fsencode``), so names that are not valid UTF-8 survive.
 :class:`SQLiteCatalog` holds the files and the meta table here; the journal, the job runs and the
 roots are parts of it of their own (``catalog_journal``, ``catalog_job_runs``, ``catalog_roots``), and
-the table mirrors live in ``catalog_tables`` (exported from here as well).
+the table mirrors live in ``catalog_tables`` (exported from here as well). Exact duplicates and the
+user's verdicts are in ``catalog_verdicts``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from imgwatch.services.catalog_tables import (
     LEDGER,
     META,
     ROOTS,
+    VERDICTS,
     Base,
     FileRow,
     JobRunRow,
@@ -37,9 +39,11 @@ from imgwatch.services.catalog_tables import (
     MetaRow,
     ReindexRow,
     RootRow,
+    VerdictRow,
     db_now,
     row_to_record,
 )
+from imgwatch.services.catalog_verdicts import CatalogVerdicts
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -49,6 +53,7 @@ __all__ = [
     "LEDGER",
     "META",
     "ROOTS",
+    "VERDICTS",
     "Base",
     "FileRow",
     "JobRunRow",
@@ -57,6 +62,7 @@ __all__ = [
     "ReindexRow",
     "RootRow",
     "SQLiteCatalog",
+    "VerdictRow",
     "create_sqlite_engine",
     "open_catalog",
     "row_to_record",
@@ -103,7 +109,7 @@ def open_catalog(path: Path) -> SQLiteCatalog:
     return SQLiteCatalog(engine)
 
 
-class SQLiteCatalog(CatalogJournal, CatalogJobRuns, CatalogRoots):
+class SQLiteCatalog(CatalogJournal, CatalogJobRuns, CatalogRoots, CatalogVerdicts):
     """The real catalog service (see :class:`imgwatch.services.abc.Catalog`). Thread-safe: every call
     is its own short transaction on a pooled connection."""
 

@@ -106,12 +106,30 @@ class RootRow(Base):
     command: Mapped[str] = mapped_column(sa.String(16))
 
 
+class VerdictRow(Base):
+    """Mirror of the ``verdicts`` table (migration 0006): two content hashes, ordered, that are not
+    duplicates of each other."""
+
+    __tablename__ = "verdicts"
+    __table_args__ = (
+        sa.UniqueConstraint("hash_a", "hash_b", name="uq_verdicts_pair"),
+        sa.CheckConstraint("hash_a < hash_b", name="ck_verdicts_ordered"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    hash_a: Mapped[str] = mapped_column(sa.String(64))
+    hash_b: Mapped[str] = mapped_column(sa.String(64), index=True)
+    created_at: Mapped[datetime]
+    note: Mapped[str | None] = mapped_column(sa.Text)
+
+
 FILES = cast(sa.Table, FileRow.__table__)
 META = cast(sa.Table, MetaRow.__table__)
 JOURNAL = cast(sa.Table, JournalRow.__table__)
 JOB_RUNS = cast(sa.Table, JobRunRow.__table__)
 LEDGER = cast(sa.Table, ReindexRow.__table__)
 ROOTS = cast(sa.Table, RootRow.__table__)
+VERDICTS = cast(sa.Table, VerdictRow.__table__)
 
 
 def db_now() -> datetime:

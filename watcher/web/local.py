@@ -27,6 +27,17 @@ Reply = dict[str, Any]
 
 
 @dataclass(frozen=True)
+class VerdictCalls:
+    """The not-duplicates verdicts (:mod:`imgwatch.verdicts`), as the socket serves them."""
+
+    list_all: Callable[[], Reply]
+    mark: Callable[[list[str], str | None], Reply]
+    """``(paths, note)``: no two of these indexed files are duplicates."""
+    withdraw: Callable[[str, str], Reply]
+    """``(a, b)``: paths or content hashes."""
+
+
+@dataclass(frozen=True)
 class LocalSurface:
     """What the daemon answers on its socket. Each callable may raise :class:`ImgwatchError` or
     ``ValueError`` (a bad request: 400), ``LookupError`` (404), :class:`RootInUseError` (409) or a
@@ -36,11 +47,14 @@ class LocalSurface:
     search: Callable[[list[tuple[str, bytes | str]], int], Reply]
     """``(queries, k)``: each query is ``(name, image bytes)`` or ``(name, why it is unreadable)``."""
     search_like: Callable[[list[str], int], Reply]
-    duplicates: Callable[[float], Reply]
+    duplicates: Callable[[float, bool], Reply]
+    """``(threshold, exact)``: look-alike groups, or with ``exact`` the byte-identical ones."""
     index: Callable[[list[str]], Reply]
     invoke: Callable[[dict[str, Any]], Reply]
     run_job: Callable[[str], Reply]
     forget_root: Callable[[str], Reply]
+    verdicts: VerdictCalls | None = None
+    """None: this socket records no verdicts (its routes answer 404)."""
     work: BlockingWork = field(default_factory=lambda: BlockingWork("imgwatch-request"))
     """Where the callables run: daemon threads, which shutdown waits for within its bound."""
 
@@ -58,7 +72,18 @@ class SearchRequest(BaseModel):
 
 
 class DuplicatesRequest(BaseModel):
-    threshold: float = Field(default=0.95, gt=0, le=1)
+    threshold: float = Field(default=0.95, gt=0, le=1, description="Cosine similarity for look-alikes.")
+    exact: bool = Field(default=False, description="Only byte-identical files (content hashes; no vectors).")
+
+
+class MarkDistinctRequest(BaseModel):
+    paths: list[str] = Field(min_length=2, description="Indexed files (absolute paths), no two duplicates.")
+    note: str | None = Field(default=None, description="Kept with the verdict.")
+
+
+class WithdrawRequest(BaseModel):
+    a: str = Field(description="An indexed file's absolute path, or a content hash.")
+    b: str
 
 
 class IndexRequest(BaseModel):
@@ -107,9 +132,26 @@ def local_router(surface: LocalSurface) -> APIRouter:
                 raise RequestError(400, f"{query.query}: data is not base64: {e}") from None
         return await call(surface.search, queries, request.k)
 
-    @router.post("/duplicates", summary="Groups of near-duplicate images")
+    @router.post("/duplicates", summary="Groups of duplicate images: look-alike, or exact")
     async def duplicates(request: DuplicatesRequest) -> Reply:
-        return await call(surface.duplicates, request.threshold)
+        return await call(surface.duplicates, request.threshold, request.exact)
+
+    def verdict_calls() -> VerdictCalls:
+        if surface.verdicts is None:
+            raise RequestError(404, "this daemon records no verdicts")
+        return surface.verdicts
+
+    @router.get("/duplicates/verdicts", summary="The recorded not-duplicates verdicts")
+    async def verdicts() -> Reply:
+        return await call(verdict_calls().list_all)
+
+    @router.post("/duplicates/verdicts", summary="Record that files are not duplicates")
+    async def mark_distinct(request: MarkDistinctRequest) -> Reply:
+        return await call(verdict_calls().mark, request.paths, request.note)
+
+    @router.post("/duplicates/verdicts/withdraw", summary="Withdraw a not-duplicates verdict")
+    async def withdraw(request: WithdrawRequest) -> Reply:
+        return await call(verdict_calls().withdraw, request.a, request.b)
 
     @router.post("/index", summary="Bring the index in line with folders, as `imgwatch index` does")
     async def index(request: IndexRequest) -> Reply:
