@@ -30,7 +30,7 @@ def test_migrations_create_the_schema_the_code_expects(tmp_path: Path) -> None:
             version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
             journal = conn.execute(sa.text("PRAGMA journal_mode")).scalar()
         assert diff == []
-        assert version == "0005"
+        assert version == "0006"
         assert journal == "wal"
     finally:
         catalog.close()
@@ -250,7 +250,7 @@ def test_a_data_dir_with_url_and_config_syntax_in_its_name_opens(tmp_path: Path)
         "catalog.sqlite3-shm",
     }
     with sqlite3.connect(path) as db:  # a plain file name to sqlite3: no URL parsing
-        assert db.execute("SELECT version_num FROM alembic_version").fetchone() == ("0005",)
+        assert db.execute("SELECT version_num FROM alembic_version").fetchone() == ("0006",)
     db.close()
 
     # The configuration Alembic's own commands get, when no connection is handed over.
