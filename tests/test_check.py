@@ -150,12 +150,15 @@ def test_the_cli_exits_0_1_3_and_prints_json_lines(open_ctx: OpenContext, tmp_pa
     assert match.startswith(f"{queries / 'same.png'}: similar ") and match.endswith(f" {lib.a}")
 
     bad = [queries / "broken.jpg", queries / "gone.jpg", queries / "notes.txt"]
-    failed = imgwatch_cli(data_dir, "check", "--json", str(queries / "copy.jpg"), *map(str, bad))
+    good = [queries / "copy.jpg", queries / "other.jpg"]
+    failed = imgwatch_cli(data_dir, "check", "--json", *map(str, good + bad))
     assert failed.returncode == 3, failed.stderr.decode(errors="replace")
     answers = [json.loads(line) for line in failed.stdout.splitlines()]
-    assert [a["query"] for a in answers] == [str(queries / "copy.jpg"), *map(str, bad)]
+    assert [a["query"] for a in answers] == list(map(str, good + bad))
     assert answers[0]["match"]["kind"] == "exact"  # the others are still checked and printed
-    assert all(a["match"] is None and a["error"] for a in answers[1:])
+    # Without --threshold, the duplicates default decides.
+    assert (answers[1]["match"] is None) == (other_score < DEFAULT_THRESHOLD) and "error" not in answers[1]
+    assert all(a["match"] is None and a["error"] for a in answers[2:])
     stderr = failed.stderr.decode()
     for path in bad:
         assert f"imgwatch: cannot check {path}: " in stderr

@@ -9,7 +9,6 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from imgwatch.check import DEFAULT_THRESHOLD
 from imgwatch.commands.daemon_client import running_daemon
 from imgwatch.commands.exits import EXIT_OK, EXIT_QUERY_FAILED
 from imgwatch.errors import ImgwatchError
@@ -39,9 +38,8 @@ def add_check(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     check.add_argument(
         "--threshold",
         type=float,
-        default=DEFAULT_THRESHOLD,
-        help=f"the cosine similarity from which a match counts (default {DEFAULT_THRESHOLD:g}, as for "
-        "duplicates)",
+        default=None,
+        help="the cosine similarity from which a match counts (default: the one duplicates groups at)",
     )
     check.add_argument(
         "--json",
@@ -54,24 +52,27 @@ def add_check(commands: Subcommands, common: argparse.ArgumentParser) -> None:
 
 def run_check(args: argparse.Namespace, settings: Settings) -> int:
     # As for search: SQLAlchemy, pymilvus and torch only where no daemon answers.
-    from imgwatch.check import CheckResult
+    # The default is looked up here, not when the parser is built: imgwatch.check costs every other
+    # command's start-up (thin clients included) some 40 ms of imports.
+    from imgwatch.check import DEFAULT_THRESHOLD, CheckResult
     from imgwatch.search import read_queries
     from imgwatch.services.files import LocalFileReader
 
-    if not 0.0 < args.threshold <= 1.0:
+    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    if not 0.0 < threshold <= 1.0:
         raise ImgwatchError("--threshold must be above 0 and at most 1 (a cosine similarity)")
     queries = read_queries(list(args.images), LocalFileReader(settings.max_file_bytes))
     daemon = running_daemon(settings)
     if daemon is not None:
-        results = [CheckResult.from_dict(raw) for raw in daemon.check(queries, args.threshold)]
+        results = [CheckResult.from_dict(raw) for raw in daemon.check(queries, threshold)]
     else:
         from imgwatch.check import check_images
         from imgwatch.services.build import open_context
 
         with open_context(settings, command="check") as ctx:
-            results = check_images(queries, ctx, threshold=args.threshold)
+            results = check_images(queries, ctx, threshold=threshold)
     for result in results:
-        print(json.dumps(result.as_dict()) if args.json else _line(result, args.threshold), flush=True)
+        print(json.dumps(result.as_dict()) if args.json else _line(result, threshold), flush=True)
     failed = [r for r in results if r.error is not None]
     for result in failed:
         print(f"imgwatch: cannot check {result.query}: {result.error}", file=sys.stderr)
