@@ -22,6 +22,7 @@ from openapi_spec_validator import validate
 from PIL import Image
 
 from imgwatch.check import DEFAULT_THRESHOLD, CheckMatch, MatchKind, check_images, check_reply, serving_check
+from imgwatch.commands.searching import DEFAULT_THRESHOLD as CLI_DEFAULT_THRESHOLD
 from imgwatch.context import Context
 from imgwatch.duplicates import find_duplicates
 from imgwatch.ipc import DaemonClient, socket_path
@@ -78,6 +79,8 @@ def test_exact_by_hash_without_the_model_similar_by_vector_none_below_the_thresh
     ctx: Context, tmp_path: Path
 ) -> None:
     lib = library(ctx, tmp_path)
+    # One default for `check` and `duplicates`, on the command line and in the library and routes.
+    assert DEFAULT_THRESHOLD == CLI_DEFAULT_THRESHOLD
     before = ctx.extractor.images_embedded
     [exact] = check_images([("copy.jpg", lib.copy)], ctx)
     assert exact.match == CheckMatch(str(lib.a), 1.0, MatchKind.EXACT) and exact.error is None

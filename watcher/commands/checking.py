@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from imgwatch.commands.daemon_client import running_daemon
 from imgwatch.commands.exits import EXIT_OK, EXIT_QUERY_FAILED
+from imgwatch.commands.searching import DEFAULT_THRESHOLD
 from imgwatch.errors import ImgwatchError
 
 if TYPE_CHECKING:
@@ -38,8 +39,8 @@ def add_check(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     check.add_argument(
         "--threshold",
         type=float,
-        default=None,
-        help="the cosine similarity from which a match counts (default: the one duplicates groups at)",
+        default=DEFAULT_THRESHOLD,
+        help=f"the cosine similarity from which a match counts (default {DEFAULT_THRESHOLD}, as duplicates)",
     )
     check.add_argument(
         "--json",
@@ -52,13 +53,13 @@ def add_check(commands: Subcommands, common: argparse.ArgumentParser) -> None:
 
 def run_check(args: argparse.Namespace, settings: Settings) -> int:
     # As for search: SQLAlchemy, pymilvus and torch only where no daemon answers.
-    # The default is looked up here, not when the parser is built: imgwatch.check costs every other
-    # command's start-up (thin clients included) some 40 ms of imports.
-    from imgwatch.check import DEFAULT_THRESHOLD, CheckResult
+    # Imported here, not when the parser is built: imgwatch.check would cost every other command's
+    # start-up (thin clients included) some 40 ms of imports.
+    from imgwatch.check import CheckResult
     from imgwatch.search import read_queries
     from imgwatch.services.files import LocalFileReader
 
-    threshold = DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+    threshold = args.threshold
     if not 0.0 < threshold <= 1.0:
         raise ImgwatchError("--threshold must be above 0 and at most 1 (a cosine similarity)")
     queries = read_queries(list(args.images), LocalFileReader(settings.max_file_bytes))
