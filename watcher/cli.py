@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from imgwatch import __version__
+from imgwatch.commands.checking import add_check
 from imgwatch.commands.exits import (
     EXIT_CONFIG,
     EXIT_FATAL,
@@ -49,6 +50,7 @@ _COMMANDS = (
     add_index,
     add_search,
     add_duplicates,
+    add_check,
     add_watch,
     add_invoke,
     add_compact,

@@ -122,6 +122,11 @@ class DaemonClient:
         }
         return list(self.request("POST", "/search", body)["results"])
 
+    def check(self, queries: list[tuple[str, bytes | str]], threshold: float) -> list[dict[str, Any]]:
+        """ "Do I already have these?": per query ``{"query", "match": {...} | None}`` (and ``error``)."""
+        body = {"threshold": threshold, "queries": _encoded(queries)}
+        return list(self.request("POST", "/check", body)["results"])
+
     def search_like(self, paths: list[str], k: int) -> list[dict[str, Any]]:
         """Search "more like this" for indexed ``paths``: the daemon uses their stored vectors."""
         return list(self.request("POST", "/search", {"k": k, "like": paths})["results"])
@@ -147,3 +152,13 @@ class DaemonClient:
     def index(self, roots: list[str]) -> dict[str, Any]:
         # A big first index runs for hours: no client-side timeout on this one.
         return DaemonClient(self._path.parent, timeout=None).request("POST", "/index", {"roots": roots})
+
+
+def _encoded(queries: list[tuple[str, bytes | str]]) -> list[dict[str, str]]:
+    """Query images as the socket takes them: base64 bytes, or the reason they could not be read."""
+    return [
+        {"query": name, "error": data}
+        if isinstance(data, str)
+        else {"query": name, "data": base64.b64encode(data).decode()}
+        for name, data in queries
+    ]

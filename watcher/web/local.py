@@ -57,6 +57,8 @@ class LocalSurface:
     """None: this socket records no verdicts (its routes answer 404)."""
     work: BlockingWork = field(default_factory=lambda: BlockingWork("imgwatch-request"))
     """Where the callables run: daemon threads, which shutdown waits for within its bound."""
+    check: Callable[[list[tuple[str, bytes | str]], float], Reply] | None = None
+    """``(queries, threshold)``, as ``search`` takes queries: ``imgwatch check`` (``POST /check``)."""
 
 
 class QueryImage(BaseModel):
@@ -69,6 +71,11 @@ class SearchRequest(BaseModel):
     k: int = Field(ge=1, description="Results per query.")
     queries: list[QueryImage] | None = Field(default=None, description="Images to search with.")
     like: list[str] | None = Field(default=None, description="Indexed files whose stored vectors to use.")
+
+
+class CheckRequest(BaseModel):
+    threshold: float = Field(gt=0, le=1, description="The score from which a match counts.")
+    queries: list[QueryImage] = Field(description="Images to check.")
 
 
 class DuplicatesRequest(BaseModel):
@@ -132,6 +139,13 @@ def local_router(surface: LocalSurface) -> APIRouter:
                 raise RequestError(400, f"{query.query}: data is not base64: {e}") from None
         return await call(surface.search, queries, request.k)
 
+    if surface.check is not None:
+        check = surface.check
+
+        @router.post("/check", summary="Whether each image is already indexed: its best match or none")
+        async def check_images(request: CheckRequest) -> Reply:
+            return await call(check, _decoded(request.queries), request.threshold)
+
     @router.post("/duplicates", summary="Groups of duplicate images: look-alike, or exact")
     async def duplicates(request: DuplicatesRequest) -> Reply:
         return await call(surface.duplicates, request.threshold, request.exact)
@@ -172,3 +186,17 @@ def local_router(surface: LocalSurface) -> APIRouter:
         return await call(surface.forget_root, request.root)
 
     return router
+
+
+def _decoded(queries: list[QueryImage]) -> list[tuple[str, bytes | str]]:
+    """``(name, image bytes)``, or ``(name, why it is unreadable)``; data that is not base64: 400."""
+    decoded: list[tuple[str, bytes | str]] = []
+    for query in queries:
+        if query.error is not None or query.data is None:
+            decoded.append((query.query, query.error or "no image data"))
+            continue
+        try:
+            decoded.append((query.query, base64.b64decode(query.data, validate=True)))
+        except binascii.Error as e:
+            raise RequestError(400, f"{query.query}: data is not base64: {e}") from None
+    return decoded

@@ -1,9 +1,11 @@
-"""The webhook surface: ``POST /events`` for machines, ``GET /healthz`` and ``GET /metrics``.
+"""The webhook surface: ``POST /events`` for machines, ``GET /healthz`` and ``GET /metrics``, and
+``POST /api/check`` ("do I already have these?", as on the search page) for upload pipelines.
 
 Auth: ``Authorization: Bearer TOKEN`` when a token is set (it must be, off loopback), and, when an
 HMAC secret is set, ``X-Imgwatch-Signature: sha256=<hex HMAC-SHA256 of the body>``; both compared
 in constant time, as the bytes the client sent. ``/healthz`` is open (for load balancers and
-systemd); ``/metrics`` needs the token off loopback unless ``metrics_public`` says otherwise.
+systemd); ``/metrics`` needs the token off loopback unless ``metrics_public`` says otherwise;
+``/api/check`` needs what ``/events`` needs (the token, and the signature when a secret is set).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
+from imgwatch.check import CheckImages
 from imgwatch.errors import ConfigError
 from imgwatch.events import ImageEvent
 from imgwatch.sources.payloads import GenericBody, S3Body
@@ -38,6 +41,7 @@ from imgwatch.web.common import (
     read_body,
     same_secret,
 )
+from imgwatch.web.page import add_check_route
 
 
 class Accepted(BaseModel):
@@ -81,6 +85,8 @@ class WebhookSurface:
     """Journal an event durably and queue it; returns once it is on disk."""
     health: Callable[[], tuple[int, dict[str, Any]]]
     metrics: Callable[[], tuple[bytes, str]]
+    check: CheckImages | None = None
+    """``POST /api/check``, when set."""
 
 
 def require_token(surface: WebhookSurface) -> Callable[[Request], None]:
@@ -100,6 +106,7 @@ def webhook_router(surface: WebhookSurface) -> APIRouter:
     config = surface.config
     router = APIRouter(tags=["webhook"])
     token_required = Depends(require_token(surface))
+    signed = require_signature(config)
 
     @router.post(
         "/events",
@@ -131,12 +138,7 @@ def webhook_router(surface: WebhookSurface) -> APIRouter:
     )
     async def events(request: Request) -> Accepted:
         body = await read_body(request)
-        if config.hmac_secret is not None:
-            digest = hmac.new(config.hmac_secret.encode(), body, hashlib.sha256).hexdigest()
-            if not same_secret(header_bytes(request, SIGNATURE_HEADER), f"sha256={digest}".encode()):
-                raise RequestError(
-                    401, f"missing or wrong {SIGNATURE_HEADER} (sha256=<hex HMAC of the body>)"
-                )
+        signed(request, body)
         # Paths are checked on disk and events journalled in SQLite: blocking work, off the loop.
         return await anyio.to_thread.run_sync(_accept, surface, body)
 
@@ -165,7 +167,24 @@ def webhook_router(surface: WebhookSurface) -> APIRouter:
         body, content_type = surface.metrics()
         return Response(body, media_type=content_type)
 
+    if surface.check is not None:
+        # An upload pipeline's question reveals what the library holds: the same guard as /events.
+        add_check_route(router, surface.check, guards=[token_required], verify=signed)
     return router
+
+
+def require_signature(config: WebhookConfig) -> Callable[[Request, bytes], None]:
+    """A check of a body's bytes: its HMAC signature, when a secret is configured."""
+    secret = config.hmac_secret
+
+    def check(request: Request, body: bytes) -> None:
+        if secret is None:
+            return
+        digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        if not same_secret(header_bytes(request, SIGNATURE_HEADER), f"sha256={digest}".encode()):
+            raise RequestError(401, f"missing or wrong {SIGNATURE_HEADER} (sha256=<hex HMAC of the body>)")
+
+    return check
 
 
 def _accept(surface: WebhookSurface, body: bytes) -> Accepted:
