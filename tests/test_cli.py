@@ -80,6 +80,7 @@ def test_every_command_has_help_text() -> None:
         "compact",
         "reindex",
         "duplicates",
+        "check",
         "forget",
     }
     for name, command in commands.items():

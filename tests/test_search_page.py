@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -479,3 +480,39 @@ def test_in_a_browser_upload_then_more_like_this(browser: Any, served: Served, t
     wait.until(lambda _d: browser.find_element(By.ID, "status").get_attribute("class") == "error")
     message = browser.find_element(By.ID, "status").text
     assert "over the limit" in message and "search_page_max_bytes" in message, message
+
+
+@pytest.mark.slow
+def test_a_running_daemon_checks_uploads_and_the_cli_goes_through_it(served: Served, tmp_path: Path) -> None:
+    """``POST /api/check`` on the daemon's page port, and ``imgwatch check`` sent to the daemon: a byte
+    copy is an exact match found without the model, a look-alike a similar one, an unrelated scene none."""
+    copy = (served.root / "photo5.jpg").read_bytes()
+    upload = httpx.post(
+        f"{served.url}api/check",
+        files=[
+            ("file", ("copy.jpg", copy, "image/jpeg")),
+            ("file", ("grey.jpg", resized_copy(2), "image/jpeg")),
+        ],
+        timeout=120,
+    )
+    assert upload.status_code == 200, upload.text
+    exact, similar = upload.json()["results"]
+    assert exact["query"] == "copy.jpg" and exact["match"]["kind"] == "exact"
+    assert exact["match"]["path"] == str(served.root / "photo5.jpg") and exact["match"]["score"] == 1.0
+    assert similar["match"]["kind"] == "similar" and similar["match"]["path"] == str(
+        served.root / "photo2.jpg"
+    )
+
+    (tmp_path / "copy.jpg").write_bytes(copy)
+    runs = served.daemon.model_runs()
+    found = imgwatch_cli(served.daemon.data_dir, "check", str(tmp_path / "copy.jpg"), "--json")
+    assert found.returncode == 0, found.stderr
+    [line] = [json.loads(text) for text in found.stdout.splitlines()]
+    assert line["match"]["kind"] == "exact" and line["match"]["path"] == str(served.root / "photo5.jpg")
+    assert served.daemon.model_runs() == runs  # by its hash: the daemon's model did not run
+    write_photo(tmp_path / "new.jpg", 4242)
+    missing = imgwatch_cli(
+        served.daemon.data_dir, "check", str(tmp_path / "new.jpg"), "--threshold", "0.9999"
+    )
+    assert missing.returncode == 1, missing.stderr
+    assert served.daemon.model_runs() == runs + 1  # embedded by the daemon, not by the command

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imgwatch.check import check_reply, serving_check
 from imgwatch.config import Settings
 from imgwatch.duplicates import find_duplicates, find_exact_duplicates
 from imgwatch.events import ImageEvent, Source
@@ -69,7 +70,9 @@ def start_webhook(parts: DaemonParts) -> HttpServer:
     if config.token is None:
         log.warning("the webhook on %s:%d accepts events without a token", host, port)
     app = create_app(
-        webhook=WebhookSurface(config, parts.submit, parts.health, parts.metrics),
+        webhook=WebhookSurface(
+            config, parts.submit, parts.health, parts.metrics, check=serving_check(parts.serving)
+        ),
         on_request=parts.count_webhook_request,
     )
     server = HttpServer(app, bind_tcp(host, port, "--webhook"), "imgwatch-webhook")
@@ -108,6 +111,7 @@ def start_search_page(parts: DaemonParts) -> tuple[HttpServer, str]:
         search_like_path,
         lambda ref: thumbnails.by_id(ref) if isinstance(ref, int) else thumbnails.by_path(ref),
         path_of,
+        check=serving_check(serving),
     )
     app = create_app(page=PageSurface(config, backend))
     server = HttpServer(app, bind_tcp(host, port, "--search-page"), "imgwatch-search-page")
@@ -142,6 +146,7 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
     def withdraw(a: str, b: str) -> Reply:
         return {"withdrawn": withdraw_verdict(serving.current.catalog, a, b).as_dict()}
 
+    check = serving_check(serving)
     verdicts = VerdictCalls(
         list_all=lambda: {"verdicts": [v.as_dict() for v in list_verdicts(serving.current.catalog)]},
         mark=mark,
@@ -165,6 +170,7 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
         run_job=parts.run_job,
         forget_root=parts.forget_root,
         verdicts=verdicts,
+        check=lambda queries, threshold: check_reply(check(queries, threshold)),
     )
     path: Path = socket_path(parts.settings.data_dir)
     server = HttpServer(create_app(local=surface), bind_unix(path), "imgwatch-endpoint", work=surface.work)
