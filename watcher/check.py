@@ -9,22 +9,21 @@ would group them" agree.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from imgwatch.context import Context
-from imgwatch.duplicates import find_duplicates
+from imgwatch.names import DUPLICATE_THRESHOLD
 from imgwatch.search import Match, search_images
 from imgwatch.services.abc import content_hash
 
 if TYPE_CHECKING:
     from imgwatch.serving import Serving
 
-#: The duplicates default, read from ``find_duplicates`` itself so the two cannot drift apart.
-DEFAULT_THRESHOLD: float = inspect.signature(find_duplicates).parameters["threshold"].default
+#: The duplicates default: one constant, so the two commands cannot drift apart.
+DEFAULT_THRESHOLD = DUPLICATE_THRESHOLD
 
 
 class MatchKind(StrEnum):

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from imgwatch.names import DUPLICATE_THRESHOLD
 from imgwatch.services.abc import FileState
 from imgwatch.verdicts import duplicate_catalog, kept_apart
 
@@ -154,12 +155,16 @@ class _UnionFind:
         return [(keys, self._best[root]) for root, keys in members.items() if len(keys) > 1]
 
 
-def find_duplicates(ctx: Context, *, threshold: float = 0.95, batch_size: int = 256) -> list[DuplicateGroup]:
+def find_duplicates(
+    ctx: Context, *, threshold: float = DUPLICATE_THRESHOLD, batch_size: int = 256
+) -> list[DuplicateGroup]:
     """The groups of :func:`duplicate_pass`."""
     return duplicate_pass(ctx, threshold=threshold, batch_size=batch_size).groups
 
 
-def duplicate_pass(ctx: Context, *, threshold: float = 0.95, batch_size: int = 256) -> DuplicatePass:
+def duplicate_pass(
+    ctx: Context, *, threshold: float = DUPLICATE_THRESHOLD, batch_size: int = 256
+) -> DuplicatePass:
     """Groups of indexed files whose vectors score at least ``threshold`` pairwise, closed under
     transitivity (a ~ b and b ~ c puts a, b, c in one group), largest first; two files whose contents
     have a verdict are never in one group (each may still be grouped with others).

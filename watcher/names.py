@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+#: The cosine similarity from which ``duplicates`` groups two images and ``check`` counts a match
+#: (both take ``--threshold``); here so that ``--help`` shows it without importing either.
+DUPLICATE_THRESHOLD = 0.95
+
 #: Every setting NAME can be given as the environment variable IMGWATCH_<NAME> (upper case).
 ENV_PREFIX = "IMGWATCH_"
 ENV_DATA_DIR = "IMGWATCH_DATA_DIR"

@@ -18,6 +18,7 @@ from imgwatch.commands.exits import EXIT_OK, EXIT_QUERY_FAILED
 from imgwatch.commands.logs import quiet_libraries
 from imgwatch.commands.options import html_options
 from imgwatch.errors import ImgwatchError
+from imgwatch.names import DUPLICATE_THRESHOLD
 
 if TYPE_CHECKING:
     from imgwatch.commands.options import Subcommands
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from imgwatch.services.catalog import SQLiteCatalog
 
 #: The cosine similarity from which ``duplicates`` calls two images look-alikes.
-DEFAULT_THRESHOLD = 0.95
+DEFAULT_THRESHOLD = DUPLICATE_THRESHOLD
 
 
 def add_search(commands: Subcommands, common: argparse.ArgumentParser) -> None:

@@ -18,6 +18,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from imgwatch.errors import ImgwatchError, RootInUseError
+from imgwatch.names import DUPLICATE_THRESHOLD
 from imgwatch.sources.webhook import ForbiddenPathError, InvalidEventError, MalformedBodyError
 from imgwatch.web.common import BlockingWork, RequestError, error_responses
 
@@ -79,7 +80,9 @@ class CheckRequest(BaseModel):
 
 
 class DuplicatesRequest(BaseModel):
-    threshold: float = Field(default=0.95, gt=0, le=1, description="Cosine similarity for look-alikes.")
+    threshold: float = Field(
+        default=DUPLICATE_THRESHOLD, gt=0, le=1, description="Cosine similarity for look-alikes."
+    )
     exact: bool = Field(default=False, description="Only byte-identical files (content hashes; no vectors).")
 
 
