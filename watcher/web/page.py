@@ -3,7 +3,8 @@
 Not an event source: it answers searches with the daemon's warm model. Routes:
 
 - ``GET /`` and ``GET /static/search.{css,js}``: the page, plain files from ``imgwatch/static/``;
-- ``POST /api/search?k=N``: the body is an encoded image; its ``k`` most similar indexed files;
+- ``POST /api/search?k=N[&flip=true]``: the body is an encoded image; its ``k`` most similar indexed
+  files (with ``flip``, each scored by the better of the image and its mirror image);
 - ``GET /api/like?path=REF&k=N`` (or ``id=ID``): "more like this" by the stored vector;
 - ``GET /thumb?path=REF`` (or ``id=ID``): a JPEG thumbnail of an indexed file inside the roots.
 
@@ -89,6 +90,9 @@ class SearchPageBackend:
     search_like: SearchLike
     thumbnail: Thumbnail
     path_of: PathOf
+    search_image_flipped: SearchImage | None = None
+    """:attr:`search_image` scoring each file by the better of the image and its mirror image; None
+    where the daemon does not offer it (the page then refuses ``flip``)."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +203,7 @@ K = Annotated[int, Query(ge=1, le=MAX_K, description="How many results.")]
 PATH_REF = Annotated[
     str | None, Query(alias="path", description="An indexed file: its path's bytes, percent-encoded.")
 ]
+FLIP = Annotated[bool, Query(description="Score each file by the better of the image and its mirror image.")]
 FILE_ID = Annotated[int | None, Query(alias="id", ge=1, le=10**18, description="An indexed file's id.")]
 
 
@@ -243,11 +248,14 @@ def page_router(surface: PageSurface) -> APIRouter:
         },
         responses=error_responses(400, 401, 403, 408, 411, 413, 415),
     )
-    async def search(request: Request, k: K = DEFAULT_K) -> Results:
+    async def search(request: Request, k: K = DEFAULT_K, flip: FLIP = False) -> Results:
+        searcher = backend.search_image_flipped if flip else backend.search_image
+        if searcher is None:
+            raise RequestError(400, "this daemon does not search with mirror images")
         data = await read_body(request)
         if not data:
             raise RequestError(400, "the body is empty: send the image's bytes")
-        result = await anyio.to_thread.run_sync(backend.search_image, data, k)
+        result = await anyio.to_thread.run_sync(searcher, data, k)
         if result.error:
             raise RequestError(415, f"not an image that can be searched with: {result.error}")
         return _results(result, "the uploaded image")
