@@ -42,6 +42,10 @@ def plan(quick: bool) -> list[list[Command]]:
         [["drop_latency.py", *(["--drops", "5"] if quick else [])]],
         [[*search, "--fill-only"], pca],
         [search],
+        [
+            ["mirror_recall.py", *(["--images", "6"] if quick else [])],
+            ["exact_duplicates.py", *(["--rows", "2000"] if quick else [])],
+        ],
     ]
 
 

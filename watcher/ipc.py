@@ -17,9 +17,12 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imgwatch.errors import ImgwatchError
+
+if TYPE_CHECKING:
+    from imgwatch.search import SearchFilter
 
 SOCKET_NAME = "imgwatch.sock"
 #: sun_path holds 108 bytes; longer socket paths are reached through /proc/self/fd of the directory.
@@ -109,16 +112,20 @@ class DaemonClient:
     def status(self) -> dict[str, Any]:
         return self.request("GET", "/status", None)
 
-    def search(self, queries: list[tuple[str, bytes | str]], k: int) -> list[dict[str, Any]]:
-        """``queries``: ``(name, image bytes)``, or ``(name, error text)`` for unreadable ones."""
-        body = {
+    def search(
+        self,
+        queries: list[tuple[str, bytes | str]],
+        k: int,
+        *,
+        flip: bool = False,
+        where: SearchFilter | None = None,
+    ) -> list[dict[str, Any]]:
+        """``queries``: ``(name, image bytes)``, or ``(name, error text)`` for unreadable ones; ``flip``
+        and ``where`` as :func:`imgwatch.search.search_images` takes them."""
+        body: dict[str, Any] = {
+            **_options(flip, where),
             "k": k,
-            "queries": [
-                {"query": name, "error": data}
-                if isinstance(data, str)
-                else {"query": name, "data": base64.b64encode(data).decode()}
-                for name, data in queries
-            ],
+            "queries": _encoded(queries),
         }
         return list(self.request("POST", "/search", body)["results"])
 
@@ -127,9 +134,12 @@ class DaemonClient:
         body = {"threshold": threshold, "queries": _encoded(queries)}
         return list(self.request("POST", "/check", body)["results"])
 
-    def search_like(self, paths: list[str], k: int) -> list[dict[str, Any]]:
+    def search_like(
+        self, paths: list[str], k: int, *, where: SearchFilter | None = None
+    ) -> list[dict[str, Any]]:
         """Search "more like this" for indexed ``paths``: the daemon uses their stored vectors."""
-        return list(self.request("POST", "/search", {"k": k, "like": paths})["results"])
+        body = {**_options(False, where), "k": k, "like": paths}
+        return list(self.request("POST", "/search", body)["results"])
 
     def duplicates(self, threshold: float, *, exact: bool = False) -> dict[str, Any]:
         # One pass over the whole collection: minutes on a large one, so no client-side timeout.
@@ -162,3 +172,12 @@ def _encoded(queries: list[tuple[str, bytes | str]]) -> list[dict[str, str]]:
         else {"query": name, "data": base64.b64encode(data).decode()}
         for name, data in queries
     ]
+
+
+def _options(flip: bool, where: SearchFilter | None) -> dict[str, Any]:
+    """The search options a request carries; none at all for a plain search, which every daemon
+    version answers."""
+    options: dict[str, Any] = {"flip": True} if flip else {}
+    if where is not None and where.active:
+        options |= where.as_dict()
+    return options

@@ -20,7 +20,7 @@ from imgwatch.config import Settings
 from imgwatch.duplicates import find_duplicates, find_exact_duplicates
 from imgwatch.events import ImageEvent, Source
 from imgwatch.ipc import socket_path
-from imgwatch.search import QueryResult, search_images, search_like
+from imgwatch.search import QueryResult, SearchFilter, search_images, search_like
 from imgwatch.serving import Serving
 from imgwatch.sources.webhook import AllowedPaths, parse_bind, parse_body
 from imgwatch.verdicts import list_verdicts, mark_distinct, withdraw_verdict
@@ -94,9 +94,9 @@ def start_search_page(parts: DaemonParts) -> tuple[HttpServer, str]:
     # indexed into the same data dir by `imgwatch index`, nor of anything else on the disk.
     thumbnails = Thumbnails(lambda: serving.current.catalog, parts.roots, settings.max_file_bytes)
 
-    def search_image(data: bytes, k: int) -> QueryResult:
+    def search_image(data: bytes, k: int, flip: bool = False) -> QueryResult:
         with serving.use() as ctx:
-            return search_images([("upload", data)], ctx, k=k)[0]
+            return search_images([("upload", data)], ctx, k=k, flip=flip)[0]
 
     def search_like_path(path: str, k: int) -> QueryResult:
         with serving.use() as ctx:
@@ -112,6 +112,7 @@ def start_search_page(parts: DaemonParts) -> tuple[HttpServer, str]:
         lambda ref: thumbnails.by_id(ref) if isinstance(ref, int) else thumbnails.by_path(ref),
         path_of,
         check=serving_check(serving),
+        search_image_flipped=lambda data, k: search_image(data, k, True),
     )
     app = create_app(page=PageSurface(config, backend))
     server = HttpServer(app, bind_tcp(host, port, "--search-page"), "imgwatch-search-page")
@@ -132,6 +133,14 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
     def search_like_paths(paths: list[str], k: int) -> Reply:
         with serving.use() as ctx:
             return _results(search_like(paths, ctx, k=k))
+
+    def search_with(queries: list[tuple[str, bytes | str]], k: int, flip: bool, where: SearchFilter) -> Reply:
+        with serving.use() as ctx:
+            return _results(search_images(queries, ctx, k=k, flip=flip, where=where))
+
+    def search_like_with(paths: list[str], k: int, where: SearchFilter) -> Reply:
+        with serving.use() as ctx:
+            return _results(search_like(paths, ctx, k=k, where=where))
 
     def duplicates(threshold: float, exact: bool) -> Reply:
         with serving.use() as ctx:
@@ -170,6 +179,8 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
         run_job=parts.run_job,
         forget_root=parts.forget_root,
         verdicts=verdicts,
+        search_with=search_with,
+        search_like_with=search_like_with,
         check=lambda queries, threshold: check_reply(check(queries, threshold)),
     )
     path: Path = socket_path(parts.settings.data_dir)

@@ -50,6 +50,31 @@ def add_search(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         "model run; the file need not be readable any more); it is left out of its own results",
     )
     search.add_argument(
+        "--flip",
+        action="store_true",
+        help="also search with the query's mirror image (left to right): each result scores the better "
+        "of the two, so mirrored copies rank as unmirrored ones do (a second model run per query)",
+    )
+    search.add_argument(
+        "--under",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="only results inside DIR (repeatable: inside any of them)",
+    )
+    search.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only results modified at or after WHEN: an ISO date or date-time (2024-06-01, "
+        "2024-06-01T14:30; local time unless it has an offset)",
+    )
+    search.add_argument(
+        "--until",
+        metavar="WHEN",
+        help="only results modified before WHEN (same forms as --since; --until 2024-09-01 stops at the "
+        "end of August 31)",
+    )
+    search.add_argument(
         "--min-score",
         type=float,
         default=None,
@@ -138,11 +163,14 @@ def add_duplicates(commands: Subcommands, common: argparse.ArgumentParser) -> No
 def run_search(args: argparse.Namespace, settings: Settings) -> int:
     # The service builders (SQLAlchemy, pymilvus, and torch for a query image) only where no daemon
     # answers: with one, this command is a thin client of its socket.
-    from imgwatch.search import QueryResult, read_queries
+    from imgwatch.search import QueryResult, SearchFilter, read_queries
     from imgwatch.services.files import LocalFileReader
 
     if args.k < 1:
         raise ImgwatchError("-k must be at least 1")
+    if args.flip and args.like:
+        raise ImgwatchError("--flip needs query images: --like searches with stored vectors")
+    where = SearchFilter.parse(args.under, args.since, args.until)
     if args.min_score is not None and not -1.0 <= args.min_score <= 1.0:
         raise ImgwatchError("--min-score must be between -1 and 1 (a cosine similarity)")
     if args.open and args.html is None:
@@ -154,25 +182,26 @@ def run_search(args: argparse.Namespace, settings: Settings) -> int:
         # The daemon's working directory is not ours: send absolute paths, report them as given.
         absolute = [os.path.abspath(q) for q in args.queries]
         if daemon is not None:
-            raw = daemon.search_like(absolute, args.k)
+            raw = daemon.search_like(absolute, args.k, where=where)
             results = [_query_result(r, query) for r, query in zip(raw, args.queries, strict=True)]
         else:
             from imgwatch.search import search_like
             from imgwatch.services.build import open_context
 
             with open_context(settings, command="search", model=False) as ctx:
-                results = search_like(absolute, ctx, k=args.k)
+                results = search_like(absolute, ctx, k=args.k, where=where)
             results = [QueryResult(q, r.matches, r.error) for r, q in zip(results, args.queries, strict=True)]
     else:
         queries = read_queries(list(args.queries), files)
         if daemon is not None:
-            results = [_query_result(r, r["query"]) for r in daemon.search(queries, args.k)]
+            raw = daemon.search(queries, args.k, flip=args.flip, where=where)
+            results = [_query_result(r, r["query"]) for r in raw]
         else:
             from imgwatch.search import search_images
             from imgwatch.services.build import open_context
 
             with open_context(settings, command="search") as ctx:
-                results = search_images(queries, ctx, k=args.k)
+                results = search_images(queries, ctx, k=args.k, flip=args.flip, where=where)
     if args.min_score is not None:
         floor = args.min_score
         results = [QueryResult(r.query, [m for m in r.matches if m.score >= floor], r.error) for r in results]

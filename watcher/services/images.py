@@ -106,3 +106,19 @@ def _scale_to_uint8(pixels: npt.NDArray[np.generic], mode: str) -> npt.NDArray[n
         else:
             scaled = (values - low) * (255.0 / max(high - low, 1e-12))
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def mirrored(data: bytes, max_pixels: int) -> bytes:
+    """``data`` mirrored left to right, as PNG bytes whose :func:`prepare` crop is the mirror image of
+    ``prepare(data)``'s (to a pixel where the resized width leaves an odd margin).
+
+    Shrunk to the short side :data:`RESIZE` before mirroring, so that the PNG stays small and
+    :func:`prepare`'s own resize leaves it as it is; PNG, so nothing is lost to a second encoding.
+    Raises :class:`ImageError` as :func:`prepare` does.
+    """
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    image = tvf.resize(_decode(data, max_pixels), [RESIZE], interpolation=tvf.InterpolationMode.BILINEAR)
+    out = io.BytesIO()
+    ImageOps.mirror(image).save(out, "PNG", compress_level=1)
+    return out.getvalue()

@@ -8,7 +8,9 @@ const statusLine = document.getElementById("status");
 const drop = document.getElementById("drop");
 const fileInput = document.getElementById("file");
 const kSelect = document.getElementById("k");
+const flipBox = document.getElementById("flip");
 let queryPreview = null;  // the blob: URL of the uploaded image, revoked when replaced
+let lastFile = null;  // searched again when the "mirrored too" toggle changes
 
 function say(text, isError) {
   statusLine.textContent = text;
@@ -75,9 +77,11 @@ async function call(url, options) {
 
 async function search(file) {
   if (!file) return;
+  lastFile = file;
   say("Searching…", false);
   try {
-    const answer = await call(`/api/search?k=${kSelect.value}`, {
+    const flip = flipBox.checked ? "&flip=true" : "";
+    const answer = await call(`/api/search?k=${kSelect.value}${flip}`, {
       method: "POST",
       headers: { "Content-Type": file.type || "application/octet-stream" },
       body: file,
@@ -101,6 +105,7 @@ async function moreLike(result) {
   }
 }
 
+flipBox.addEventListener("change", () => search(lastFile));
 fileInput.addEventListener("change", () => {
   search(fileInput.files[0]);
   fileInput.value = "";  // choosing the same file again must search again

@@ -11,8 +11,10 @@ import contextlib
 import hmac
 import json
 import logging
+import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -288,3 +290,16 @@ class BlockingWork:
         for thread in running:
             thread.join(max(0.0, deadline - time.monotonic()))
         return sum(thread.is_alive() for thread in running)
+
+
+def path_ref(path: str) -> str:
+    """``path``'s exact bytes, percent-encoded: ASCII a browser passes back unchanged."""
+    return urllib.parse.quote(os.fsencode(path), safe="/")
+
+
+def path_from_ref(ref: str) -> str:
+    """The inverse of :func:`path_ref` (a path in ``os.fsdecode`` form)."""
+    raw = urllib.parse.unquote_to_bytes(ref)
+    if not raw or b"\0" in raw:
+        raise RequestError(400, "path must be a non-empty percent-encoded path without NUL bytes")
+    return os.fsdecode(raw)

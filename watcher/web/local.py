@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from imgwatch.errors import ImgwatchError, RootInUseError
 from imgwatch.names import DUPLICATE_THRESHOLD
+from imgwatch.search import SearchFilter
 from imgwatch.sources.webhook import ForbiddenPathError, InvalidEventError, MalformedBodyError
 from imgwatch.web.common import BlockingWork, RequestError, error_responses
 
@@ -56,6 +58,12 @@ class LocalSurface:
     forget_root: Callable[[str], Reply]
     verdicts: VerdictCalls | None = None
     """None: this socket records no verdicts (its routes answer 404)."""
+    search_with: Callable[[list[tuple[str, bytes | str]], int, bool, SearchFilter], Reply] | None = None
+    """``(queries, k, flip, filter)``: :attr:`search` with the mirror image (``flip``) and filters.
+    None where the daemon does not offer them: such requests are refused (400), never answered as
+    plain searches."""
+    search_like_with: Callable[[list[str], int, SearchFilter], Reply] | None = None
+    """``(paths, k, filter)``: :attr:`search_like` among the files the filter admits."""
     work: BlockingWork = field(default_factory=lambda: BlockingWork("imgwatch-request"))
     """Where the callables run: daemon threads, which shutdown waits for within its bound."""
     check: Callable[[list[tuple[str, bytes | str]], float], Reply] | None = None
@@ -69,9 +77,32 @@ class QueryImage(BaseModel):
 
 
 class SearchRequest(BaseModel):
+    # An option this daemon does not know is refused, never ignored: a client newer than the daemon
+    # would otherwise get plain results for a mirrored or filtered search.
+    model_config = ConfigDict(extra="forbid")
+
     k: int = Field(ge=1, description="Results per query.")
     queries: list[QueryImage] | None = Field(default=None, description="Images to search with.")
     like: list[str] | None = Field(default=None, description="Indexed files whose stored vectors to use.")
+    flip: bool = Field(
+        default=False,
+        description="Score each file by the better of the query and its mirror image (not with `like`).",
+    )
+    under: list[str] = Field(
+        default_factory=list, description="Only files inside one of these absolute directories."
+    )
+    since_ns: int | None = Field(
+        default=None, description="Only files modified at or after this instant (ns since the epoch)."
+    )
+    until_ns: int | None = Field(
+        default=None, description="Only files modified before this instant (ns since the epoch)."
+    )
+
+    def search_filter(self) -> SearchFilter:
+        relative = [d for d in self.under if not os.path.isabs(d)]
+        if relative:
+            raise RequestError(400, f"under: directories must be absolute paths, not {relative[0]!r}")
+        return SearchFilter(tuple(os.path.normpath(d) for d in self.under), self.since_ns, self.until_ns)
 
 
 class CheckRequest(BaseModel):
@@ -129,8 +160,15 @@ def local_router(surface: LocalSurface) -> APIRouter:
 
     @router.post("/search", summary="Search with images, or with indexed files' stored vectors")
     async def search(request: SearchRequest) -> Reply:
+        where = request.search_filter()
         if request.like is not None:
-            return await call(surface.search_like, request.like, request.k)
+            if request.flip:
+                raise RequestError(400, "flip needs query images: a like search uses stored vectors")
+            if not where.active:
+                return await call(surface.search_like, request.like, request.k)
+            if surface.search_like_with is None:
+                raise RequestError(400, "this daemon does not filter searches (under, since, until)")
+            return await call(surface.search_like_with, request.like, request.k, where)
         queries: list[tuple[str, bytes | str]] = []
         for query in request.queries or []:
             if query.error is not None or query.data is None:
@@ -140,7 +178,11 @@ def local_router(surface: LocalSurface) -> APIRouter:
                 queries.append((query.query, base64.b64decode(query.data, validate=True)))
             except binascii.Error as e:
                 raise RequestError(400, f"{query.query}: data is not base64: {e}") from None
-        return await call(surface.search, queries, request.k)
+        if not request.flip and not where.active:
+            return await call(surface.search, queries, request.k)
+        if surface.search_with is None:
+            raise RequestError(400, "this daemon does not search mirrored images or filter searches")
+        return await call(surface.search_with, queries, request.k, request.flip, where)
 
     if surface.check is not None:
         check = surface.check

@@ -3,7 +3,8 @@
 Not an event source: it answers searches with the daemon's warm model. Routes:
 
 - ``GET /`` and ``GET /static/search.{css,js}``: the page, plain files from ``imgwatch/static/``;
-- ``POST /api/search?k=N``: the body is an encoded image; its ``k`` most similar indexed files;
+- ``POST /api/search?k=N[&flip=true]``: the body is an encoded image; its ``k`` most similar indexed
+  files (with ``flip``, each scored by the better of the image and its mirror image);
 - ``GET /api/like?path=REF&k=N`` (or ``id=ID``): "more like this" by the stored vector;
 - ``GET /thumb?path=REF`` (or ``id=ID``): a JPEG thumbnail of an indexed file inside the roots;
 - ``POST /api/check?threshold=T``: multipart image uploads; for each, its best indexed match or
@@ -21,27 +22,34 @@ elsewhere, the webhook token is required, as ``Authorization: Bearer TOKEN`` or,
 from __future__ import annotations
 
 import ipaddress
-import os
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
-from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imgwatch.check import DEFAULT_THRESHOLD, CheckImages, CheckMatch, MatchKind
+from imgwatch.check import CheckImages
 from imgwatch.errors import ConfigError
 from imgwatch.report import display_path
 from imgwatch.search import QueryResult
 from imgwatch.sources.webhook import is_loopback
 from imgwatch.thumbnails import ThumbnailForbiddenError, ThumbnailNotFoundError, ThumbnailUnavailableError
-from imgwatch.web.common import RequestError, error_responses, header_bytes, read_body, same_secret
+from imgwatch.web.check_route import add_check_route
+from imgwatch.web.common import (
+    RequestError,
+    error_responses,
+    header_bytes,
+    path_from_ref,
+    path_ref,
+    read_body,
+    same_secret,
+)
 
 DEFAULT_K = 20
 MAX_K = 200
@@ -66,8 +74,6 @@ SearchLike = Callable[[str, int], QueryResult]
 Thumbnail = Callable[[int | str], bytes]
 #: An indexed file's path by catalog id, or None.
 PathOf = Callable[[int], str | None]
-#: A check of the raw body before it is parsed (the webhook's HMAC signature); raises RequestError.
-BodyCheck = Callable[[Request, bytes], None]
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,9 @@ class SearchPageBackend:
     path_of: PathOf
     check: CheckImages | None = None
     """``POST /api/check``, when set."""
+    search_image_flipped: SearchImage | None = None
+    """:attr:`search_image` scoring each file by the better of the image and its mirror image; None
+    where the daemon does not offer it (the page then refuses ``flip``)."""
 
 
 @dataclass(frozen=True)
@@ -115,37 +124,6 @@ class Result(BaseModel):
 class Results(BaseModel):
     query: str
     results: list[Result] = Field(description="Best first.")
-
-
-class CheckedMatch(BaseModel):
-    path: str = Field(description="The indexed file, as the page shows paths (undecodable bytes as \\xNN).")
-    ref: str = Field(description="The path's bytes, percent-encoded.")
-    score: float = Field(description="Cosine similarity to the upload; 1.0 for an exact match.")
-    kind: MatchKind = Field(
-        description="exact: the indexed file has the upload's bytes; similar: a close enough vector."
-    )
-
-
-class Checked(BaseModel):
-    query: str = Field(description="The upload's file name.")
-    match: CheckedMatch | None = Field(description="The best match at or above the threshold, or null.")
-
-
-class CheckAnswer(BaseModel):
-    results: list[Checked] = Field(description="One per uploaded file, in the order they came.")
-
-
-def path_ref(path: str) -> str:
-    """``path``'s exact bytes, percent-encoded: ASCII a browser passes back unchanged."""
-    return urllib.parse.quote(os.fsencode(path), safe="/")
-
-
-def path_from_ref(ref: str) -> str:
-    """The inverse of :func:`path_ref` (a path in ``os.fsdecode`` form)."""
-    raw = urllib.parse.unquote_to_bytes(ref)
-    if not raw or b"\0" in raw:
-        raise RequestError(400, "path must be a non-empty percent-encoded path without NUL bytes")
-    return os.fsdecode(raw)
 
 
 def _raw_query(request: Request, name: str) -> str | None:
@@ -225,6 +203,7 @@ K = Annotated[int, Query(ge=1, le=MAX_K, description="How many results.")]
 PATH_REF = Annotated[
     str | None, Query(alias="path", description="An indexed file: its path's bytes, percent-encoded.")
 ]
+FLIP = Annotated[bool, Query(description="Score each file by the better of the image and its mirror image.")]
 FILE_ID = Annotated[int | None, Query(alias="id", ge=1, le=10**18, description="An indexed file's id.")]
 
 
@@ -269,11 +248,14 @@ def page_router(surface: PageSurface) -> APIRouter:
         },
         responses=error_responses(400, 401, 403, 408, 411, 413, 415),
     )
-    async def search(request: Request, k: K = DEFAULT_K) -> Results:
+    async def search(request: Request, k: K = DEFAULT_K, flip: FLIP = False) -> Results:
+        searcher = backend.search_image_flipped if flip else backend.search_image
+        if searcher is None:
+            raise RequestError(400, "this daemon does not search with mirror images")
         data = await read_body(request)
         if not data:
             raise RequestError(400, "the body is empty: send the image's bytes")
-        result = await anyio.to_thread.run_sync(backend.search_image, data, k)
+        result = await anyio.to_thread.run_sync(searcher, data, k)
         if result.error:
             raise RequestError(415, f"not an image that can be searched with: {result.error}")
         return _results(result, "the uploaded image")
@@ -312,70 +294,6 @@ def page_router(surface: PageSurface) -> APIRouter:
 
 #: The body of ``POST /api/check``, for the OpenAPI document (the route parses it itself, after the
 #: size and time limits of :func:`read_body`, and after the webhook's signature check of its bytes).
-CHECK_BODY = {
-    "required": True,
-    "description": "Image files as multipart/form-data file parts (`curl -F file=@IMG`), named by file name.",
-    "content": {"multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}},
-}  # fmt: skip
-
-
-def add_check_route(
-    router: APIRouter, check: CheckImages, *, guards: Sequence[Any] = (), verify: BodyCheck | None = None
-) -> None:
-    """``POST /api/check`` on ``router``, behind ``guards`` (and ``verify`` of the raw body)."""
-
-    @router.post(
-        "/api/check",
-        summary="Do I already have these images? Each upload's best indexed match at or above the threshold",
-        description="An upload whose bytes an indexed file has is an exact match, found without the model.",
-        dependencies=list(guards),
-        openapi_extra={"requestBody": CHECK_BODY},
-        responses=error_responses(400, 401, 403, 408, 411, 413, 415),
-    )
-    async def check_uploads(
-        request: Request, threshold: Annotated[float, Query(gt=0, le=1)] = DEFAULT_THRESHOLD
-    ) -> CheckAnswer:
-        body = await read_body(request)
-        if verify is not None:
-            verify(request, body)
-        results = await anyio.to_thread.run_sync(check, await _uploads(request, body), threshold)
-        if failed := [f"{r.query}: {r.error}" for r in results if r.error is not None]:
-            raise RequestError(415, f"not images that can be checked: {'; '.join(failed)}")
-        return CheckAnswer(results=[Checked(query=r.query, match=_checked(r.match)) for r in results])
-
-
-async def _uploads(request: Request, body: bytes) -> list[tuple[str, bytes | str]]:
-    """The file parts of a multipart body already read by :func:`read_body`."""
-    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-        raise RequestError(415, "send the images as multipart/form-data file parts (curl -F file=@IMG)")
-
-    async def replay() -> Message:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    # A malformed body is Starlette's HTTPException 400, answered as {"error": ...}.
-    form = await Request(request.scope, replay).form()
-    try:
-        uploads: list[tuple[str, bytes | str]] = [
-            (value.filename or key, await value.read())
-            for key, value in form.multi_items()
-            if isinstance(value, UploadFile)
-        ]
-    finally:
-        await form.close()
-    if not uploads:
-        raise RequestError(400, "no file in the form: send one or more file parts (curl -F file=@IMG)")
-    return uploads
-
-
-def _checked(match: CheckMatch | None) -> CheckedMatch | None:
-    if match is None:
-        return None
-    return CheckedMatch(
-        path=display_path(match.path), ref=path_ref(match.path), score=match.score, kind=match.kind
-    )
-
-
 def _results(result: QueryResult, query: str) -> Results:
     return Results(
         query=query,

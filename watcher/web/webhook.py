@@ -33,6 +33,7 @@ from imgwatch.sources.webhook import (
     is_loopback,
     parse_body,
 )
+from imgwatch.web.check_route import add_check_route
 from imgwatch.web.common import (
     JSONAsciiResponse,
     RequestError,
@@ -41,7 +42,6 @@ from imgwatch.web.common import (
     read_body,
     same_secret,
 )
-from imgwatch.web.page import add_check_route
 
 
 class Accepted(BaseModel):
