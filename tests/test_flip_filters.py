@@ -233,7 +233,11 @@ def test_the_search_page_searches_with_the_mirror_too_when_asked(library: tuple[
 
     backends = {
         "both": SearchPageBackend(
-            searcher(False), lambda p, _k: QueryResult(p, []), thumbnail, lambda _i: None, searcher(True)
+            searcher(False),
+            lambda p, _k: QueryResult(p, []),
+            thumbnail,
+            lambda _i: None,
+            search_image_flipped=searcher(True),
         ),
         "plain": SearchPageBackend(
             searcher(False), lambda p, _k: QueryResult(p, []), thumbnail, lambda _i: None

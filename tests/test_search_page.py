@@ -516,3 +516,25 @@ def test_a_running_daemon_checks_uploads_and_the_cli_goes_through_it(served: Ser
     )
     assert missing.returncode == 1, missing.stderr
     assert served.daemon.model_runs() == runs + 1  # embedded by the daemon, not by the command
+
+
+@pytest.mark.slow
+def test_a_running_daemon_searches_mirrored_and_filtered(served: Served, tmp_path: Path) -> None:
+    """``--flip`` and ``--under`` through the daemon's socket, and ``flip=true`` on its page."""
+    query = tmp_path / "q.jpg"
+    query.write_bytes(resized_copy(3))
+    result = imgwatch_cli(
+        served.daemon.data_dir,
+        "search",
+        str(query),
+        "--flip",
+        "--under",
+        str(served.root / "copies"),
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    [line] = [json.loads(text) for text in result.stdout.splitlines()]
+    assert [r["path"] for r in line["results"]] == [str(served.root / "copies" / "photo3-grey.jpg")]
+    page = served.post("/api/search?k=3&flip=true", resized_copy(3), **{"Content-Type": "image/jpeg"})
+    assert page.status == 200, page.body
+    assert json.loads(page.body)["results"][0]["path"] == str(served.root / "photo3.jpg")
