@@ -20,6 +20,7 @@ from imgwatch.daemon import SHUTDOWN_TIMEOUT_S
 from imgwatch.ipc import DaemonClient, DaemonUnavailableError
 from imgwatch.services.abc import FileState
 from imgwatch.services.build import open_context
+from tests import forkserver
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1) -> Any:
@@ -56,7 +57,7 @@ def wait_progressing(
 
 @dataclass
 class RunningDaemon:
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | forkserver.ForkedProcess
     data_dir: Path
     log: Path
 
@@ -145,12 +146,11 @@ def cli_env(data_dir: Path) -> dict[str, str]:
 
 def imgwatch_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     """The real command, on ``data_dir`` (through its daemon when one runs there)."""
+    env = cli_env(data_dir)
+    if forkserver.forkable(env):
+        return forkserver.run(args, env, timeout=120)
     return subprocess.run(
-        [sys.executable, "-m", "imgwatch", *args],
-        env=cli_env(data_dir),
-        capture_output=True,
-        check=False,
-        timeout=120,
+        [sys.executable, "-m", "imgwatch", *args], env=env, capture_output=True, check=False, timeout=120
     )
 
 
@@ -165,10 +165,14 @@ def launch_daemon(
     log = data_dir.parent / f"daemon-{time.monotonic_ns()}.log"
     # In another working directory, `-m imgwatch` must still find this checkout's package.
     where = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])} if cwd else {}
+    args = ["watch", *map(str, roots), "--log-level", "info", *extra]
+    full_env = cli_env(data_dir) | where | (env or {})
+    if forkserver.forkable(full_env):
+        return RunningDaemon(forkserver.popen(args, full_env, cwd=cwd, stdout=log), data_dir, log)
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "imgwatch", "watch", *map(str, roots), "--log-level", "info", *extra],
-            env=cli_env(data_dir) | where | (env or {}),
+            [sys.executable, "-m", "imgwatch", *args],
+            env=full_env,
             cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -229,3 +233,7 @@ def assert_agree(data_dir: Path, root: Path) -> None:
         assert all(r.state is FileState.INDEXED and r.has_vector for r in records)
         assert ctx.vectors.count() == len(records)
         assert set(ctx.vectors.get_vectors(r.id for r in records)) == {r.id for r in records}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    forkserver.shutdown()

@@ -19,6 +19,7 @@ from imgwatch.cli import EXIT_CONFIG, EXIT_FATAL, build_parser
 from imgwatch.config import Settings
 from imgwatch.samples import photo
 from imgwatch.status import gather_status
+from tests import forkserver
 from tests.conftest import jpeg_bytes, write_photo
 from tests.harness import clean_env
 from tests.test_lock import held_elsewhere
@@ -53,9 +54,12 @@ def imgwatch(
     prefix = _UNPRIVILEGED if unprivileged else []
     # In another working directory, `-m imgwatch` must still find this checkout's package.
     where = {"PYTHONPATH": str(Path(__file__).resolve().parents[1])} if cwd else {}
+    full_env = _env(tmp_path) | where | (env or {})
+    if not prefix and forkserver.forkable(full_env):
+        return forkserver.run(args, full_env, cwd=cwd, timeout=300)
     return subprocess.run(
         [*prefix, sys.executable, "-m", "imgwatch", *args],
-        env=_env(tmp_path) | where | (env or {}),
+        env=full_env,
         cwd=cwd,
         capture_output=True,
         timeout=300,
