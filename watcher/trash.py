@@ -32,6 +32,8 @@ from imgwatch.runtime import handle
 log = logging.getLogger(__name__)
 
 _INFO_SUFFIX = b".trashinfo"
+#: The log of every move, in the data dir (``settings.data_dir / LOG_NAME``).
+LOG_NAME = "dedupe-log.jsonl"
 
 
 @dataclass(frozen=True)
