@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from imgwatch import __version__
 from imgwatch.commands.checking import add_check
+from imgwatch.commands.deduping import add_dedupe
 from imgwatch.commands.exits import (
     EXIT_CONFIG,
     EXIT_FATAL,
@@ -50,6 +51,7 @@ _COMMANDS = (
     add_index,
     add_search,
     add_duplicates,
+    add_dedupe,
     add_check,
     add_watch,
     add_invoke,
