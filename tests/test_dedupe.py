@@ -1,0 +1,313 @@
+"""``imgwatch dedupe``: the plan changes nothing; ``--yes`` moves exactly the planned files into the real
+freedesktop.org trash (``$XDG_DATA_HOME`` in tmp_path), logs each move and drops it from the index at
+once, locally and through a running daemon; the keep rules, protected folders and verdicts decide
+what stays; a file that cannot go is reported while the others go."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+from pydantic import ValidationError
+
+from imgwatch.commands.deduping import apply_plan, local_plan
+from imgwatch.config import Settings, load_settings
+from imgwatch.dedupe import KEEP_RULES, plan_from_index
+from imgwatch.duplicates import find_duplicates
+from imgwatch.samples import photo
+from imgwatch.verdicts import duplicate_catalog, mark_distinct
+from tests.conftest import OpenContext, index, jpeg_bytes, write_photo
+from tests.harness import cli_env
+from tests.test_cli import _UNPRIVILEGED
+
+pytestmark = pytest.mark.slow
+
+#: Seeded random weights score copies of a scene above 0.99 and unrelated scenes up to ~0.96.
+THRESHOLD = 0.99
+
+
+def _homes(tmp_path: Path) -> dict[str, str]:
+    # HOME on tmp_path's filesystem too: send2trash uses the home trash only for files on the same
+    # device as $HOME (else the file's own volume's .Trash-$UID), and it must exist.
+    (tmp_path / "home").mkdir(exist_ok=True)
+    return {"HOME": str(tmp_path / "home"), "XDG_DATA_HOME": str(tmp_path / "xdg")}
+
+
+def _cli(tmp_path: Path, *args: str, prefix: list[str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """The real command on tmp_path's data dir, with tmp_path's home and trash."""
+    return subprocess.run(
+        [*(prefix or []), sys.executable, "-m", "imgwatch", *args],
+        env=cli_env(tmp_path / "data") | _homes(tmp_path),
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def _json(result: subprocess.CompletedProcess[bytes], status: int = 0) -> Any:
+    assert result.returncode == status, result.stderr.decode(errors="replace")
+    return json.loads(result.stdout)
+
+
+def _trash(tmp_path: Path) -> dict[str, Path]:
+    """Original path -> its file in the trash, from the trash's own ``.trashinfo`` files."""
+    trash = tmp_path / "xdg" / "Trash"
+    found = {}
+    for info in sorted((trash / "info").glob("*.trashinfo")):
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read_string(info.read_text())
+        found[unquote(parser["Trash Info"]["Path"])] = trash / "files" / info.name.removesuffix(".trashinfo")
+    return found
+
+
+def _tree(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+def _copy(source: Path, target: Path) -> str:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return str(target)
+
+
+def _index(open_ctx: OpenContext, root: Path) -> None:
+    with open_ctx() as ctx:
+        summary = index(ctx, root)
+    assert summary.failed == 0, summary
+
+
+def _planned(plan: dict[str, Any]) -> tuple[set[str], set[str]]:
+    groups = [g for g in plan["groups"] if g["skipped"] is None]
+    return (
+        {d["path"] for g in groups for d in g["kept"]},
+        {d["path"] for g in groups for d in g["discarded"]},
+    )
+
+
+def test_the_plan_changes_nothing_and_yes_moves_exactly_the_planned_files_to_the_trash(
+    tmp_path: Path, open_ctx: OpenContext
+) -> None:
+    lib = tmp_path / "lib"
+    a = write_photo(lib / "a.jpg", 1, size=(64, 48))
+    b = write_photo(lib / "b.jpg", 2, size=(64, 48))
+    write_photo(lib / "c.jpg", 3, size=(64, 48))
+    copy_of = {
+        _copy(a, lib / "sub" / "a-copy.jpg"): str(a),
+        _copy(a, lib / "zz-copy.jpg"): str(a),
+        _copy(b, lib / "x" / "y" / "b.jpg"): str(b),
+    }
+    copies = set(copy_of)
+    _index(open_ctx, lib)
+    before = _tree(lib)
+    groups_before = _json(_cli(tmp_path, "duplicates", "--exact", "--json"))
+
+    plan = _json(_cli(tmp_path, "dedupe", "--keep", "shortest-path", "--exact", "--json"))
+    assert plan["applied"] is False
+    kept, discarded = _planned(plan)
+    assert (kept, discarded) == ({str(a), str(b)}, copies)
+    assert _tree(lib) == before
+    assert not (tmp_path / "xdg").exists() and not (tmp_path / "data" / "dedupe-log.jsonl").exists()
+    assert _json(_cli(tmp_path, "duplicates", "--exact", "--json")) == groups_before
+
+    done = _json(_cli(tmp_path, "dedupe", "--keep", "shortest-path", "--exact", "--yes", "--json"))
+    results = {r["path"]: r for g in done["groups"] for r in g["results"]}
+    assert set(results) == copies and all(r["error"] is None for r in results.values())
+    trash = _trash(tmp_path)
+    assert set(trash) == copies
+    for original, trashed in trash.items():
+        assert results[original]["trashed_to"] == str(trashed)
+        assert trashed.read_bytes() == before[original][0]
+    after = _tree(lib)
+    assert after == {p: v for p, v in before.items() if p not in copies}
+    lines = [json.loads(line) for line in (tmp_path / "data" / "dedupe-log.jsonl").read_text().splitlines()]
+    assert sorted(line["path"] for line in lines) == sorted(copies)
+    for line in lines:
+        assert line["trashed_to"] == str(trash[line["path"]])
+        assert line["kept"] == [copy_of[line["path"]]]
+        assert (line["kind"], line["score"]) == ("exact", 1.0) and line["time"]
+
+    # The index no longer has them: no group, no search result, no catalog row, no vector.
+    assert _json(_cli(tmp_path, "duplicates", "--exact", "--json")) == {"groups": []}
+    found = _json(_cli(tmp_path, "search", "--like", str(a), "-k", "10", "--json"))
+    assert {r["path"] for r in found["results"]} == set(after) - {str(a)}
+    with open_ctx(model=False) as ctx:
+        assert all(ctx.catalog.get(p) is None for p in copies)
+        assert ctx.vectors.count() == len(after)
+
+
+def test_each_keep_rule_keeps_its_file_and_ties_go_to_the_first_path(
+    tmp_path: Path, open_ctx: OpenContext
+) -> None:
+    lib = tmp_path / "lib"
+    scene = photo(5, (96, 72))
+    original = lib / "original.jpg"
+    original.parent.mkdir(parents=True)
+    original.write_bytes(jpeg_bytes(scene, quality=95))
+    copy = Path(_copy(original, lib / "sub" / "original-copy.jpg"))  # same pixels and bytes: a tie
+    resized = lib / "sub" / "resized.jpg"
+    resized.write_bytes(jpeg_bytes(scene.resize((72, 54)), quality=95))
+    q = lib / "q.jpg"  # the same pixels as the original, fewer bytes
+    q.write_bytes(jpeg_bytes(scene, quality=60))
+    for age, path in enumerate([copy, original, resized, q]):
+        os.utime(path, ns=(1_600_000_000_000_000_000 + age * 10**12,) * 2)
+    _index(open_ctx, lib)
+    expected = {
+        "largest": original,  # 96x72 like the copy and q; more bytes than q; before the copy by path
+        "smallest": resized,
+        "oldest": copy,
+        "newest": q,
+        "shortest-path": q,
+    }
+    assert set(expected) == set(KEEP_RULES)
+    members = {str(p) for p in (original, copy, resized, q)}
+    with open_ctx(model=False) as ctx:
+        for rule, keeper in expected.items():
+            plan = local_plan(ctx, rule, [], THRESHOLD, exact=False)
+            [group] = plan.groups
+            assert group.kind == "similar" and group.skipped is None
+            assert group.kept_paths == [str(keeper)], rule
+            assert set(group.discarded_paths) == members - {str(keeper)}, rule
+
+
+def test_protected_folders_from_the_flag_and_the_config_keep_every_protected_member(
+    tmp_path: Path, open_ctx: OpenContext
+) -> None:
+    pictures = tmp_path / "home" / "Pictures"
+    original = write_photo(pictures / "Originals" / "o.jpg", 1, size=(64, 48))
+    protected = {str(original), _copy(original, pictures / "Originals" / "o2.jpg")}
+    protected.add(_copy(original, pictures / "Other" / "o.jpg"))
+    others = {_copy(original, pictures / "o.jpg"), _copy(original, pictures / "Downloads" / "o.jpg")}
+    # A group wholly inside a protected folder is left alone.
+    alone = write_photo(pictures / "Originals" / "x.jpg", 2, size=(64, 48))
+    alone_copy = _copy(alone, pictures / "Originals" / "old" / "x.jpg")
+    _index(open_ctx, pictures)
+    config = tmp_path / "data" / "cfg" / "imgwatch" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('protect = ["~/Pictures/Originals"]\n')
+
+    args = ("dedupe", "--keep", "shortest-path", "--exact", "--protect", str(pictures / "Other"), "--json")
+    plan = _json(_cli(tmp_path, *args))
+    assert _planned(plan) == (protected, others)  # the rule's own pick, Pictures/o.jpg, goes
+    [skipped] = [g for g in plan["groups"] if g["skipped"] is not None]
+    assert {d["path"] for d in skipped["kept"]} == {str(alone), alone_copy}
+    assert "protected" in skipped["skipped"]
+
+    done = _json(_cli(tmp_path, *args, "--yes"))
+    assert set(_trash(tmp_path)) == others
+    assert all(Path(p).exists() for p in protected | {str(alone), alone_copy})
+    assert not any(Path(p).exists() for p in others)
+    assert sum(len(g["results"]) for g in done["groups"]) == len(others)
+
+
+def test_protect_setting_is_absolute_with_tilde_expanded(tmp_path: Path) -> None:
+    config = tmp_path / "etc" / "config.toml"
+    config.parent.mkdir()
+    config.write_text('protect = ["~/Originals", "kept/../Scans"]\n')
+    environ = {"HOME": str(tmp_path / "home")}
+    settings = load_settings({}, config_file=config, environ=environ)
+    assert settings.protect == (str(tmp_path / "home" / "Originals"), str(tmp_path / "etc" / "Scans"))
+    with pytest.raises(ValidationError, match="absolute"):
+        Settings(protect=("Originals",))
+
+
+def test_a_verdict_recorded_since_the_groups_were_found_leaves_the_group_alone(
+    tmp_path: Path, open_ctx: OpenContext
+) -> None:
+    lib = tmp_path / "lib"
+    scene = photo(4, (96, 72))
+    a, b = lib / "a.jpg", lib / "b.jpg"
+    lib.mkdir()
+    a.write_bytes(jpeg_bytes(scene, quality=95))
+    b.write_bytes(jpeg_bytes(scene, quality=50))
+    _index(open_ctx, lib)
+    with open_ctx(model=False) as ctx:
+        groups = find_duplicates(ctx, threshold=THRESHOLD)
+        assert [set(g.paths) for g in groups] == [{str(a), str(b)}]
+        mark_distinct(ctx.catalog, [str(a), str(b)], "two takes")
+        # The groups found now respect the verdict; the plan for the groups found before does too.
+        assert find_duplicates(ctx, threshold=THRESHOLD) == []
+        plan = plan_from_index(groups, duplicate_catalog(ctx.catalog), "largest", [], os.path.realpath)
+        [group] = plan.groups
+        assert group.skipped is not None and "verdict" in group.skipped
+        assert group.discarded == [] and plan.to_discard == []
+        assert apply_plan(plan, ctx, tmp_path / "log.jsonl") == []
+    assert a.exists() and b.exists() and not (tmp_path / "xdg").exists()
+
+
+def test_files_that_cannot_go_are_reported_and_the_others_still_go(
+    tmp_path: Path, open_ctx: OpenContext
+) -> None:
+    if os.geteuid() == 0 and not _UNPRIVILEGED:
+        reason = "needs setpriv (util-linux) to drop root's override of file permissions"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but this test cannot run: {reason}", pytrace=False)
+        pytest.skip(reason)
+    lib = tmp_path / "lib"
+    keep = write_photo(lib / "k.jpg", 1, size=(64, 48))
+    fine = _copy(keep, lib / "copy-fine.jpg")
+    changed = _copy(keep, lib / "copy-changed.jpg")
+    readonly = _copy(keep, lib / "copy-readonly.jpg")
+    gone = _copy(keep, lib / "copy-gone.jpg")
+    lost = write_photo(lib / "v.jpg", 2, size=(64, 48))
+    orphan = _copy(lost, lib / "v-copy.jpg")
+    _index(open_ctx, lib)
+    os.utime(changed, ns=(1_600_000_000_000_000_000,) * 2)  # touched since it was indexed
+    os.chmod(readonly, 0o444)  # the spec's trash refuses a file the user may not write
+    os.unlink(gone)  # removed between the index and the clean-up
+    lost.unlink()  # the file its group keeps is gone: its copy must stay
+
+    done = _json(
+        _cli(
+            tmp_path, "dedupe", "--keep", "shortest-path", "--exact", "--yes", "--json", prefix=_UNPRIVILEGED
+        ),
+        status=3,
+    )
+    results = {r["path"]: r for g in done["groups"] for r in g["results"]}
+    assert set(results) == {fine, changed, readonly, gone, orphan}
+    assert results[fine]["error"] is None
+    assert "changed since it was indexed" in results[changed]["error"]
+    assert "cannot be moved to the trash" in results[readonly]["error"]
+    assert "vanished" in results[gone]["error"]
+    assert "kept instead" in results[orphan]["error"] and str(lost) in results[orphan]["error"]
+    assert set(_trash(tmp_path)) == {fine}
+    assert all(Path(p).exists() for p in (keep, changed, readonly, orphan))
+    with open_ctx(model=False) as ctx:
+        assert ctx.catalog.get(fine) is None
+        assert all(ctx.catalog.get(p) is not None for p in (changed, readonly, orphan))
+
+
+def test_through_a_running_daemon_its_index_drops_the_files_at_once(
+    tmp_path: Path, daemon_factory: Any
+) -> None:
+    lib = tmp_path / "lib"
+    keep = write_photo(lib / "k.jpg", 1, size=(64, 48))
+    other = write_photo(lib / "other.jpg", 2, size=(64, 48))
+    copies = {_copy(keep, lib / "copies" / "k.jpg"), _copy(keep, lib / "copies" / "k2.jpg")}
+    # Polled once an hour: the watcher cannot be what drops the trashed files from the index.
+    daemon = daemon_factory(lib, extra=("--poll", "--poll-interval", "3600"), env=_homes(tmp_path))
+    daemon.idle()
+    client = daemon.client
+    assert [set(g["paths"]) for g in client.duplicates(THRESHOLD, exact=True)["groups"]] == [
+        {str(keep), *copies}
+    ]
+
+    plan = _json(_cli(tmp_path, "dedupe", "--keep", "shortest-path", "--exact", "--json"))
+    assert _planned(plan) == ({str(keep)}, copies)
+    assert all(Path(p).exists() for p in copies)
+    done = _json(_cli(tmp_path, "dedupe", "--keep", "shortest-path", "--exact", "--yes", "--json"))
+    # Right after the command: the daemon's index has forgotten them.
+    assert client.duplicates(THRESHOLD, exact=True)["groups"] == []
+    [result] = client.search_like([str(keep)], 10)
+    assert [m["path"] for m in result["results"]] == [str(other)]
+    moved = {r["path"]: r["trashed_to"] for g in done["groups"] for r in g["results"]}
+    assert moved == {p: str(t) for p, t in _trash(tmp_path).items()} and set(moved) == copies
+    lines = (tmp_path / "data" / "dedupe-log.jsonl").read_text().splitlines()
+    assert sorted(json.loads(line)["path"] for line in lines) == sorted(copies)
