@@ -258,6 +258,8 @@ def test_files_that_cannot_go_are_reported_and_the_others_still_go(
     gone = _copy(keep, lib / "copy-gone.jpg")
     lost = write_photo(lib / "v.jpg", 2, size=(64, 48))
     orphan = _copy(lost, lib / "v-copy.jpg")
+    target = write_photo(lib / "w-target.jpg", 3, size=(64, 48))
+    (lib / "w.jpg").symlink_to(target.name)  # indexed as a file of its own, and kept (shortest path)
     _index(open_ctx, lib)
     os.utime(changed, ns=(1_600_000_000_000_000_000,) * 2)  # touched since it was indexed
     os.chmod(readonly, 0o444)  # the spec's trash refuses a file the user may not write
@@ -271,17 +273,18 @@ def test_files_that_cannot_go_are_reported_and_the_others_still_go(
         status=3,
     )
     results = {r["path"]: r for g in done["groups"] for r in g["results"]}
-    assert set(results) == {fine, changed, readonly, gone, orphan}
+    assert set(results) == {fine, changed, readonly, gone, orphan, str(target)}
     assert results[fine]["error"] is None
     assert "changed since it was indexed" in results[changed]["error"]
     assert "cannot be moved to the trash" in results[readonly]["error"]
     assert "vanished" in results[gone]["error"]
     assert "kept instead" in results[orphan]["error"] and str(lost) in results[orphan]["error"]
+    assert "symbolic link" in results[str(target)]["error"]
     assert set(_trash(tmp_path)) == {fine}
-    assert all(Path(p).exists() for p in (keep, changed, readonly, orphan))
+    assert all(Path(p).exists() for p in (keep, changed, readonly, orphan, target))
     with open_ctx(model=False) as ctx:
         assert ctx.catalog.get(fine) is None
-        assert all(ctx.catalog.get(p) is not None for p in (changed, readonly, orphan))
+        assert all(ctx.catalog.get(p) is not None for p in (changed, readonly, orphan, str(target)))
 
 
 def test_through_a_running_daemon_its_index_drops_the_files_at_once(

@@ -86,17 +86,25 @@ def discard_keeping(
 
     For a group of duplicates: the copies go only if the one they duplicate stays. A kept file that
     vanished or changed leaves every path where it is (each result says why); a path that is also in
-    ``kept`` is never moved.
+    ``kept``, or that a kept file is a symbolic link to, is never moved (symlinked files are indexed
+    under the link's name, and moving the target would leave the kept link dangling).
     """
-    kept_set = set(kept)
     for keeper in kept:
         problem = _not_as_indexed(keeper, ctx)
         if problem is not None:
             why = f"kept: the file kept instead, {keeper}, {problem}"
             return [Discarded(p, None, why) for p in dict.fromkeys(paths)]
-    refused = [Discarded(p, None, "kept: it is the file to keep") for p in paths if p in kept_set]
-    moved = discard([p for p in paths if p not in kept_set], ctx, log_path, reason)
-    return refused + moved
+    kept_set = set(kept)
+    kept_real = {os.path.realpath(k) for k in kept}
+    refused, going = [], []
+    for path in dict.fromkeys(paths):
+        if path in kept_set:
+            refused.append(Discarded(path, None, "kept: it is a file to keep"))
+        elif os.path.realpath(path) in kept_real:
+            refused.append(Discarded(path, None, "kept: a file to keep is a symbolic link to it"))
+        else:
+            going.append(path)
+    return refused + discard(going, ctx, log_path, reason)
 
 
 def _open_log(log_path: Path) -> IO[str]:
