@@ -8,6 +8,7 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,8 +25,9 @@ from imgwatch.dedupe import KEEP_RULES, plan_from_index
 from imgwatch.duplicates import find_duplicates
 from imgwatch.samples import photo
 from imgwatch.verdicts import duplicate_catalog, mark_distinct
-from tests.conftest import OpenContext, index, jpeg_bytes, write_photo
+from tests.conftest import REPO, OpenContext, index, jpeg_bytes, write_photo
 from tests.harness import cli_env
+from tests.namespaces import mount_namespace
 from tests.test_cli import _UNPRIVILEGED
 
 pytestmark = pytest.mark.slow
@@ -84,6 +86,13 @@ def _index(open_ctx: OpenContext, root: Path) -> None:
     assert summary.failed == 0, summary
 
 
+def _index_state(open_ctx: OpenContext) -> tuple[list[Any], set[int]]:
+    """Every catalog row as it is, and the ids the vector store holds."""
+    with open_ctx(model=False) as ctx:
+        records = sorted(ctx.catalog.ids_with_vectors().values(), key=lambda r: r.id)
+        return records, ctx.vectors.all_ids()
+
+
 def _planned(plan: dict[str, Any]) -> tuple[set[str], set[str]]:
     groups = [g for g in plan["groups"] if g["skipped"] is None]
     return (
@@ -106,8 +115,7 @@ def test_the_plan_changes_nothing_and_yes_moves_exactly_the_planned_files_to_the
     }
     copies = set(copy_of)
     _index(open_ctx, lib)
-    before = _tree(lib)
-    groups_before = _json(_cli(tmp_path, "duplicates", "--exact", "--json"))
+    before, index_before = _tree(lib), _index_state(open_ctx)
 
     plan = _json(_cli(tmp_path, "dedupe", "--keep", "shortest-path", "--exact", "--json"))
     assert plan["applied"] is False
@@ -115,7 +123,7 @@ def test_the_plan_changes_nothing_and_yes_moves_exactly_the_planned_files_to_the
     assert (kept, discarded) == ({str(a), str(b)}, copies)
     assert _tree(lib) == before
     assert not (tmp_path / "xdg").exists() and not (tmp_path / "data" / "dedupe-log.jsonl").exists()
-    assert _json(_cli(tmp_path, "duplicates", "--exact", "--json")) == groups_before
+    assert _index_state(open_ctx) == index_before
 
     done = _json(_cli(tmp_path, "dedupe", "--keep", "shortest-path", "--exact", "--yes", "--json"))
     results = {r["path"]: r for g in done["groups"] for r in g["results"]}
@@ -193,14 +201,12 @@ def test_protected_folders_from_the_flag_and_the_config_keep_every_protected_mem
     config.parent.mkdir(parents=True)
     config.write_text('protect = ["~/Pictures/Originals"]\n')
 
-    args = ("dedupe", "--keep", "shortest-path", "--exact", "--protect", str(pictures / "Other"), "--json")
-    plan = _json(_cli(tmp_path, *args))
-    assert _planned(plan) == (protected, others)  # the rule's own pick, Pictures/o.jpg, goes
-    [skipped] = [g for g in plan["groups"] if g["skipped"] is not None]
+    args = ("--keep", "shortest-path", "--exact", "--protect", str(pictures / "Other"), "--yes", "--json")
+    done = _json(_cli(tmp_path, "dedupe", *args))
+    assert _planned(done) == (protected, others)  # the rule's own pick, Pictures/o.jpg, goes
+    [skipped] = [g for g in done["groups"] if g["skipped"] is not None]
     assert {d["path"] for d in skipped["kept"]} == {str(alone), alone_copy}
-    assert "protected" in skipped["skipped"]
-
-    done = _json(_cli(tmp_path, *args, "--yes"))
+    assert "protected" in skipped["skipped"] and skipped["results"] == []
     assert set(_trash(tmp_path)) == others
     assert all(Path(p).exists() for p in protected | {str(alone), alone_copy})
     assert not any(Path(p).exists() for p in others)
@@ -314,3 +320,46 @@ def test_through_a_running_daemon_its_index_drops_the_files_at_once(
     assert moved == {p: str(t) for p, t in _trash(tmp_path).items()} and set(moved) == copies
     lines = (tmp_path / "data" / "dedupe-log.jsonl").read_text().splitlines()
     assert sorted(json.loads(line)["path"] for line in lines) == sorted(copies)
+
+
+def test_on_another_filesystem_a_file_goes_to_its_volumes_trash_or_stays_when_it_has_none(
+    tmp_path: Path,
+) -> None:
+    """Two real tmpfs volumes in a private mount namespace: on one, the copy goes to the volume's
+    own ``.Trash-$UID`` (the spec's trash for a volume that is not the home's); on the other,
+    ``.Trash-$UID`` is a plain file, so no trash can be made there: that copy stays, reported."""
+    with mount_namespace() as space:
+        usable, unusable = tmp_path / "usable", tmp_path / "unusable"
+        space.sh(
+            f"for v in {usable} {unusable}; do mkdir -p $v; mount -t tmpfs -o size=16m imgwatch-test $v; done"
+        )
+        keep = write_photo(tmp_path / "lib" / "k.jpg", 1, size=(64, 48))
+        for volume in (usable, unusable):
+            _copy(keep, space.path(volume / "copy.jpg"))
+        trash_name = f".Trash-{os.getuid()}"
+        space.path(unusable / trash_name).write_text("not a directory\n")
+        out = tmp_path / "out.json"
+        pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        env = cli_env(tmp_path / "data") | _homes(tmp_path) | {"PYTHONPATH": pythonpath}
+        passed = {k: v for k, v in env.items() if k.startswith(("IMGWATCH_", "XDG_", "HOME", "PYTHONPATH"))}
+        cli = (
+            f"env {' '.join(f'{k}={shlex.quote(v)}' for k, v in passed.items())} {sys.executable} -m imgwatch"
+        )
+        roots = f"{tmp_path / 'lib'} {usable} {unusable}"
+        space.sh(
+            f"cd {REPO}; {cli} index {roots} >/dev/null; "
+            f"{cli} dedupe --keep shortest-path --exact --yes --json > {out} || echo $? > {out}.status"
+        )
+        assert Path(f"{out}.status").read_text().strip() == "3"
+        results = {r["path"]: r for g in json.loads(out.read_text())["groups"] for r in g["results"]}
+        assert set(results) == {str(usable / "copy.jpg"), str(unusable / "copy.jpg")}
+        moved = results[str(usable / "copy.jpg")]
+        assert moved["error"] is None
+        assert moved["trashed_to"] == str(usable / trash_name / "files" / "copy.jpg")
+        assert space.path(Path(moved["trashed_to"])).read_bytes() == keep.read_bytes()
+        info = space.path(usable / trash_name / "info" / "copy.jpg.trashinfo").read_text()
+        assert "Path=copy.jpg\n" in info  # relative to the volume's top, as the spec says
+        assert "cannot be moved to the trash" in results[str(unusable / "copy.jpg")]["error"]
+        assert space.path(unusable / "copy.jpg").exists() and keep.exists()
+        assert not space.path(usable / "copy.jpg").exists()
+        assert not (tmp_path / "xdg" / "Trash").exists()  # nothing crossed into the home trash
