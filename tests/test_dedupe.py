@@ -17,12 +17,14 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from imgwatch.commands.deduping import apply_plan, local_plan
 from imgwatch.config import Settings, load_settings
-from imgwatch.dedupe import KEEP_RULES, plan_from_index
-from imgwatch.duplicates import find_duplicates
+from imgwatch.dedupe import KEEP_RULES, Member, plan_from_index, plan_group
+from imgwatch.duplicates import DuplicateGroup, find_duplicates
 from imgwatch.samples import photo
 from imgwatch.verdicts import duplicate_catalog, mark_distinct
 from tests.conftest import REPO, OpenContext, index, jpeg_bytes, write_photo
@@ -363,3 +365,49 @@ def test_on_another_filesystem_a_file_goes_to_its_volumes_trash_or_stays_when_it
         assert space.path(unusable / "copy.jpg").exists() and keep.exists()
         assert not space.path(usable / "copy.jpg").exists()
         assert not (tmp_path / "xdg" / "Trash").exists()  # nothing crossed into the home trash
+
+
+_MEMBER = st.tuples(
+    st.integers(1, 4),  # size
+    st.integers(0, 3),  # mtime
+    st.one_of(st.none(), st.integers(1, 3)),  # pixels (None: unreadable header)
+    st.booleans(),  # inside a protected folder
+    st.sampled_from(["h1", "h2", None]),  # content hash
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    facts=st.lists(_MEMBER, min_size=2, max_size=6),
+    names=st.permutations(["/p/a.jpg", "/p/b.jpg", "/p/cc.jpg", "/p/x/d.jpg", "/p/é.jpg", "/q/f.jpg"]),
+    rule=st.sampled_from(KEEP_RULES),
+    verdict=st.booleans(),
+    order=st.randoms(use_true_random=False),
+)
+def test_any_plan_keeps_one_file_and_every_protected_one_and_does_not_depend_on_the_order(
+    facts: list[tuple[int, int, int | None, bool, str | None]],
+    names: list[str],
+    rule: str,
+    verdict: bool,
+    order: Any,
+) -> None:
+    """The planner's safety rules on any group (pure: the facts are given, nothing is read)."""
+    members = {
+        path: Member(path, size, mtime, pixels, content, "/p" if protected else None)
+        for path, (size, mtime, pixels, protected, content) in zip(names, facts, strict=False)
+    }
+    paths = list(members)
+    apart = {"h1": {"h2"}, "h2": {"h1"}} if verdict else {}
+    plan = plan_group(DuplicateGroup(paths, 0.99, "similar"), members, apart, rule)
+    shuffled = paths[:]
+    order.shuffle(shuffled)
+    assert plan_group(DuplicateGroup(shuffled, 0.99, "similar"), members, apart, rule) == plan
+    hashes = {m.content_hash for m in members.values()}
+    if verdict and {"h1", "h2"} <= hashes:
+        assert plan.skipped is not None and "verdict" in plan.skipped and not plan.discarded
+        return
+    kept, discarded = set(plan.kept_paths), set(plan.discarded_paths)
+    assert kept and not kept & discarded and kept | discarded == set(paths)
+    protected = {p for p, m in members.items() if m.protected_by}
+    assert kept == (protected or kept) and len(kept) == (len(protected) or 1)
+    assert (plan.skipped is not None) == (protected == set(paths))

@@ -159,7 +159,8 @@ def plan_group(
     missing = [p for p in group.paths if p not in members]
     if missing:
         return GroupPlan(group.kind, group.max_score, [], skipped=f"{missing[0]} is no longer in the index")
-    files = [members[p] for p in group.paths]
+    # In byte order whatever order the group came in: the same facts always give the same plan.
+    files = sorted((members[p] for p in group.paths), key=lambda m: _order(m.path))
     for a, b in combinations(files, 2):
         if a.content_hash and b.content_hash and b.content_hash in apart.get(a.content_hash, set()):
             why = f"a verdict says {a.path} and {b.path} are not duplicates"
