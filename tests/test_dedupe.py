@@ -26,6 +26,7 @@ from imgwatch.config import Settings, load_settings
 from imgwatch.dedupe import KEEP_RULES, Member, plan_from_index, plan_group
 from imgwatch.duplicates import DuplicateGroup, find_duplicates
 from imgwatch.samples import photo
+from imgwatch.trash import discard_keeping
 from imgwatch.verdicts import duplicate_catalog, mark_distinct
 from tests.conftest import REPO, OpenContext, index, jpeg_bytes, write_photo
 from tests.harness import cli_env
@@ -43,6 +44,21 @@ def _homes(tmp_path: Path) -> dict[str, str]:
     # device as $HOME (else the file's own volume's .Trash-$UID), and it must exist.
     (tmp_path / "home").mkdir(exist_ok=True)
     return {"HOME": str(tmp_path / "home"), "XDG_DATA_HOME": str(tmp_path / "xdg")}
+
+
+@pytest.fixture
+def trash_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """For in-process moves: tmp_path's home and trash, as a process started with ``_homes`` has
+    them (send2trash reads XDG_DATA_HOME once, when it is imported)."""
+    from send2trash import plat_other
+
+    for name, value in _homes(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    xdg = os.fsencode(tmp_path / "xdg")
+    monkeypatch.setattr(plat_other, "XDG_DATA_HOME", xdg)
+    monkeypatch.setattr(plat_other, "HOMETRASH_B", os.path.join(xdg, b"Trash"))
+    monkeypatch.setattr(plat_other, "HOMETRASH", os.fsdecode(os.path.join(xdg, b"Trash")))
+    return tmp_path / "xdg" / "Trash"
 
 
 def _cli(tmp_path: Path, *args: str, prefix: list[str] | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -226,8 +242,37 @@ def test_protect_setting_is_absolute_with_tilde_expanded(tmp_path: Path) -> None
         Settings(protect=("Originals",))
 
 
+def test_discarding_never_moves_a_kept_or_protected_file_whatever_the_caller_asks(
+    tmp_path: Path, open_ctx: OpenContext, trash_home: Path
+) -> None:
+    """What the daemon's POST /discard and the search page call: its own checks, not the plan's."""
+    lib = tmp_path / "lib"
+    keep = write_photo(lib / "k.jpg", 1, size=(64, 48))
+    shielded = _copy(keep, lib / "Originals" / "k.jpg")
+    plain = _copy(keep, lib / "Downloads" / "k.jpg")
+    _index(open_ctx, lib)
+    log = tmp_path / "data" / "dedupe-log.jsonl"
+    with open_ctx(model=False) as ctx:
+        results = discard_keeping(
+            [str(keep), shielded, plain],
+            [str(keep)],
+            ctx,
+            log,
+            {"kept": [str(keep)]},
+            protect=[str(lib / "Originals")],
+        )
+        errors = {d.path: d.error for d in results}
+        assert errors[str(keep)] is not None and "keep" in errors[str(keep)]
+        assert errors[shielded] is not None and "protected" in errors[shielded]
+        assert errors[plain] is None
+        assert ctx.catalog.get(plain) is None and ctx.catalog.get(shielded) is not None
+    assert set(_trash(tmp_path)) == {plain} and (trash_home / "files" / "k.jpg").exists()
+    assert keep.exists() and Path(shielded).exists()
+    assert [json.loads(line)["path"] for line in log.read_text().splitlines()] == [plain]
+
+
 def test_a_verdict_recorded_since_the_groups_were_found_leaves_the_group_alone(
-    tmp_path: Path, open_ctx: OpenContext
+    tmp_path: Path, open_ctx: OpenContext, trash_home: Path
 ) -> None:
     lib = tmp_path / "lib"
     scene = photo(4, (96, 72))
@@ -246,7 +291,7 @@ def test_a_verdict_recorded_since_the_groups_were_found_leaves_the_group_alone(
         [group] = plan.groups
         assert group.skipped is not None and "verdict" in group.skipped
         assert group.discarded == [] and plan.to_discard == []
-        assert apply_plan(plan, ctx, tmp_path / "log.jsonl") == []
+        assert apply_plan(plan, ctx, tmp_path / "log.jsonl", []) == []
     assert a.exists() and b.exists() and not (tmp_path / "xdg").exists()
 
 

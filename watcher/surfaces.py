@@ -182,12 +182,15 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
                 find_exact_duplicates(ctx.catalog) if exact else find_duplicates(ctx, threshold=threshold)
             )
             catalog = duplicate_catalog(ctx.catalog)
-            return plan_from_index(groups, catalog, rule, protect, os.path.realpath).as_dict()
+            # The daemon's own protected folders hold whatever the caller sent.
+            folders = [*parts.settings.protect, *protect]
+            return plan_from_index(groups, catalog, rule, folders, os.path.realpath).as_dict()
 
     def discard(paths: list[str], kept: list[str], reason: dict[str, Any]) -> Reply:
+        log_path = parts.settings.data_dir / LOG_NAME
         # Under the gate: a reindex's switch waits for these moves, so none lands in the old index.
         with serving.use() as ctx:
-            moved = discard_keeping(paths, kept, ctx, parts.settings.data_dir / LOG_NAME, reason)
+            moved = discard_keeping(paths, kept, ctx, log_path, reason, protect=parts.settings.protect)
         return {"discarded": [d.as_dict() for d in moved]}
 
     surface = LocalSurface(

@@ -81,14 +81,19 @@ def discard_keeping(
     ctx: Context,
     log_path: Path,
     reason: Mapping[str, Any] | None = None,
+    *,
+    protect: Sequence[str] = (),
 ) -> list[Discarded]:
     """:func:`discard` ``paths`` only while every file of ``kept`` is still there as indexed.
 
     For a group of duplicates: the copies go only if the one they duplicate stays. A kept file that
     vanished or changed leaves every path where it is (each result says why); a path that is also in
     ``kept``, or that a kept file is a symbolic link to, is never moved (symlinked files are indexed
-    under the link's name, and moving the target would leave the kept link dangling).
+    under the link's name, and moving the target would leave the kept link dangling), nor is one
+    inside a folder of ``protect`` (by name or resolved: ``settings.protect``), whoever planned it.
     """
+    from imgwatch.dedupe import protected_by
+
     for keeper in kept:
         problem = _not_as_indexed(keeper, ctx)
         if problem is not None:
@@ -96,12 +101,16 @@ def discard_keeping(
             return [Discarded(p, None, why) for p in dict.fromkeys(paths)]
     kept_set = set(kept)
     kept_real = {os.path.realpath(k) for k in kept}
+    folders = [(os.path.normpath(d), os.path.realpath(d)) for d in protect]
     refused, going = [], []
     for path in dict.fromkeys(paths):
+        resolved = os.path.realpath(path)
         if path in kept_set:
             refused.append(Discarded(path, None, "kept: it is a file to keep"))
-        elif os.path.realpath(path) in kept_real:
+        elif resolved in kept_real:
             refused.append(Discarded(path, None, "kept: a file to keep is a symbolic link to it"))
+        elif (folder := protected_by(path, resolved, folders)) is not None:
+            refused.append(Discarded(path, None, f"kept: protected, inside {folder}"))
         else:
             going.append(path)
     return refused + discard(going, ctx, log_path, reason)

@@ -127,7 +127,7 @@ def run_dedupe(args: argparse.Namespace, settings: Settings) -> int:
                 quiet_libraries()  # pymilvus re-applies its logging config on import
             plan = local_plan(ctx, args.keep, protect, threshold, exact=args.exact)
             if args.yes:
-                results = apply_plan(plan, ctx, settings.data_dir / LOG_NAME)
+                results = apply_plan(plan, ctx, settings.data_dir / LOG_NAME, protect)
     if args.json:
         _print_json(plan, results)
     else:
@@ -146,12 +146,15 @@ def local_plan(ctx: Context, rule: str, protect: list[str], threshold: float, *,
     return plan_from_index(groups, duplicate_catalog(ctx.catalog), rule, protect, os.path.realpath)
 
 
-def apply_plan(plan: Plan, ctx: Context, log_path: Path) -> list[list[Discarded]]:
-    """Each group's files to the trash, while its kept files are still there as indexed."""
+def apply_plan(plan: Plan, ctx: Context, log_path: Path, protect: list[str]) -> list[list[Discarded]]:
+    """Each group's files to the trash, while its kept files are still there as indexed; never a
+    file inside ``protect`` (the plan kept those already: this holds whatever the plan says)."""
     from imgwatch.trash import discard_keeping
 
     return [
-        discard_keeping(g.discarded_paths, g.kept_paths, ctx, log_path, g.log_reason(plan.rule))
+        discard_keeping(
+            g.discarded_paths, g.kept_paths, ctx, log_path, g.log_reason(plan.rule), protect=protect
+        )
         for g in plan.to_discard
     ]
 
