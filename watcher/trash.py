@@ -118,7 +118,7 @@ def discard_keeping(
 
 def _open_log(log_path: Path) -> IO[str]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    return log_path.open("a", encoding="utf-8", errors="surrogateescape")
+    return log_path.open("a", encoding="utf-8")
 
 
 def _discard_one(path: str, ctx: Context, log_file: IO[str], reason: Mapping[str, Any]) -> Discarded:
@@ -131,7 +131,9 @@ def _discard_one(path: str, ctx: Context, log_file: IO[str], reason: Mapping[str
         except OSError as e:
             return Discarded(path, None, f"cannot be moved to the trash: {_describe(e)}")
         line = {"time": datetime.now(UTC).isoformat(), "path": path, "trashed_to": trashed_to, **reason}
-        log_file.write(json.dumps(line, ensure_ascii=False) + "\n")
+        # ASCII JSON: a name that is not UTF-8 travels as its surrogate escapes (json.loads, then
+        # os.fsencode, gives the exact bytes back), and the log stays valid UTF-8 for jq and friends.
+        log_file.write(json.dumps(line) + "\n")
         log_file.flush()
         os.fsync(log_file.fileno())
         try:
