@@ -355,9 +355,14 @@ def test_through_a_running_daemon_its_index_drops_the_files_at_once(
         {str(keep), *copies}
     ]
 
-    plan = _json(_cli(tmp_path, "dedupe", "--keep", "shortest-path", "--exact", "--json"))
-    assert _planned(plan) == ({str(keep)}, copies)
-    assert all(Path(p).exists() for p in copies)
+    # The plan as people read it: what stays, what would go, and that nothing changed.
+    plan = _cli(tmp_path, "dedupe", "--keep", "shortest-path", "--exact")
+    assert plan.returncode == 0, plan.stderr.decode(errors="replace")
+    lines = plan.stdout.decode().splitlines()
+    assert f"  keep     {keep}  (shortest-path: the shortest path)" in lines
+    assert {line.split()[1] for line in lines if line.startswith("  discard  ")} == copies
+    assert lines[-1].startswith("2 file(s) to move to the trash; nothing changed")
+    assert all(Path(p).exists() for p in copies) and client.duplicates(THRESHOLD, exact=True)["groups"]
     done = _json(_cli(tmp_path, "dedupe", "--keep", "shortest-path", "--exact", "--yes", "--json"))
     # Right after the command: the daemon's index has forgotten them.
     assert client.duplicates(THRESHOLD, exact=True)["groups"] == []
