@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from imgwatch import __version__
 from imgwatch.commands.checking import add_check
+from imgwatch.commands.deduping import add_dedupe
+from imgwatch.commands.duplicates import add_duplicates
 from imgwatch.commands.exits import (
     EXIT_CONFIG,
     EXIT_FATAL,
@@ -25,7 +27,7 @@ from imgwatch.commands.exits import (
 from imgwatch.commands.indexing import add_compact, add_forget, add_index, add_reindex
 from imgwatch.commands.logs import configure_logging
 from imgwatch.commands.options import common_options, settings_from
-from imgwatch.commands.searching import add_duplicates, add_search
+from imgwatch.commands.searching import add_search
 from imgwatch.commands.status import add_status
 from imgwatch.commands.watching import add_invoke, add_watch
 from imgwatch.errors import ImgwatchError
@@ -50,6 +52,7 @@ _COMMANDS = (
     add_index,
     add_search,
     add_duplicates,
+    add_dedupe,
     add_check,
     add_watch,
     add_invoke,

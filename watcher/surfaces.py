@@ -124,6 +124,13 @@ def start_search_page(parts: DaemonParts) -> tuple[HttpServer, str]:
 
 def start_control_socket(parts: DaemonParts) -> HttpServer:
     """The data dir's socket, for the CLI; its requests stay out of the access log (status polls)."""
+    import os
+
+    from imgwatch.dedupe import plan_from_index
+    from imgwatch.trash import LOG_NAME, discard_keeping
+    from imgwatch.verdicts import duplicate_catalog
+    from imgwatch.web.local import DedupeCalls
+
     serving = parts.serving
 
     def search(queries: list[tuple[str, bytes | str]], k: int) -> Reply:
@@ -169,6 +176,23 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
             parts.submit(event)
         return {"accepted": len(parsed.events), "ignored": parsed.ignored}
 
+    def dedupe_plan(rule: str, protect: list[str], threshold: float, exact: bool) -> Reply:
+        with serving.use() as ctx:
+            groups = (
+                find_exact_duplicates(ctx.catalog) if exact else find_duplicates(ctx, threshold=threshold)
+            )
+            catalog = duplicate_catalog(ctx.catalog)
+            # The daemon's own protected folders hold whatever the caller sent.
+            folders = [*parts.settings.protect, *protect]
+            return plan_from_index(groups, catalog, rule, folders, os.path.realpath).as_dict()
+
+    def discard(paths: list[str], kept: list[str], reason: dict[str, Any]) -> Reply:
+        log_path = parts.settings.data_dir / LOG_NAME
+        # Under the gate: a reindex's switch waits for these moves, so none lands in the old index.
+        with serving.use() as ctx:
+            moved = discard_keeping(paths, kept, ctx, log_path, reason, protect=parts.settings.protect)
+        return {"discarded": [d.as_dict() for d in moved]}
+
     surface = LocalSurface(
         status=parts.status,
         search=search,
@@ -182,6 +206,7 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
         search_with=search_with,
         search_like_with=search_like_with,
         check=lambda queries, threshold: check_reply(check(queries, threshold)),
+        dedupe=DedupeCalls(plan=dedupe_plan, discard=discard),
     )
     path: Path = socket_path(parts.settings.data_dir)
     server = HttpServer(create_app(local=surface), bind_unix(path), "imgwatch-endpoint", work=surface.work)

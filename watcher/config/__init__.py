@@ -15,9 +15,9 @@ Two classes share one declaration of the fields and their checks:
 Keeping the two apart, rather than switching the sources off for direct construction, means a test's
 ``Settings(...)`` cannot pick up a developer's ``IMGWATCH_*`` variables or config file by accident.
 
-Paths (``data_dir``, ``roots``, ``poll_roots``, the ``s3_mounts`` directories, ``weights`` when it is
-a file, the config file's own path) are made absolute once, by the source that read them
-(``paths.py``). Every error is a ``ConfigError`` that names where the value came from: the flag
+Paths (``data_dir``, ``roots``, ``poll_roots``, ``protect``, the ``s3_mounts`` directories,
+``weights`` when it is a file, the config file's own path) are made absolute once, by the source that
+read them (``paths.py``). Every error is a ``ConfigError`` that names where the value came from: the flag
 (``--batch-size``), the variable (``IMGWATCH_BATCH_SIZE``) or the config file. Secrets
 (``SECRET_SETTINGS``) appear neither in ``repr()`` nor in those errors.
 

@@ -9,6 +9,7 @@ again.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,6 +55,15 @@ def strings(name: str, value: Any, handler: ValidatorFunctionWrapHandler) -> Any
         return handler(value)
     except ValidationError:
         raise problem(f"{name} must be a list of strings, not {value!r}") from None
+
+
+def absolute_folders(name: str, value: tuple[str, ...]) -> tuple[str, ...]:
+    """Folders as absolute, normalised paths. The sources made them absolute (``~`` expanded); a
+    relative one here came from code, and would protect whatever the working directory holds."""
+    for folder in value:
+        if not os.path.isabs(folder):
+            raise problem(f"{name} must list absolute folders, not {folder!r}")
+    return tuple(os.path.normpath(folder) for folder in value)
 
 
 def choice(name: str, value: Any) -> str:

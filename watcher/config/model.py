@@ -74,6 +74,9 @@ class Settings(BaseModel):
     """Descend into symlinked directories (with loop detection). Symlinked files are always indexed."""
     roots: tuple[str, ...] = ()
     """Folders ``imgwatch watch`` watches when none are given on the command line."""
+    protect: tuple[str, ...] = ()
+    """Folders whose files ``imgwatch dedupe`` never moves to the trash (absolute, ``~`` expanded;
+    ``--protect`` adds more): a group's members inside one are all kept."""
     poll: bool = False
     """Poll every root instead of using inotify (network filesystems are polled anyway)."""
     poll_roots: tuple[str, ...] = ()
@@ -144,10 +147,15 @@ class Settings(BaseModel):
         # An empty secret is no secret: unset, never "any". `search_page = ""` is off, like unset.
         return None if value == "" else value
 
-    @field_validator("include", "exclude", "roots", "poll_roots", mode="wrap")
+    @field_validator("include", "exclude", "roots", "poll_roots", "protect", mode="wrap")
     @classmethod
     def _strings(cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
         return checks.strings(str(info.field_name), value, handler)
+
+    @field_validator("protect", mode="after")
+    @classmethod
+    def _protect(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return checks.absolute_folders("protect", value)
 
     @field_validator(*CHOICES, mode="before")
     @classmethod

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-PATH_LIST_FIELDS = frozenset({"roots", "poll_roots"})
+PATH_LIST_FIELDS = frozenset({"roots", "poll_roots", "protect"})
 _VARIABLE = re.compile(r"\$(?:(\w+)|\{(\w+)\})")
 
 

@@ -13,7 +13,7 @@ import binascii
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,6 +38,16 @@ class VerdictCalls:
     """``(paths, note)``: no two of these indexed files are duplicates."""
     withdraw: Callable[[str, str], Reply]
     """``(a, b)``: paths or content hashes."""
+
+
+@dataclass(frozen=True)
+class DedupeCalls:
+    """The clean-up of duplicates (:mod:`imgwatch.dedupe`, :mod:`imgwatch.trash`), as the socket serves it."""
+
+    plan: Callable[[str, list[str], float, bool], Reply]
+    """``(rule, protect, threshold, exact)``: the plan, as ``imgwatch dedupe`` prints it; changes nothing."""
+    discard: Callable[[list[str], list[str], dict[str, Any]], Reply]
+    """``(paths, kept, reason)``: the paths to the trash while the kept files are there as indexed."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,8 @@ class LocalSurface:
     """Where the callables run: daemon threads, which shutdown waits for within its bound."""
     check: Callable[[list[tuple[str, bytes | str]], float], Reply] | None = None
     """``(queries, threshold)``, as ``search`` takes queries: ``imgwatch check`` (``POST /check``)."""
+    dedupe: DedupeCalls | None = None
+    """None: this socket cleans nothing up (its routes answer 404)."""
 
 
 class QueryImage(BaseModel):
@@ -125,6 +137,35 @@ class MarkDistinctRequest(BaseModel):
 class WithdrawRequest(BaseModel):
     a: str = Field(description="An indexed file's absolute path, or a content hash.")
     b: str
+
+
+class DedupePlanRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rule: Literal["largest", "smallest", "oldest", "newest", "shortest-path"] = Field(
+        description="Which file of a group is kept."
+    )
+    protect: list[str] = Field(
+        default_factory=list, description="Absolute folders whose files are always kept."
+    )
+    threshold: float = Field(
+        default=DUPLICATE_THRESHOLD, gt=0, le=1, description="Cosine similarity for look-alikes."
+    )
+    exact: bool = Field(default=False, description="Only byte-identical files (content hashes).")
+
+
+class DiscardRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    paths: list[str] = Field(min_length=1, description="Indexed files (absolute paths) to move to the trash.")
+    kept: list[str] = Field(
+        default_factory=list,
+        description="The files they duplicate: if one of them is gone or changed, nothing is moved; "
+        "a path among them is never moved.",
+    )
+    reason: dict[str, Any] = Field(
+        default_factory=dict, description="Written into each move's log line (what was kept, why)."
+    )
 
 
 class IndexRequest(BaseModel):
@@ -211,6 +252,27 @@ def local_router(surface: LocalSurface) -> APIRouter:
     @router.post("/duplicates/verdicts/withdraw", summary="Withdraw a not-duplicates verdict")
     async def withdraw(request: WithdrawRequest) -> Reply:
         return await call(verdict_calls().withdraw, request.a, request.b)
+
+    def dedupe_calls() -> DedupeCalls:
+        if surface.dedupe is None:
+            raise RequestError(404, "this daemon cleans up no duplicates")
+        return surface.dedupe
+
+    @router.post("/dedupe/plan", summary="Which file of each duplicate group to keep; changes nothing")
+    async def dedupe_plan(request: DedupePlanRequest) -> Reply:
+        relative = [d for d in request.protect if not os.path.isabs(d)]
+        if relative:
+            raise RequestError(400, f"protect: folders must be absolute paths, not {relative[0]!r}")
+        return await call(
+            dedupe_calls().plan, request.rule, request.protect, request.threshold, request.exact
+        )
+
+    @router.post("/discard", summary="Move indexed files to the trash and drop them from the index")
+    async def discard(request: DiscardRequest) -> Reply:
+        relative = [p for p in [*request.paths, *request.kept] if not os.path.isabs(p)]
+        if relative:
+            raise RequestError(400, f"paths must be absolute, not {relative[0]!r}")
+        return await call(dedupe_calls().discard, request.paths, request.kept, request.reason)
 
     @router.post("/index", summary="Bring the index in line with folders, as `imgwatch index` does")
     async def index(request: IndexRequest) -> Reply:
