@@ -125,6 +125,10 @@ function groupNode(data) {
   keepAll.addEventListener("click", () => act(post("/api/duplicates/keep-all", { paths: refs }),
     () => "Group hidden for this review."));
   distinct.type = keepAll.type = "button";
+  if (data.kind === "exact") {
+    distinct.disabled = true;  // the server refuses it too: the same bytes are the same image
+    distinct.title = "Byte-identical copies cannot be marked as not duplicates";
+  }
   head.append(distinct, keepAll);
   group.node.appendChild(head);
   const members = element("div", "members");
@@ -218,7 +222,7 @@ async function loadHistogram() {
   $("legend").textContent = `Each file's best score to another file${sample}. Black: the threshold; `
     + `red: ${h.verdicts.length} "not duplicates" verdict(s); green ticks: ${h.confirmed.length} confirmed duplicate pair(s).`;
   $("suggest").hidden = h.suggested === null || h.suggested === view.threshold;
-  $("suggest").textContent = `Use the threshold that separates them best: ${h.suggested}`;
+  $("suggest").textContent = `Use the threshold that separates them best: ${h.suggested?.toFixed(4)}`;
   $("suggest").dataset.value = String(h.suggested);
 }
 
