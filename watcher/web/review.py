@@ -28,7 +28,7 @@ from typing import Annotated, Any, Protocol
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from imgwatch.duplicates import DuplicateGroup
+from imgwatch.duplicates import EXACT, DuplicateGroup
 from imgwatch.names import DUPLICATE_THRESHOLD
 from imgwatch.report import display_path
 from imgwatch.thumbnails import ThumbnailForbiddenError, ThumbnailNotFoundError, ThumbnailUnavailableError
@@ -170,7 +170,7 @@ class Hidden(BaseModel):
 
 
 THRESHOLD = Annotated[float, Query(gt=0, le=1, description="Cosine similarity at which files group.")]
-EXACT = Annotated[bool, Query(description="Byte-identical groups only (from the catalog: fast).")]
+EXACT_ONLY = Annotated[bool, Query(description="Byte-identical groups only (from the catalog: fast).")]
 
 
 def same_site_post(request: Request) -> None:
@@ -194,7 +194,8 @@ class _Review:
     """Groups hidden by keep-all, by their members: a group that gains a member shows again."""
 
     def visible(self, groups: list[DuplicateGroup]) -> list[DuplicateGroup]:
-        return [g for g in groups if frozenset(g.paths) not in self.hidden]
+        hidden = frozenset(self.hidden)  # a copy: another request's keep-all may change the set meanwhile
+        return [g for g in groups if frozenset(g.paths) not in hidden]
 
 
 def review_router(backend: ReviewBackend) -> APIRouter:
@@ -216,7 +217,7 @@ def review_router(backend: ReviewBackend) -> APIRouter:
         offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 20,
         threshold: THRESHOLD = DUPLICATE_THRESHOLD,
-        exact: EXACT = False,
+        exact: EXACT_ONLY = False,
     ) -> Any:
         answer = review.groups.get((threshold, exact))
         groups = review.visible(answer.done.value) if answer.done else []
@@ -302,7 +303,7 @@ def review_router(backend: ReviewBackend) -> APIRouter:
             raise RequestError(409, "these files are not one group of the current view: reload it")
         for path in (kept, *trash):
             _check_visible(backend, path)
-        scores = backend.pair_scores([(kept, path) for path in trash]) if group.kind != "exact" else []
+        scores = backend.pair_scores([(kept, path) for path in trash]) if group.kind != EXACT else []
         reason = {"kept": kept, "group": group.paths, "threshold": body.threshold, "via": "search page"}
         results = backend.discard(trash, kept, reason)
         gone = {r.path for r in results if r.error is None}
