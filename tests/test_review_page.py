@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from imgwatch.web import create_app
 from imgwatch.web.common import path_ref
 from imgwatch.web.page import PageSurface, SearchPageBackend, SearchPageConfig
 from imgwatch.web.review import ReviewBackend
+from imgwatch.web.review_cache import ComputedCache
 from imgwatch.web.review_math import separating_threshold
 from tests.conftest import jpeg_bytes, serve
 from tests.harness import RunningDaemon, imgwatch_cli, start_daemon, wait_until
@@ -259,6 +261,44 @@ def test_the_suggested_threshold_separates_the_labelled_pairs() -> None:
     assert separating_threshold([0.9, 0.96], []) == pytest.approx(0.98)
     # Overlapping labels: the fewest misclassified pairs (one), in the widest such gap.
     assert separating_threshold([0.5, 0.97], [0.95, 0.99]) == pytest.approx(0.725)
+
+
+def test_a_result_is_computed_once_per_generation_and_served_stale_while_the_next_is() -> None:
+    """Real threads: paging never recomputes; a change of the index serves the old result, marked
+    stale, until the new one is done; one computation at a time, the key asked for meanwhile next."""
+    generation, calls, gate = [0], [], threading.Event()
+
+    def compute(key: str) -> str:
+        calls.append(key)
+        assert gate.wait(60)
+        return f"{key}@{len(calls)}"
+
+    cache: ComputedCache[str, str] = ComputedCache(compute, lambda: generation[0], "test-cache")
+    first = cache.get("k")
+    assert first.done is None and first.running_since is not None
+    gate.set()
+    assert wait_until(lambda: cache.get("k").done).value == "k@1"
+    for _ in range(5):
+        assert not cache.get("k").stale
+    assert calls == ["k"]
+
+    generation[0] += 1
+    gate.clear()
+    stale = cache.get("k")
+    assert stale.stale and stale.done is not None and stale.done.value == "k@1"
+    wait_until(lambda: len(calls) == 2)
+    assert cache.get("other").done is None
+    assert calls == ["k", "k"]  # "other" waits for the running one
+    gate.set()
+    assert wait_until(lambda: (a := cache.get("k")).done and not a.stale and a).done.value == "k@2"
+    assert wait_until(lambda: cache.get("other").done).value == "other@3"
+
+    def broken(_key: str) -> str:
+        raise OSError("the store went away")
+
+    failing: ComputedCache[str, str] = ComputedCache(broken, lambda: 0, "test-cache")
+    assert "the store went away" in wait_until(lambda: failing.get("k").error)
+    assert failing.get("k").error is None  # reported once, then tried again
 
 
 # ---- a real browser ------------------------------------------------------------------------------
