@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from openapi_spec_validator import validate
 from PIL import Image, ImageFilter
 
 from imgwatch.samples import photo
@@ -220,7 +221,9 @@ def test_the_post_routes_refuse_other_sites_and_non_json(library: Library) -> No
 
 
 def test_the_routes_are_in_the_openapi_document(library: Library) -> None:
-    paths = library.get("/openapi.json").json()["paths"]
+    document = library.get("/openapi.json").json()
+    validate(document)
+    paths = document["paths"]
     for route in ("/duplicates", "/api/duplicates", "/api/duplicates/histogram"):
         assert "get" in paths[route], route
     for route in ("distinct", "keep", "keep-all", "unhide"):
