@@ -154,7 +154,8 @@ async function loadGroups(mode = "user") {
   }
   const page = answer.body;
   if (answer.status === 202) {
-    if (mode === "user") say("Computing the duplicate groups… (a large library takes minutes)", false);
+    const since = page.computing_since ? Math.round((Date.now() - Date.parse(page.computing_since)) / 1000) : 0;
+    if (mode === "user") say(`Computing the duplicate groups… ${since} s so far (a large library takes minutes)`, false);
     groupsTimer = setTimeout(() => loadGroups(mode), 1000);
     return;
   }

@@ -113,6 +113,9 @@ class DuplicatesPage(BaseModel):
     hidden: int = Field(description="Groups hidden for this review by keep-all.")
     stale: bool = Field(description="The index changed since this result; a fresh one is being computed.")
     computed_at: str | None = Field(description="When this result was computed (ISO 8601 UTC).")
+    computing_since: str | None = Field(
+        default=None, description="When the computation under way for this view started (ISO 8601 UTC)."
+    )
     groups: list[Group] = Field(description="Largest first (then the highest score).")
 
 
@@ -231,6 +234,9 @@ def review_router(backend: ReviewBackend) -> APIRouter:
             hidden=len(answer.done.value) - len(groups) if answer.done else 0,
             stale=answer.stale,
             computed_at=_when(answer),
+            computing_since=answer.running_since.isoformat(timespec="seconds")
+            if answer.running_since
+            else None,
             groups=[_group(g) for g in groups[offset : offset + limit]],
         )
         return _ready_or_202(answer, page)
