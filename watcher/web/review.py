@@ -23,7 +23,7 @@ from __future__ import annotations
 import urllib.parse
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
@@ -37,6 +37,9 @@ from imgwatch.web.common import JSONAsciiResponse, RequestError, error_responses
 from imgwatch.web.review_cache import Answer, ComputedCache
 from imgwatch.web.review_math import NeighbourScores, histogram, separating_threshold
 
+if TYPE_CHECKING:
+    from imgwatch.trash import Discarded
+
 MAX_LIMIT = 200
 #: Labelled "confirmed duplicate" scores kept for the histogram (oldest dropped).
 MAX_CONFIRMED = 1000
@@ -46,17 +49,6 @@ CONFIRMED_META_KEY = "review_confirmed_scores"
 NEIGHBOUR_SAMPLE = 2000
 #: The log of the files the page sent to the trash, in the data dir: the one `imgwatch dedupe` writes.
 TRASH_LOG = "dedupe-log.jsonl"
-
-
-class Discarded(Protocol):
-    """One file of ``imgwatch.trash.discard``'s answer."""
-
-    @property
-    def path(self) -> str: ...
-    @property
-    def trashed_to(self) -> str | None: ...
-    @property
-    def error(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -313,7 +305,9 @@ def review_router(backend: ReviewBackend) -> APIRouter:
         reason = {"kept": kept, "group": group.paths, "threshold": body.threshold, "via": "search page"}
         results = backend.discard(trash, kept, reason)
         gone = {r.path for r in results if r.error is None}
-        backend.add_confirmed([s for s in scores if s is not None])
+        # Only the pairs whose copy really went are confirmed duplicates (an exact group adds none).
+        went = [s for path, s in zip(trash, scores, strict=False) if s is not None and path in gone]
+        backend.add_confirmed(went)
         review.groups.patch(lambda groups: _without(groups, gone))
         return KeepAnswer(
             kept=display_path(kept),
