@@ -154,6 +154,43 @@ def no_thread_leaks() -> Iterator[None]:
     assert not still, f"threads left running: {still}"
 
 
+# --- a real browser (the search page's tests) -------------------------------------------------------
+
+
+def _browser_unavailable(reason: str) -> None:
+    """Skip locally; in CI (``CI=true``) the browser test is mandatory, so fail instead."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but the browser test cannot run: {reason}", pytrace=False)
+    pytest.skip(f"headless browser not available: {reason}")
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Debian's chromium, headless, through its chromedriver (no download: Selenium Manager is bypassed)."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        _browser_unavailable("selenium is not installed (pip install -e '.[test]')")
+    binary, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if binary is None or driver_path is None:
+        _browser_unavailable("chromium or chromedriver not found (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in ("--headless=new", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"):
+        options.add_argument(argument)
+    if os.geteuid() == 0:
+        options.add_argument("--no-sandbox")  # chromium refuses to run as root with its sandbox
+    try:
+        driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    except Exception as e:  # noqa: BLE001 - any start-up failure is "no browser here"
+        _browser_unavailable(f"chromium did not start: {e}")
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
 # --- Milvus: every store test runs on Milvus Lite and on a real Milvus server (issue 8) -----------------
 # The server variant needs one of:
 ENV_TEST_MILVUS_URI = "IMGWATCH_TEST_MILVUS_URI"

@@ -86,6 +86,7 @@ def test_every_command_has_help_text() -> None:
         "duplicates",
         "check",
         "forget",
+        "dedupe",
     }
     for name, command in commands.items():
         assert command.description, name

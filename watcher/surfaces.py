@@ -83,7 +83,18 @@ def start_webhook(parts: DaemonParts) -> HttpServer:
 
 def start_search_page(parts: DaemonParts) -> tuple[HttpServer, str]:
     """The page's server and its URL (with the port actually bound)."""
+    import random
+    import threading
+    from collections.abc import Hashable, Mapping, Sequence
+    from typing import cast
+
+    import numpy as np
+
+    from imgwatch.duplicates import DuplicateGroup
     from imgwatch.thumbnails import Thumbnails
+    from imgwatch.trash import LOG_NAME, Discarded, discard_keeping
+    from imgwatch.web.review import CONFIRMED_META_KEY, MAX_CONFIRMED, NEIGHBOUR_SAMPLE, ReviewBackend
+    from imgwatch.web.review_math import NeighbourScores
 
     settings = parts.settings
     assert settings.search_page is not None
@@ -106,6 +117,97 @@ def start_search_page(parts: DaemonParts) -> tuple[HttpServer, str]:
         record = serving.current.catalog.get_many([file_id]).get(file_id)
         return record.path if record else None
 
+    # ---- the Duplicates view (imgwatch.web.review) ----
+    confirmed_lock = threading.Lock()
+
+    def groups(threshold: float, exact: bool) -> list[DuplicateGroup]:
+        with serving.use() as ctx:
+            return find_exact_duplicates(ctx.catalog) if exact else find_duplicates(ctx, threshold=threshold)
+
+    def neighbour_scores() -> NeighbourScores:
+        """Each file's best score to another: a top-2 search (itself and its nearest neighbour) of
+        a seeded uniform sample, so that a 100k library costs a few searches, not a whole pass."""
+        with serving.use() as ctx:
+            ids = [key for batch in ctx.catalog.iter_ids_with_vectors(5000) for key in batch]
+            vouched = set(ids)
+            sample = sorted(random.Random(0).sample(ids, min(len(ids), NEIGHBOUR_SAMPLE)))  # noqa: S311
+            scores = []
+            for start in range(0, len(sample), 256):
+                stored = ctx.vectors.get_vectors(sample[start : start + 256])
+                keys = [key for key in sample[start : start + 256] if key in stored]
+                for key, hits in zip(keys, ctx.vectors.search([stored[k] for k in keys], 2), strict=True):
+                    best = [hit.score for hit in hits if hit.id != key and hit.id in vouched]
+                    if best:
+                        scores.append(round(float(best[0]), 6))
+            return NeighbourScores(scores, len(ids))
+
+    def index_generation() -> Hashable:
+        """Changes with every change of a file's row or a verdict (every write sets ``updated_at``;
+        ids only grow) and with a reindex's switch of collection: two aggregate queries."""
+        import sqlalchemy as sa
+
+        from imgwatch.services.catalog import SQLiteCatalog
+        from imgwatch.services.catalog_tables import FILES, VERDICTS
+
+        ctx = serving.current
+        files = sa.select(sa.func.count(), sa.func.max(FILES.c.id), sa.func.max(FILES.c.updated_at))
+        verdicts = sa.select(sa.func.count(), sa.func.max(VERDICTS.c.created_at))
+        with cast(SQLiteCatalog, ctx.catalog).engine.connect() as conn:
+            marks = (tuple(conn.execute(files).one()), tuple(conn.execute(verdicts).one()))
+        return (ctx.vectors.collection, marks)
+
+    def pair_scores(pairs: Sequence[tuple[str, str]]) -> list[float | None]:
+        with serving.use() as ctx:
+            records = {p: ctx.catalog.get(p) for pair in pairs for p in pair}
+            ids = {p: r.id for p, r in records.items() if r is not None and r.has_vector}
+            stored = ctx.vectors.get_vectors(ids.values())
+        found: list[float | None] = []
+        for a, b in pairs:
+            va, vb = stored.get(ids.get(a, -1)), stored.get(ids.get(b, -1))
+            cosine = (
+                None if va is None or vb is None else np.dot(va, vb) / np.linalg.norm(va) / np.linalg.norm(vb)
+            )
+            found.append(None if cosine is None else round(float(cosine), 6))
+        return found
+
+    def verdict_pairs() -> list[tuple[str, str, float]]:
+        # A verdict names contents; one whose content no file has now is named by its hash: unscored.
+        named = [(v.a, v.b) for v in list_verdicts(serving.current.catalog) if v.a.startswith("/")]
+        named = [(a, b) for a, b in named if b.startswith("/")]
+        return [(a, b, s) for (a, b), s in zip(named, pair_scores(named), strict=True) if s is not None]
+
+    def discard_files(paths: list[str], kept: str, reason: Mapping[str, Any]) -> list[Discarded]:
+        # Under the gate: a reindex's switch waits for these moves, so none lands in the old index.
+        # The copies go only while the file kept is still there as indexed.
+        with serving.use() as ctx:
+            log_path = settings.data_dir / LOG_NAME
+            return discard_keeping(paths, [kept], ctx, log_path, reason, protect=settings.protect)
+
+    def check_visible(path: str) -> None:
+        # What the page may show, it may act on: the thumbnails' rule (inside the roots, indexed).
+        thumbnails.by_path(path)
+
+    def confirmed() -> list[float]:
+        return [float(s) for s in json.loads(serving.current.catalog.get_meta(CONFIRMED_META_KEY) or "[]")]
+
+    def add_confirmed(scores: list[float]) -> None:
+        if scores:
+            with confirmed_lock:  # read, append, write: one page request at a time
+                kept = [*confirmed(), *scores][-MAX_CONFIRMED:]
+                serving.current.catalog.set_meta(CONFIRMED_META_KEY, json.dumps(kept))
+
+    review = ReviewBackend(
+        groups=groups,
+        neighbour_scores=neighbour_scores,
+        generation=index_generation,
+        verdict_pairs=verdict_pairs,
+        pair_scores=pair_scores,
+        mark_distinct=lambda paths: mark_distinct(serving.current.catalog, paths),
+        discard=discard_files,
+        check_visible=check_visible,
+        confirmed=confirmed,
+        add_confirmed=add_confirmed,
+    )
     backend = SearchPageBackend(
         search_image,
         search_like_path,
@@ -113,6 +215,7 @@ def start_search_page(parts: DaemonParts) -> tuple[HttpServer, str]:
         path_of,
         check=serving_check(serving),
         search_image_flipped=lambda data, k: search_image(data, k, True),
+        review=review,
     )
     app = create_app(page=PageSurface(config, backend))
     server = HttpServer(app, bind_tcp(host, port, "--search-page"), "imgwatch-search-page")

@@ -9,6 +9,7 @@ Not an event source: it answers searches with the daemon's warm model. Routes:
 - ``GET /thumb?path=REF`` (or ``id=ID``): a JPEG thumbnail of an indexed file inside the roots;
 - ``POST /api/check?threshold=T``: multipart image uploads; for each, its best indexed match or
   none ("do I already have this?"). The webhook port serves it too, behind the webhook's auth.
+- ``GET /duplicates`` and ``/api/duplicates...``: the Duplicates view (:mod:`imgwatch.web.review`).
 
 ``REF`` is the path's bytes percent-encoded (what the API returns as ``ref``), so names that are
 not UTF-8 survive the round trip through the browser.
@@ -50,6 +51,7 @@ from imgwatch.web.common import (
     read_body,
     same_secret,
 )
+from imgwatch.web.review import ReviewBackend, review_router
 
 DEFAULT_K = 20
 MAX_K = 200
@@ -59,7 +61,12 @@ STATIC_FILES = {
     "/": ("search.html", "text/html; charset=utf-8"),
     "/static/search.css": ("search.css", "text/css; charset=utf-8"),
     "/static/search.js": ("search.js", "text/javascript; charset=utf-8"),
+    "/duplicates": ("duplicates.html", "text/html; charset=utf-8"),
+    "/static/duplicates.css": ("duplicates.css", "text/css; charset=utf-8"),
+    "/static/duplicates.js": ("duplicates.js", "text/javascript; charset=utf-8"),
 }
+#: The pages, as opposed to their scripts and styles (in the OpenAPI document).
+PAGES = ("/", "/duplicates")
 #: The page loads nothing from elsewhere; query previews are blob: URLs of the chosen file.
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
@@ -106,6 +113,8 @@ class SearchPageBackend:
     search_image_flipped: SearchImage | None = None
     """:attr:`search_image` scoring each file by the better of the image and its mirror image; None
     where the daemon does not offer it (the page then refuses ``flip``)."""
+    review: ReviewBackend | None = None
+    """The Duplicates view's routes, when set."""
 
 
 @dataclass(frozen=True)
@@ -218,12 +227,12 @@ def page_router(surface: PageSurface) -> APIRouter:
     def static(request: Request) -> Response:
         if "token" in request.query_params:
             # Drop the token from the address bar and history; the cookie carries it from now on.
-            return RedirectResponse("/", status_code=303)
+            return RedirectResponse(request.url.path, status_code=303)
         body, content_type = files[request.url.path]
         return Response(body, media_type=content_type, headers={"Cache-Control": "no-cache"})
 
     for url in STATIC_FILES:
-        router.add_api_route(url, static, methods=["GET"], include_in_schema=url == "/", summary="The page")
+        router.add_api_route(url, static, methods=["GET"], include_in_schema=url in PAGES, summary="A page")
 
     def indexed_path(request: Request, file_id: int | None) -> str:
         if file_id is not None:
@@ -289,6 +298,9 @@ def page_router(surface: PageSurface) -> APIRouter:
 
     if backend.check is not None:
         add_check_route(router, backend.check)
+    if backend.review is not None:
+        # Included here, so that the router's access rule covers these routes too.
+        router.include_router(review_router(backend.review))
     return router
 
 
