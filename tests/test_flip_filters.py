@@ -41,6 +41,9 @@ from imgwatch.web.server import HttpServer, bind_unix
 from tests.conftest import WEIGHTS, index, jpeg_bytes, serve
 from tests.harness import imgwatch_cli
 
+# One worker for the module: its module-scoped daemon (or model) is then started once.
+pytestmark = pytest.mark.xdist_group("flip-filters")
+
 SIZE = (64, 48)
 QUERY_SEED = 4100
 """The query photo of the filter tests; its near copies are the files the filters must keep out."""

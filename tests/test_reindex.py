@@ -26,6 +26,9 @@ from imgwatch.services.vectors import open_connections
 from tests.conftest import index, jpeg_bytes, write_photo
 from tests.harness import wait_until
 
+# One worker for the module: its module-scoped daemon (or model) is then started once.
+pytestmark = pytest.mark.xdist_group("reindex")
+
 
 @pytest.fixture(scope="module")
 def other_extractor() -> Iterator[VGG16Extractor]:

@@ -28,6 +28,9 @@ from imgwatch.web.server import HttpServer
 from tests.conftest import index, jpeg_bytes, own_address, serve, stub_page_app, write_photo
 from tests.harness import RunningDaemon, imgwatch_cli, start_daemon, wait_until
 
+# One worker for the module: its module-scoped daemon (or model) is then started once.
+pytestmark = pytest.mark.xdist_group("search-page")
+
 TOKEN = "page-token-\u00e9"  # non-ASCII on purpose: compared as bytes, in constant time
 MAX_UPLOAD = 1024 * 1024
 BROWSER_TIMEOUT = 90

@@ -41,6 +41,9 @@ from imgwatch.web.webhook import WebhookConfig, WebhookSurface
 from tests.conftest import serve, write_photo
 from tests.harness import RunningDaemon, cli_env, imgwatch_cli, start_daemon, wait_until
 
+# One worker for the module: its module-scoped daemon (or model) is then started once.
+pytestmark = pytest.mark.xdist_group("webhook")
+
 EVENTS = Path(__file__).parent / "events"
 TOKEN = "s3cret-token"
 WH = Source.WEBHOOK
