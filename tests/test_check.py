@@ -286,6 +286,9 @@ def test_bad_bodies_are_4xx_with_a_json_error(ports: tuple[Library, str, str]) -
         ),
         "threshold": httpx.post(f"{url}?threshold=2", files=_files(("copy.jpg", lib.copy)), timeout=60),
         "webhook too large": _signed(f"{webhook}/api/check", _files(("big.jpg", b"\xff" * (LIMIT + 1)))),
+        "from another site": httpx.post(
+            url, files=_files(("copy.jpg", lib.copy)), headers={"Origin": "https://evil.example"}, timeout=60
+        ),
     }
     statuses = {name: answer.status_code for name, answer in refusals.items()}
     assert statuses == {
@@ -297,6 +300,7 @@ def test_bad_bodies_are_4xx_with_a_json_error(ports: tuple[Library, str, str]) -
         "malformed": 400,
         "threshold": 400,
         "webhook too large": 413,
+        "from another site": 403,
     }
     for answer in refusals.values():
         assert answer.headers["content-type"] == "application/json" and answer.json()["error"]

@@ -216,6 +216,30 @@ def test_page_refusals_before_the_body_keep_the_connection_usable(page: HttpServ
         connection.close()
 
 
+def test_another_sites_page_cannot_make_a_browser_search(page: HttpServer) -> None:
+    """What a cross-site form can send without a CORS preflight (a POST with an image or a multipart
+    body) is refused by its Origin or Sec-Fetch-Site; the page's own requests (same origin) pass."""
+    connection = http.client.HTTPConnection("127.0.0.1", page.port, timeout=30)
+    own = f"http://127.0.0.1:{page.port}"
+    try:
+        # /api/check has the same guard: tests/test_check.py.
+        for foreign in (
+            {"Origin": "https://evil.example"},
+            {"Origin": "null"},
+            {"Sec-Fetch-Site": "cross-site"},
+        ):
+            status, _, body = exchange(connection, "POST", "/api/search?k=1", b"img", foreign)
+            assert status == 403 and "another site" in json.loads(body)["error"], foreign
+        status, _, body = exchange(connection, "POST", "/api/search?k=1", b"img", {"Origin": own})
+        assert status == 200 and json.loads(body)["results"][0]["path"] == "/p/a.jpg"
+        status, _, _ = exchange(
+            connection, "POST", "/api/search?k=1", b"img", {"Sec-Fetch-Site": "same-origin"}
+        )
+        assert status == 200
+    finally:
+        connection.close()
+
+
 def test_a_tokened_page_refuses_before_the_body_and_serves_the_next(page: HttpServer) -> None:
     server = serve(stub_page_app(TOKEN, LIMIT))
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)

@@ -5,7 +5,7 @@
 | 0 | done (per-file failures are reported and do not change it) |
 | 1 | a fatal error that may pass: Milvus unreachable, the data dir in use, a missing root, ... |
 | 2 | the command line itself is wrong (argparse) |
-| 3 | ``search``: some queries could not be answered, ``dedupe``: some files could not be moved; the others were (``check``: a query is not a readable image) |
+| 3 | part of the work failed, the rest was done: ``search`` (queries), ``dedupe`` (files), ``check`` |
 | 78 | a configuration problem no retry cures: a bad setting, a token the Milvus server refuses |
 | 130 | interrupted (Ctrl-C) |
 

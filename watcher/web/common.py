@@ -292,6 +292,16 @@ class BlockingWork:
         return sum(thread.is_alive() for thread in running)
 
 
+def same_site(request: Request) -> None:
+    """Refuse a request that a page on another site made a browser send (its ``Origin`` or
+    ``Sec-Fetch-Site`` says so): on loopback without a token, nothing else tells the two apart."""
+    origin = request.headers.get("origin")
+    if origin is not None and urllib.parse.urlsplit(origin).netloc != request.headers.get("host", ""):
+        raise RequestError(403, f"a request from another site ({origin}) is not served here")
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise RequestError(403, "a request from another site is not served here")
+
+
 def path_ref(path: str) -> str:
     """``path``'s exact bytes, percent-encoded: ASCII a browser passes back unchanged."""
     return urllib.parse.quote(os.fsencode(path), safe="/")

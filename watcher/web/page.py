@@ -50,6 +50,7 @@ from imgwatch.web.common import (
     path_ref,
     read_body,
     same_secret,
+    same_site,
 )
 from imgwatch.web.review import ReviewBackend, review_router
 
@@ -256,6 +257,8 @@ def page_router(surface: PageSurface) -> APIRouter:
             }
         },
         responses=error_responses(400, 401, 403, 408, 411, 413, 415),
+        # Only reads, but runs the model: another site's form must not make a visitor's browser do it.
+        dependencies=[Depends(same_site)],
     )
     async def search(request: Request, k: K = DEFAULT_K, flip: FLIP = False) -> Results:
         searcher = backend.search_image_flipped if flip else backend.search_image
@@ -297,7 +300,7 @@ def page_router(surface: PageSurface) -> APIRouter:
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=60"})
 
     if backend.check is not None:
-        add_check_route(router, backend.check)
+        add_check_route(router, backend.check, guards=[Depends(same_site)])
     if backend.review is not None:
         # Included here, so that the router's access rule covers these routes too.
         router.include_router(review_router(backend.review))

@@ -20,7 +20,6 @@ preflight, which this server never grants).
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Annotated, Any
@@ -33,7 +32,14 @@ from imgwatch.names import DUPLICATE_THRESHOLD
 from imgwatch.report import display_path
 from imgwatch.thumbnails import ThumbnailForbiddenError, ThumbnailNotFoundError, ThumbnailUnavailableError
 from imgwatch.verdicts import NotIndexedError, VerdictError
-from imgwatch.web.common import JSONAsciiResponse, RequestError, error_responses, path_from_ref, path_ref
+from imgwatch.web.common import (
+    JSONAsciiResponse,
+    RequestError,
+    error_responses,
+    path_from_ref,
+    path_ref,
+    same_site,
+)
 from imgwatch.web.review_cache import Answer, ComputedCache
 from imgwatch.web.review_math import NeighbourScores, histogram, separating_threshold
 
@@ -168,12 +174,9 @@ EXACT_ONLY = Annotated[bool, Query(description="Byte-identical groups only (from
 
 
 def same_site_post(request: Request) -> None:
-    """Refuse a state-changing request a page on another site could make a browser send."""
-    origin = request.headers.get("origin")
-    if origin is not None and urllib.parse.urlsplit(origin).netloc != request.headers.get("host", ""):
-        raise RequestError(403, f"a request from another site ({origin}) may not change anything here")
-    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-        raise RequestError(403, "a request from another site may not change anything here")
+    """Refuse a state-changing request a page on another site could make a browser send: a foreign
+    origin, or a body a plain form can send (anything but JSON needs no CORS preflight)."""
+    same_site(request)
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/json":
         raise RequestError(415, "send the body as application/json")
