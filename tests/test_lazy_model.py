@@ -113,6 +113,7 @@ def test_a_model_that_cannot_load_stops_index_with_its_error(tmp_path: Path) -> 
     assert (
         f"imgwatch: error: cannot load VGG16 weights from {weights}: not a PyTorch state-dict file" in stderr
     )
+    assert "Traceback" not in stderr  # said once, not once per file that was waiting for the model
     settings = Settings(data_dir=data, weights=str(weights))
     with open_context(settings, command="test", model=False) as ctx:
         counts = ctx.catalog.counts()
