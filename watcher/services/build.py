@@ -293,14 +293,16 @@ def open_services(
     rebuild: bool = False,
     model: bool = True,
 ) -> Iterator[Services]:
-    """Lock the data dir, open the catalog and the serving collection, and load the model that made it.
+    """Lock the data dir, open the catalog and the serving collection, and ready the model that made it
+    (a :class:`LazyExtractor`: loaded when the first image needs it, never for a run that needs none).
 
     An index made by another model than the configured one is served as it is (searches keep working
     while :mod:`imgwatch.reindex` builds its replacement), except by commands that would write the
     configured model's vectors into it: those refuse before loading any model, unless ``rebuild``.
     Passed-in extractors are used and never closed: tests share one VGG16 across many contexts.
     With ``model=False`` no model is loaded and nothing is written: the context's extractor is a
-    :class:`NoModel`, for commands that only read stored vectors.
+    :class:`NoModel`, for commands that only read stored vectors. A new index's signature is recorded
+    when its model loads (:func:`record_model`).
     """
     with contextlib.ExitStack() as stack:
         lock = DataDirLock(settings.data_dir, command).acquire()
