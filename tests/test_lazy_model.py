@@ -1,7 +1,8 @@
 """Load what is needed: runs with nothing to extract never load VGG16, nor even import torch
 (issue 17). Checked from outside the real processes: ``python -X importtime`` lists every module
 ``imgwatch index`` imported, and a running daemon's ``/proc/PID/maps`` shows whether libtorch is
-mapped. Each test also sees the check turn positive once the model runs, so it cannot pass blind."""
+mapped (and, under ``PYTHONPROFILEIMPORTTIME``, its log lists its imports). Each test also sees the
+checks turn positive once the model runs, so they cannot pass blind."""
 
 from __future__ import annotations
 
@@ -143,10 +144,14 @@ def test_daemon_on_an_unchanged_tree_loads_no_model_until_a_new_image(
     first, _ = _index(data, root)
     assert first["added"] == 3
 
-    daemon = daemon_factory(root, data_dir=data)
+    # PYTHONPROFILEIMPORTTIME lists the daemon's imports in its log, and, being read at start-up, it
+    # makes the harness exec the daemon rather than fork it from a process that has imported torch.
+    daemon = daemon_factory(root, data_dir=data, env={"PYTHONPROFILEIMPORTTIME": "1"})
     status = daemon.idle()  # its start-up scan found everything unchanged
     assert (status["model_runs"], status["model_loaded"]) == (0, False)
     assert not _libtorch_mapped(daemon.process.pid)
+    assert _imported(daemon.log.read_text())  # the log does list imports ...
+    assert not _torch_modules(_imported(daemon.log.read_text()))  # ... and none of torch
 
     (root / "p0.jpg").rename(root / "p0-moved.jpg")
     shutil.copyfile(root / "p1.jpg", root / "p1-copy.jpg")
@@ -154,11 +159,13 @@ def test_daemon_on_an_unchanged_tree_loads_no_model_until_a_new_image(
     assert status["outcomes"].get("moved") == 1 and status["outcomes"].get("added") == 1
     assert (status["model_runs"], status["model_loaded"]) == (0, False)
     assert not _libtorch_mapped(daemon.process.pid)
+    assert not _torch_modules(_imported(daemon.log.read_text()))
 
     new = write_photo(root / "new.jpg", seed=41, size=SMALL)
     status = daemon.idle()
     assert (status["model_runs"], status["model_loaded"]) == (1, True)
-    assert _libtorch_mapped(daemon.process.pid)  # the check sees the model once it is loaded
+    assert _libtorch_mapped(daemon.process.pid)  # the checks see the model once it is loaded
+    assert _torch_modules(_imported(daemon.log.read_text()))
     assert daemon.stop() == 0
     assert float(np.dot(_stored_vector(data, new), extractor.embed(new.read_bytes()))) > 0.9999
     assert_agree(data, root)
