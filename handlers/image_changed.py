@@ -2,6 +2,9 @@
 
 Order of effects: catalog row ``pending`` -> vector upserted under the row id -> row ``indexed``.
 A crash in between leaves a pending row whose redo upserts the same id again: no duplicate.
+
+Copies of one content handled at the same time share one extraction (``ctx.extractions``): the
+first computes, the others wait for its vector (or its failure) and store it under their own row.
 """
 
 from __future__ import annotations
@@ -35,15 +38,23 @@ def handle(event: ImageCreated | ImageModified, ctx: Context) -> Outcome:
         ctx.catalog.touch(record.id, blob.size, blob.mtime_ns)
         return Outcome.UNCHANGED
 
-    vector = _vector_of_twin(blob, ctx)
-    if vector is None:
-        try:
-            vector = ctx.extractor.embed(blob.data)
-        except ImageError as e:
-            return _fail(ctx, record, blob.size, blob.mtime_ns, blob.content_hash, e.reason)
-    _store(ctx, record, blob, vector)
+    try:
+        # The key stays held until the first copy's vector is stored: a copy that comes later
+        # finds that vector as its twin, one that comes earlier waits for it.
+        key = (ctx.signature_key, blob.content_hash)
+        with ctx.extractions.shared(key, lambda: _vector(blob, ctx)) as vector:
+            _store(ctx, record, blob, vector)
+    except ImageError as e:
+        # The shared run failed: every copy fails with its reason, and none stays pending.
+        return _fail(ctx, record, blob.size, blob.mtime_ns, blob.content_hash, e.reason)
     was_indexed = existing is not None and existing.state is FileState.INDEXED
     return Outcome.UPDATED if was_indexed else Outcome.ADDED
+
+
+def _vector(blob: FileBlob, ctx: Context) -> Vector:
+    """A twin's vector if one is stored, else the model's."""
+    vector = _vector_of_twin(blob, ctx)
+    return vector if vector is not None else ctx.extractor.embed(blob.data)
 
 
 def _vector_of_twin(blob: FileBlob, ctx: Context) -> Vector | None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from imgwatch.pathlocks import PathLocks
-from imgwatch.services.abc import Catalog, Extractor, FileReader, VectorStore
+from imgwatch.services.abc import Catalog, Extractor, FileReader, Vector, VectorStore
+from imgwatch.services.single_flight import SingleFlight
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,10 @@ class Context:
     files: FileReader
     paths: PathLocks = field(default_factory=PathLocks, compare=False)
     """The paths being handled now: one handler per path at a time, whoever dispatches."""
+    extractions: SingleFlight[Vector] = field(default_factory=SingleFlight, compare=False)
+    """The extractions under way, by ``(signature key, content hash)``: copies of one content in flight
+    together share one model run. The signature is in the key because a reindex's context makes
+    other vectors from the same bytes."""
 
     @property
     def signature_key(self) -> str:

@@ -19,6 +19,7 @@ from imgwatch.events import ImageCreated, ImageDeleted, ImageEvent, ImageModifie
 from imgwatch.runtime import dispatch, dispatch_all
 from imgwatch.scan import ScanResult, ScanRules, scan
 from imgwatch.services.abc import FileRecord
+from imgwatch.services.lazy_extractor import ModelUnavailableError, load_failure
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ class IndexSummary:
     stat'ed: their entries (and those below them) were left as they were."""
     seconds: float = 0.0
     """Time spent applying the plan (reading, decoding, the model, both stores), start-up excluded."""
+    model_runs: int = 0
+    """Images the model ran on meanwhile (copies of one content in flight together count once; in a
+    daemon, searches and other work running at the same time count too)."""
 
     def count(self, outcome: Outcome) -> None:
         setattr(self, outcome.value, getattr(self, outcome.value) + 1)
@@ -47,6 +51,7 @@ class IndexSummary:
         counts["failures"] = [{"path": path, "error": reason} for path, reason in self.failures]
         counts["skipped"] = [{"path": path, "error": reason} for path, reason in self.skipped]
         counts["seconds"] = round(self.seconds, 3)
+        counts["model_runs"] = self.model_runs
         return counts
 
 
@@ -152,6 +157,17 @@ def _pair_moves(
     return moves, still_new, [r for r in vanished if r.id not in moved_from]
 
 
+runtime_log = logging.getLogger("imgwatch.runtime")
+
+
+class _RepeatedLoadFailures(logging.Filter):
+    """Drops :func:`dispatch`'s traceback of a file whose handler failed only because the model could
+    not be loaded: :func:`run_plan` raises that error itself, once, instead of one per file reached."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], ModelUnavailableError))
+
+
 def run_plan(
     work: Plan,
     ctx: Context,
@@ -160,11 +176,18 @@ def run_plan(
     on_handled: Callable[[ImageEvent, Outcome], None] | None = None,
 ) -> IndexSummary:
     """Handle the planned events: moves and deletions first (cheap, and they free paths), then the
-    rest concurrently so decoding overlaps the model."""
+    rest concurrently so decoding overlaps the model.
+
+    A model that cannot be loaded when the first image needs it stops the run with its error
+    (:class:`~imgwatch.services.lazy_extractor.ModelUnavailableError`), as it stopped a run that
+    loaded it at start: the files it reached stay pending, the others as they were."""
     started = time.monotonic()
+    runs_before = ctx.extractor.images_embedded
     summary = IndexSummary(unchanged=work.unchanged, skipped=list(work.skipped))
 
     def record(event: ImageEvent, outcome: Outcome) -> None:
+        if outcome is Outcome.FAILED and (error := load_failure(ctx.extractor)) is not None:
+            raise error  # dispatch_all lets the running handlers end and starts no more
         summary.count(outcome)
         if outcome is Outcome.FAILED:
             path = event.dest_path if isinstance(event, ImageMoved) else getattr(event, "path", "")
@@ -175,6 +198,12 @@ def run_plan(
 
     for event in [*work.moves, *work.deletions]:
         record(event, dispatch(event, ctx))
-    dispatch_all(work.changes, ctx, workers=workers, on_handled=record)
+    quiet = _RepeatedLoadFailures()
+    runtime_log.addFilter(quiet)
+    try:
+        dispatch_all(work.changes, ctx, workers=workers, on_handled=record)
+    finally:
+        runtime_log.removeFilter(quiet)
     summary.seconds = time.monotonic() - started
+    summary.model_runs = ctx.extractor.images_embedded - runs_before
     return summary

@@ -134,7 +134,7 @@ def run_index(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(result))
     else:
         shown = ("failures", "skipped", "reindex", "seconds")
-        counts = ", ".join(f"{n} {name}" for name, n in result.items() if name not in shown)
+        counts = ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in result.items() if name not in shown)
         print(f"{counts} in {result['seconds']:.1f} s ({', '.join(roots)})")
     return EXIT_OK
 

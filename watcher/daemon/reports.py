@@ -11,6 +11,7 @@ from imgwatch.config import Settings
 from imgwatch.daemon.maintenance import Maintenance
 from imgwatch.daemon.watches import Watches
 from imgwatch.reindex import BackgroundReindex
+from imgwatch.services.lazy_extractor import model_loaded
 from imgwatch.serving import Serving
 from imgwatch.stats import DaemonStats
 
@@ -44,6 +45,8 @@ class Reports:
             "uptime_s": round(time.time() - self._started, 1),
             "vectors": self._vector_count(),
             "model_runs": ctx.extractor.images_embedded,
+            # Loaded when the first image is due: a daemon with nothing to extract never loads it.
+            "model_loaded": model_loaded(ctx.extractor),
             "roots": self._watches.report(),
             "s3_mounts": dict(self._settings.s3_mounts),
             "webhook": self.webhook_url,

@@ -13,19 +13,24 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imgwatch.config import Settings
 from imgwatch.context import Context
 from imgwatch.errors import ExtractorMismatchError, ImgwatchError
 from imgwatch.lock import DataDirLock
-from imgwatch.services.abc import Extractor, ExtractorSignature, Vector
+from imgwatch.services.abc import Extractor, ExtractorSignature
 from imgwatch.services.catalog import SQLiteCatalog, open_catalog
 from imgwatch.services.files import LocalFileReader
+from imgwatch.services.lazy_extractor import LazyExtractor, NoModel, model_loaded
+from imgwatch.services.single_flight import SingleFlight
 from imgwatch.serving import Serving
+
+if TYPE_CHECKING:
+    from imgwatch.services.model_spec import WeightsSpec
 
 log = logging.getLogger(__name__)
 
@@ -49,28 +54,6 @@ def configured_signature(settings: Settings) -> ExtractorSignature:
 
     spec = WeightsSpec.parse(settings.weights)
     return signature_for(spec, spec.identity(), settings.precision)
-
-
-class NoModel:
-    """The extractor of a context that only reads stored vectors (``search --like``, ``duplicates``):
-    it has the index's signature, and refuses to embed, so such commands never load VGG16."""
-
-    def __init__(self, signature: ExtractorSignature) -> None:
-        self._signature = signature
-
-    @property
-    def signature(self) -> ExtractorSignature:
-        return self._signature
-
-    @property
-    def images_embedded(self) -> int:
-        return 0
-
-    def embed(self, data: bytes) -> Vector:
-        raise RuntimeError("this command opened the index without a model")
-
-    def close(self) -> None:
-        pass
 
 
 def stored_signature(catalog: SQLiteCatalog) -> ExtractorSignature | None:
@@ -99,36 +82,79 @@ def pca_directory(settings: Settings) -> Path:
     return settings.data_dir / "pca"
 
 
+def record_model(
+    catalog: SQLiteCatalog, settings: Settings, index: dict[str, Any], model: ExtractorSignature
+) -> None:
+    """Record in the catalog what a model that just loaded (or was handed in) makes, where its
+    vectors are the index's: a new index's signature, ANN index and weights setting, else the
+    precision the model computes in (``precision = auto`` settles it only at the load)."""
+    import sqlalchemy as sa
+
+    from imgwatch.services.catalog_tables import META
+
+    text = catalog.get_meta(SIGNATURE_META_KEY)
+    stored = ExtractorSignature.from_json(text) if text else None
+    if stored is None:
+        # Written with the model, not before: a model that never loads leaves no claim behind.
+        catalog.set_meta(SIGNATURE_META_KEY, model.to_json())
+        catalog.set_meta(INDEX_META_KEY, json.dumps(index))
+        catalog.set_meta(WEIGHTS_META_KEY, settings.weights)
+        return
+    if stored.base.key != model.base.key or stored.dtype == model.dtype:
+        return
+    # Only if nobody changed it meanwhile (a reindex's switch writes another model's signature).
+    with catalog.engine.begin() as conn:
+        conn.execute(
+            sa.update(META)
+            .where(META.c.key == SIGNATURE_META_KEY, META.c.value == text)
+            .values(value=replace(stored, dtype=model.dtype).to_json())
+        )
+
+
 def check_signature(stored: ExtractorSignature | None, configured: ExtractorSignature) -> None:
     if stored is not None and stored.base.key != configured.base.key:
         raise ExtractorMismatchError(stored.to_json(), configured.to_json(), stored.differences(configured))
 
 
 class ExtractorCache:
-    """Models by base signature, each loaded once; closes only the ones it loaded itself.
+    """Models by base signature, each made once; closes only the ones it made itself.
 
     A reindex needs two at once (the serving one answers queries while the new one extracts), and the
-    PCA variants of one model share it.
+    PCA variants of one model share it. The models it makes are lazy: VGG16 is loaded (and torch
+    imported) when the first image is due, so runs that only compare, move or copy never load it.
     """
 
-    def __init__(self, settings: Settings, adopted: Iterable[Extractor] = ()) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        adopted: Iterable[Extractor] = (),
+        on_loaded: Callable[[Extractor], None] | None = None,
+    ) -> None:
         self._settings = settings
         self._models: dict[str, Extractor] = {e.signature.base.key: e for e in adopted}
         self._owned: set[str] = set()
+        self._on_loaded = on_loaded
 
     def base(self, signature: ExtractorSignature, weights_setting: str | None) -> Extractor:
-        """The model that makes ``signature.base`` vectors, loading it if needed."""
+        """The model that makes ``signature.base`` vectors (loaded when it first embeds)."""
+        from imgwatch.services.model_spec import WeightsSpec, signature_for
+
         key = signature.base.key
         if key not in self._models:
             setting = self._weights_setting(signature.base, weights_setting)
-            extractor = _build_extractor(self._settings, setting)
-            if extractor.signature.base.key != key:
-                extractor.close()
+            spec = WeightsSpec.parse(setting)
+            # Torch-free, and once: the model gets this identity instead of hashing a weights file again.
+            identity = spec.identity()
+            if signature_for(spec, identity, signature.dtype).key != key:
                 raise ImgwatchError(
                     f"weights {setting!r} no longer make the vectors this index was built with "
                     f"({signature.weights}); restore them or rebuild: imgwatch index --rebuild ROOT..."
                 )
-            self._models[key] = extractor
+            self._models[key] = LazyExtractor(
+                signature.base,
+                lambda: _build_extractor(self._settings, spec, identity),
+                on_loaded=self._on_loaded,
+            )
             self._owned.add(key)
         return self._models[key]
 
@@ -172,12 +198,12 @@ class ExtractorCache:
         )
 
 
-def _build_extractor(settings: Settings, weights: str) -> Extractor:
+def _build_extractor(settings: Settings, weights: WeightsSpec, identity: str) -> Extractor:
     from imgwatch.services.extractor import VGG16Extractor
-    from imgwatch.services.model_spec import WeightsSpec
 
     return VGG16Extractor(
-        WeightsSpec.parse(weights),
+        weights,
+        weights_identity=identity,
         device=settings.device,
         precision=settings.precision,
         batch_size=settings.batch_size,
@@ -267,21 +293,27 @@ def open_services(
     rebuild: bool = False,
     model: bool = True,
 ) -> Iterator[Services]:
-    """Lock the data dir, open the catalog and the serving collection, and load the model that made it.
+    """Lock the data dir, open the catalog and the serving collection, and ready the model that made it
+    (a :class:`LazyExtractor`: loaded when the first image needs it, never for a run that needs none).
 
     An index made by another model than the configured one is served as it is (searches keep working
     while :mod:`imgwatch.reindex` builds its replacement), except by commands that would write the
     configured model's vectors into it: those refuse before loading any model, unless ``rebuild``.
     Passed-in extractors are used and never closed: tests share one VGG16 across many contexts.
     With ``model=False`` no model is loaded and nothing is written: the context's extractor is a
-    :class:`NoModel`, for commands that only read stored vectors.
+    :class:`NoModel`, for commands that only read stored vectors. A new index's signature is recorded
+    when its model loads (:func:`record_model`).
     """
     with contextlib.ExitStack() as stack:
         lock = DataDirLock(settings.data_dir, command).acquire()
         stack.callback(lock.release)
         catalog = open_catalog(settings.catalog_path)
         stack.callback(catalog.close)
-        cache = ExtractorCache(settings, [*([extractor] if extractor else []), *extractors])
+        cache = ExtractorCache(
+            settings,
+            [*([extractor] if extractor else []), *extractors],
+            on_loaded=lambda loaded: record_model(catalog, settings, index, loaded.signature),
+        )
         stack.callback(cache.close)
 
         configured = extractor.signature if extractor else configured_signature(settings)
@@ -301,11 +333,8 @@ def open_services(
         stack.callback(vectors.close)
         if model:
             serving = cache.for_signature(serving_signature, catalog.get_meta(WEIGHTS_META_KEY))
-            if stored is None or stored != serving.signature:
-                catalog.set_meta(SIGNATURE_META_KEY, serving.signature.to_json())
-                catalog.set_meta(INDEX_META_KEY, json.dumps(index))
-                if stored is None or stored.base.key != serving.signature.base.key:
-                    catalog.set_meta(WEIGHTS_META_KEY, settings.weights)
+            if model_loaded(serving):  # handed in; a lazy model records itself when it loads
+                record_model(catalog, settings, index, serving.signature)
         else:
             serving = NoModel(serving_signature)
         ctx = Context(
@@ -313,6 +342,7 @@ def open_services(
             vectors=vectors,
             extractor=serving,
             files=LocalFileReader(settings.max_file_bytes),
+            extractions=SingleFlight(),
         )
         yield Services(settings, catalog, Serving(ctx), cache, stack)
 
