@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -26,8 +27,9 @@ from imgwatch.config import Settings, load_settings
 from imgwatch.dedupe import KEEP_RULES, Member, plan_from_index, plan_group
 from imgwatch.duplicates import DuplicateGroup, find_duplicates
 from imgwatch.samples import photo
-from imgwatch.trash import discard_keeping
+from imgwatch.trash import discard_keeping, move_to_trash
 from imgwatch.verdicts import duplicate_catalog, mark_distinct
+from tests import forkserver
 from tests.conftest import REPO, OpenContext, index, jpeg_bytes, write_photo
 from tests.harness import cli_env
 from tests.namespaces import mount_namespace
@@ -63,9 +65,12 @@ def trash_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _cli(tmp_path: Path, *args: str, prefix: list[str] | None = None) -> subprocess.CompletedProcess[bytes]:
     """The real command on tmp_path's data dir, with tmp_path's home and trash."""
+    env = cli_env(tmp_path / "data") | _homes(tmp_path)
+    if not prefix and forkserver.forkable(env):
+        return forkserver.run(args, env, timeout=300)
     return subprocess.run(
         [*(prefix or []), sys.executable, "-m", "imgwatch", *args],
-        env=cli_env(tmp_path / "data") | _homes(tmp_path),
+        env=env,
         capture_output=True,
         timeout=300,
         check=False,
@@ -269,6 +274,66 @@ def test_discarding_never_moves_a_kept_or_protected_file_whatever_the_caller_ask
     assert set(_trash(tmp_path)) == {plain} and (trash_home / "files" / "k.jpg").exists()
     assert keep.exists() and Path(shielded).exists()
     assert [json.loads(line)["path"] for line in log.read_text().splitlines()] == [plain]
+
+
+def test_moves_at_once_of_files_with_one_name_lose_none_and_say_where_each_went(
+    tmp_path: Path, trash_home: Path
+) -> None:
+    """The page and ``dedupe --yes`` through the daemon move files in several threads at once, and
+    camera names repeat across folders: no trashed file may replace another in the trash (send2trash
+    alone checks a name is free, then renames onto it)."""
+    batches = [
+        [
+            write_bytes(tmp_path / "lib" / f"t{t}" / f"d{n}" / "IMG_0001.jpg", f"{t}-{n}".encode())
+            for n in range(60)
+        ]
+        for t in range(8)
+    ]
+    results: list[tuple[str, str | None]] = []
+
+    def move(batch: list[str]) -> None:
+        results.extend((path, move_to_trash(path)) for path in batch)
+
+    threads = [threading.Thread(target=move, args=(batch,)) for batch in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    going = {p for batch in batches for p in batch}
+    assert {path for path, _ in results} == going and not any(Path(p).exists() for p in going)
+    # Every file is in the trash, each where it was said to be, with its own bytes.
+    assert len(list((trash_home / "files").iterdir())) == len(going)
+    assert {original: str(there) for original, there in _trash(tmp_path).items()} == dict(results)
+    for path, there in results:
+        t, n = Path(path).parts[-3][1:], Path(path).parts[-2][1:]
+        assert Path(str(there)).read_bytes() == f"{t}-{n}".encode()
+
+
+def write_bytes(path: Path, data: bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_a_kept_file_under_another_name_is_never_moved(
+    tmp_path: Path, open_ctx: OpenContext, trash_home: Path
+) -> None:
+    """A hard link (like a bind mount, or two spellings on a case-insensitive disk) is the kept file
+    itself under another path: moving it would move the file kept."""
+    lib = tmp_path / "lib"
+    keep = write_photo(lib / "a" / "k.jpg", 4, size=(32, 24))
+    (lib / "b").mkdir()
+    os.link(keep, lib / "b" / "k.jpg")
+    plain = _copy(keep, lib / "c" / "k.jpg")
+    _index(open_ctx, lib)
+    with open_ctx(model=False) as ctx:
+        results = discard_keeping(
+            [str(lib / "b" / "k.jpg"), plain], [str(keep)], ctx, tmp_path / "data" / "log.jsonl"
+        )
+    errors = {d.path: d.error for d in results}
+    assert errors[str(lib / "b" / "k.jpg")] == "kept: it is a file to keep, under another name"
+    assert errors[plain] is None
+    assert keep.exists() and (lib / "b" / "k.jpg").exists() and set(_trash(tmp_path)) == {plain}
 
 
 def test_a_verdict_recorded_since_the_groups_were_found_leaves_the_group_alone(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,7 +228,6 @@ def start_search_page(parts: DaemonParts) -> tuple[HttpServer, str]:
 
 def start_control_socket(parts: DaemonParts) -> HttpServer:
     """The data dir's socket, for the CLI; its requests stay out of the access log (status polls)."""
-    import os
 
     from imgwatch.dedupe import plan_from_index
     from imgwatch.trash import LOG_NAME, discard_keeping
@@ -289,11 +289,12 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
             folders = [*parts.settings.protect, *protect]
             return plan_from_index(groups, catalog, rule, folders, os.path.realpath).as_dict()
 
-    def discard(paths: list[str], kept: list[str], reason: dict[str, Any]) -> Reply:
+    def discard(paths: list[str], kept: list[str], reason: dict[str, Any], protect: list[str]) -> Reply:
         log_path = parts.settings.data_dir / LOG_NAME
+        folders = [*parts.settings.protect, *(os.path.abspath(d) for d in protect)]
         # Under the gate: a reindex's switch waits for these moves, so none lands in the old index.
         with serving.use() as ctx:
-            moved = discard_keeping(paths, kept, ctx, log_path, reason, protect=parts.settings.protect)
+            moved = discard_keeping(paths, kept, ctx, log_path, reason, protect=folders)
         return {"discarded": [d.as_dict() for d in moved]}
 
     surface = LocalSurface(

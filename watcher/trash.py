@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -34,6 +35,12 @@ log = logging.getLogger(__name__)
 _INFO_SUFFIX = b".trashinfo"
 #: The log of every move, in the data dir (``settings.data_dir / LOG_NAME``).
 LOG_NAME = "dedupe-log.jsonl"
+#: send2trash checks that a trash name is free, then renames onto it, and a rename replaces what is
+#: there: two moves of files with the same name at once (the page and `dedupe --yes` through the
+#: daemon) could overwrite one trashed file with the other. One move at a time in this process.
+_MOVING = threading.Lock()
+_LOG_FAILED = "moved to the trash, but not logged"
+_NOTHING_MORE = "skipped: the log could not be written, nothing more moves"
 
 
 @dataclass(frozen=True)
@@ -71,8 +78,19 @@ def discard(
     Raises ``OSError`` before moving anything when the log cannot be opened: a move that is not
     logged could not be undone from the log.
     """
+    results: list[Discarded] = []
     with _open_log(log_path) as log_file:
-        return [_discard_one(path, ctx, log_file, reason or {}) for path in dict.fromkeys(paths)]
+        for path in dict.fromkeys(paths):
+            if results and results[-1].error is not None and results[-1].error.startswith(_LOG_FAILED):
+                results.append(
+                    Discarded(path, None, "skipped: the log could not be written, nothing more moves")
+                )
+                continue
+            try:
+                results.append(_discard_one(path, ctx, log_file, reason or {}))
+            except LogWriteError as e:
+                results.append(Discarded(path, e.trashed_to, f"{_LOG_FAILED}: {e.strerror}"))
+    return results
 
 
 def discard_keeping(
@@ -94,26 +112,54 @@ def discard_keeping(
     """
     from imgwatch.dedupe import protected_by
 
-    for keeper in kept:
-        problem = _not_as_indexed(keeper, ctx)
-        if problem is not None:
-            why = f"kept: the file kept instead, {keeper}, {problem}"
-            return [Discarded(p, None, why) for p in dict.fromkeys(paths)]
-    kept_set = set(kept)
-    kept_real = {os.path.realpath(k) for k in kept}
-    folders = [(os.path.normpath(d), os.path.realpath(d)) for d in protect]
-    refused, going = [], []
-    for path in dict.fromkeys(paths):
-        resolved = os.path.realpath(path)
-        if path in kept_set:
-            refused.append(Discarded(path, None, "kept: it is a file to keep"))
-        elif resolved in kept_real:
-            refused.append(Discarded(path, None, "kept: a file to keep is a symbolic link to it"))
-        elif (folder := protected_by(path, resolved, folders)) is not None:
-            refused.append(Discarded(path, None, f"kept: protected, inside {folder}"))
-        else:
-            going.append(path)
-    return refused + discard(going, ctx, log_path, reason)
+    # Everything held at once, for the whole call: two requests keeping each other's file (two tabs,
+    # the page and the CLI) must not both pass the kept-file check and then empty the group.
+    with ctx.paths.hold([*kept, *paths]):
+        for keeper in kept:
+            problem = _not_as_indexed(keeper, ctx)
+            if problem is not None:
+                why = f"kept: the file kept instead, {keeper}, {problem}"
+                return [Discarded(p, None, why) for p in dict.fromkeys(paths)]
+        kept_set = set(kept)
+        kept_real = {os.path.realpath(k) for k in kept}
+        # Another name of a kept file (a bind mount, two spellings on a case-insensitive disk, a
+        # hard link) moves the kept file itself: same device and inode means the same file.
+        kept_inodes = {identity for k in kept if (identity := _inode(k)) is not None}
+        folders = [(os.path.normpath(d), os.path.realpath(d)) for d in protect]
+        refused, going = [], []
+        for path in dict.fromkeys(paths):
+            resolved = os.path.realpath(path)
+            if path in kept_set:
+                refused.append(Discarded(path, None, "kept: it is a file to keep"))
+            elif resolved in kept_real:
+                refused.append(Discarded(path, None, "kept: a file to keep is a symbolic link to it"))
+            elif _inode(path) in kept_inodes:
+                refused.append(Discarded(path, None, "kept: it is a file to keep, under another name"))
+            elif (folder := protected_by(path, resolved, folders)) is not None:
+                refused.append(Discarded(path, None, f"kept: protected, inside {folder}"))
+                # What a protected link points to stays too: moving it would leave the link dangling.
+                kept_real.add(resolved)
+                if (identity := _inode(path)) is not None:
+                    kept_inodes.add(identity)
+            else:
+                going.append(path)
+        # A protected member found after a file that it points to was judged: judge again.
+        moving = [p for p in going if os.path.realpath(p) not in kept_real and _inode(p) not in kept_inodes]
+        refused += [
+            Discarded(p, None, "kept: a protected file is a symbolic link to it")
+            for p in going
+            if p not in moving
+        ]
+        return refused + discard(moving, ctx, log_path, reason)
+
+
+def _inode(path: str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the file ``path`` names (through symbolic links), None if it cannot tell."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _open_log(log_path: Path) -> IO[str]:
@@ -127,24 +173,47 @@ def _discard_one(path: str, ctx: Context, log_file: IO[str], reason: Mapping[str
         if problem is not None:
             return Discarded(path, None, problem)
         try:
-            trashed_to = _to_trash(path)
+            trashed_to = move_to_trash(path)
         except OSError as e:
             return Discarded(path, None, f"cannot be moved to the trash: {_describe(e)}")
-        line = {"time": datetime.now(UTC).isoformat(), "path": path, "trashed_to": trashed_to, **reason}
-        # ASCII JSON: a name that is not UTF-8 travels as its surrogate escapes (json.loads, then
-        # os.fsencode, gives the exact bytes back), and the log stays valid UTF-8 for jq and friends.
-        log_file.write(json.dumps(line) + "\n")
-        log_file.flush()
-        os.fsync(log_file.fileno())
+        # The caller's reason first: it cannot overwrite what the line says about the move itself.
+        line = {**reason, "time": datetime.now(UTC).isoformat(), "path": path, "trashed_to": trashed_to}
         try:
-            # The normal handler path: it takes the same path lock (re-entrant) and removes the
-            # vector, then the row, as a watched deletion would.
-            handle(ImageDeleted(path), ctx)
-        except Exception:
-            # The file is in the trash and logged; the watcher, the next `index` or reconcile drop
-            # it from the index (it is gone from its folder).
-            log.warning("%s is in the trash, but the index still lists it", path, exc_info=True)
+            # ASCII JSON: a name that is not UTF-8 travels as its surrogate escapes (json.loads, then
+            # os.fsencode, gives the exact bytes back), and the log stays valid UTF-8 for jq and friends.
+            log_file.write(json.dumps(line) + "\n")
+            log_file.flush()
+            os.fsync(log_file.fileno())
+        except OSError as e:
+            # The file is in the trash (its .trashinfo says where from) but not in the log: say so,
+            # drop it from the index anyway (it is gone from its folder), and move nothing more.
+            log.error("%s went to the trash at %s, but the log could not be written: %s", path, trashed_to, e)
+            _forget(path, ctx)
+            raise LogWriteError(path, trashed_to, e) from e
+        _forget(path, ctx)
         return Discarded(path, trashed_to, None)
+
+
+class LogWriteError(OSError):
+    """A file went to the trash but its log line could not be written: the moves stop there."""
+
+    def __init__(self, path: str, trashed_to: str | None, cause: OSError) -> None:
+        super().__init__(
+            cause.errno, f"{path} went to the trash ({trashed_to}), but the log could not be written"
+        )
+        self.path = path
+        self.trashed_to = trashed_to
+
+
+def _forget(path: str, ctx: Context) -> None:
+    try:
+        # The normal handler path: it takes the same path lock (re-entrant) and removes the
+        # vector, then the row, as a watched deletion would.
+        handle(ImageDeleted(path), ctx)
+    except Exception:
+        # The file is in the trash and logged; the watcher, the next `index` or reconcile drop
+        # it from the index (it is gone from its folder).
+        log.warning("%s is in the trash, but the index still lists it", path, exc_info=True)
 
 
 def _not_as_indexed(path: str, ctx: Context) -> str | None:
@@ -166,34 +235,57 @@ def _describe(error: OSError) -> str:
     return f"{error.strerror}: {os.fsdecode(error.filename)}" if error.filename else error.strerror
 
 
-def _to_trash(path: str) -> str:
-    """Move ``path`` to its trash (send2trash's freedesktop.org implementation) and return where it
-    went. send2trash does not say: the name it picks is predicted first (its rule: the file's name,
-    else ``NAME N.EXT`` for the first N free in both ``files/`` and ``info/``), then confirmed by the
-    new ``.trashinfo``."""
+def move_to_trash(path: str) -> str | None:
+    """Move one file to its trash; returns its path there (None when that cannot be told), or
+    raises ``OSError`` with the file where it was. Nothing else: no check, no log, no index."""
+    with _MOVING:
+        predicted = _move_to_trash(path)
+    return _where_it_went(path, predicted)
+
+
+def _move_to_trash(path: str) -> dict[bytes, bytes]:
+    """Move ``path`` to its trash (send2trash's freedesktop.org implementation); returns the names it
+    would have in each candidate trash, predicted before the move (send2trash does not say where it
+    put a file; its rule: the file's name, else ``NAME N.EXT`` for the first N free in both
+    ``files/`` and ``info/``). Call under ``_MOVING``."""
     # The spec's implementation itself, not send2trash's top-level choice: with PyGObject installed
     # that would be GIO, whose trash names are not reported back either and cannot be predicted.
     from send2trash import plat_other
 
     path_b = os.fsencode(path)
-    candidates = _trash_candidates(plat_other, path_b)
-    predicted = {trash: _free_name(trash, os.path.basename(path_b)) for trash, _ in candidates}
+    predicted = {trash: _free_name(trash, os.path.basename(path_b)) for trash, _ in _trash_candidates(path_b)}
     plat_other.send2trash(path_b)
+    return predicted
+
+
+def _where_it_went(path: str, predicted: dict[bytes, bytes]) -> str | None:
+    """The moved file's path in the trash, confirmed by the ``.trashinfo`` naming ``path``; None when
+    it cannot be told (never a guess: the log's ``trashed_to`` is what an undo moves back)."""
+    path_b = os.path.abspath(os.fsencode(path))
+    candidates = _trash_candidates(path_b)
     for trash, topdir in candidates:
-        name = predicted[trash]
-        if _info_names(os.path.join(trash, b"info", name + _INFO_SUFFIX), topdir) == os.path.abspath(path_b):
+        name = predicted.get(trash)
+        if (
+            name is not None
+            and _info_names(os.path.join(trash, b"info", name + _INFO_SUFFIX), topdir) == path_b
+        ):
             return os.fsdecode(os.path.join(trash, b"files", name))
     for trash, topdir in candidates:
-        found = _search_info(trash, topdir, os.path.abspath(path_b))
+        try:
+            found = _search_info(trash, topdir, path_b)
+        except OSError:
+            found = None
         if found is not None:
             return os.fsdecode(found)
     log.warning("%s went to the trash, but where could not be told", path)
-    return os.fsdecode(os.path.join(candidates[0][0], b"files"))
+    return None
 
 
-def _trash_candidates(plat_other: Any, path_b: bytes) -> list[tuple[bytes, bytes]]:
+def _trash_candidates(path_b: bytes) -> list[tuple[bytes, bytes]]:
     """``(trash dir, the dir its .trashinfo paths are relative to)`` where send2trash may put the
     file: the home trash, then those of the file's own filesystem."""
+    from send2trash import plat_other
+
     home: tuple[bytes, bytes] = (plat_other.HOMETRASH_B, plat_other.XDG_DATA_HOME)
     try:
         mount = plat_other.find_mount_point(path_b)

@@ -108,16 +108,32 @@ def run_dedupe(args: argparse.Namespace, settings: Settings) -> int:
     results: list[list[Discarded]] | None = None
     if daemon is not None:
         from imgwatch.dedupe import Plan
+        from imgwatch.ipc import DaemonClient, DaemonUnavailableError
         from imgwatch.trash import Discarded
 
+        # A duplicates pass over the whole collection takes minutes on a big one: no client timeout.
+        daemon = DaemonClient(settings.data_dir, timeout=None)
         body = {"rule": args.keep, "protect": protect, "threshold": threshold, "exact": args.exact}
         plan = Plan.from_dict(daemon.request("POST", "/dedupe/plan", body))
         if args.yes:
             results = []
             for group in plan.to_discard:
-                request = {"paths": group.discarded_paths, "kept": group.kept_paths}
-                reply = daemon.request("POST", "/discard", request | {"reason": group.log_reason(plan.rule)})
-                results.append([Discarded.from_dict(d) for d in reply["discarded"]])
+                request = {"paths": group.discarded_paths, "kept": group.kept_paths, "protect": protect}
+                try:
+                    reply = daemon.request(
+                        "POST", "/discard", request | {"reason": group.log_reason(plan.rule)}
+                    )
+                    results.append([Discarded.from_dict(d) for d in reply["discarded"]])
+                except DaemonUnavailableError as e:
+                    # What went before is done and reported; this group's files are not known to
+                    # have moved (the daemon's log and trash say), and nothing more is asked.
+                    results.append(
+                        [
+                            Discarded(p, None, f"unknown: the daemon did not answer: {e}")
+                            for p in group.discarded_paths
+                        ]
+                    )
+                    break
     else:
         from imgwatch.commands.logs import quiet_libraries
         from imgwatch.services.build import open_context
@@ -169,22 +185,25 @@ def _print_json(plan: Plan, results: list[list[Discarded]] | None) -> None:
 
 
 def _print_plan(plan: Plan, results: list[list[Discarded]] | None) -> None:
+    from imgwatch.report import display_path  # a newline in a name must not print a fake line
+
     outcome = {id(g): r for g, r in zip(plan.to_discard, results or [], strict=False)}
     for number, group in enumerate(plan.groups, 1):
         print(f"group {number} ({group.kind}, best pair {group.max_score:.4f}){_summary(group)}")
         for kept in group.kept:
-            print(f"  keep     {kept.path}  ({kept.reason})")
+            print(f"  keep     {display_path(kept.path)}  ({kept.reason})")
         done = {d.path: d for d in outcome.get(id(group), [])}
         for gone in group.discarded:
             if group.skipped is not None:
                 continue
             result = done.get(gone.path)
             if result is None:
-                print(f"  discard  {gone.path}  ({gone.reason})")
+                print(f"  discard  {display_path(gone.path)}  ({gone.reason})")
             elif result.moved:
-                print(f"  trashed  {gone.path}  -> {result.trashed_to}")
+                where = display_path(result.trashed_to) if result.trashed_to else "(where: unknown)"
+                print(f"  trashed  {display_path(gone.path)}  -> {where}")
             else:
-                print(f"  STAYS    {gone.path}  (not moved: {result.error})")
+                print(f"  STAYS    {display_path(gone.path)}  (not moved: {result.error})")
     to_go = sum(len(g.discarded) for g in plan.to_discard)
     if not plan.groups:
         print("no duplicate groups")

@@ -46,7 +46,7 @@ class DedupeCalls:
 
     plan: Callable[[str, list[str], float, bool], Reply]
     """``(rule, protect, threshold, exact)``: the plan, as ``imgwatch dedupe`` prints it; changes nothing."""
-    discard: Callable[[list[str], list[str], dict[str, Any]], Reply]
+    discard: Callable[[list[str], list[str], dict[str, Any], list[str]], Reply]
     """``(paths, kept, reason)``: the paths to the trash while the kept files are there as indexed."""
 
 
@@ -159,9 +159,13 @@ class DiscardRequest(BaseModel):
 
     paths: list[str] = Field(min_length=1, description="Indexed files (absolute paths) to move to the trash.")
     kept: list[str] = Field(
+        min_length=1,
+        description="The files they duplicate (at least one: a group is never emptied): if one of them "
+        "is gone or changed, nothing is moved; a path among them is never moved.",
+    )
+    protect: list[str] = Field(
         default_factory=list,
-        description="The files they duplicate: if one of them is gone or changed, nothing is moved; "
-        "a path among them is never moved.",
+        description="Folders (absolute) whose files are never moved, besides the daemon's own protect.",
     )
     reason: dict[str, Any] = Field(
         default_factory=dict, description="Written into each move's log line (what was kept, why)."
@@ -272,7 +276,9 @@ def local_router(surface: LocalSurface) -> APIRouter:
         relative = [p for p in [*request.paths, *request.kept] if not os.path.isabs(p)]
         if relative:
             raise RequestError(400, f"paths must be absolute, not {relative[0]!r}")
-        return await call(dedupe_calls().discard, request.paths, request.kept, request.reason)
+        return await call(
+            dedupe_calls().discard, request.paths, request.kept, request.reason, request.protect
+        )
 
     @router.post("/index", summary="Bring the index in line with folders, as `imgwatch index` does")
     async def index(request: IndexRequest) -> Reply:

@@ -169,7 +169,14 @@ class Hidden(BaseModel):
     hidden: int = Field(description="Groups hidden for this review now.")
 
 
-THRESHOLD = Annotated[float, Query(gt=0, le=1, description="Cosine similarity at which files group.")]
+THRESHOLD = Annotated[
+    float,
+    Query(
+        ge=0.5,
+        le=1,
+        description="Cosine similarity at which files group (0.5 at least: below it, nothing looks alike).",
+    ),
+]
 EXACT_ONLY = Annotated[bool, Query(description="Byte-identical groups only (from the catalog: fast).")]
 
 
@@ -209,6 +216,8 @@ def review_router(backend: ReviewBackend) -> APIRouter:
         "/api/duplicates",
         summary="One page of duplicate groups, largest first",
         responses={202: {"model": DuplicatesPage}, **error_responses(400, 401, 403, 500)},
+        # A cross-site <img> must not start a pass: it costs minutes and holds the serving gate.
+        dependencies=[Depends(same_site)],
     )
     def duplicates(
         offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
@@ -239,6 +248,8 @@ def review_router(backend: ReviewBackend) -> APIRouter:
         "/api/duplicates/histogram",
         summary="Each file's best score to another file, binned, with the user's verdicts",
         responses={202: {"model": Histogram}, **error_responses(400, 401, 403, 500)},
+        # A cross-site <img> must not start a pass: it costs minutes and holds the serving gate.
+        dependencies=[Depends(same_site)],
     )
     def neighbour_histogram(threshold: THRESHOLD = DUPLICATE_THRESHOLD) -> Any:
         answer = review.scores.get(None)
