@@ -99,6 +99,9 @@ def _lines(report: dict[str, Any]) -> list[str]:
             f"{queue['ordered']} moves/deletes, {queue['scanning']} scans; "
             f"{daemon['journal']['pending']} journalled events unfinished"
         )
+    if "model_runs" in daemon:
+        loaded = "loaded" if daemon.get("model_loaded") else "not loaded yet"
+        lines.append(f"model:      {daemon['model_runs']} model runs since start ({loaded})")
     if daemon.get("webhook"):
         lines.append(f"webhook:    {daemon['webhook']}")
     if daemon.get("search_page"):
