@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from imgwatch.commands.deduping import apply_plan, local_plan
 from imgwatch.config import Settings, load_settings
-from imgwatch.dedupe import KEEP_RULES, Member, plan_from_index, plan_group
+from imgwatch.dedupe import KEEP_RULES, Member, Near, plan_from_index, plan_group, stored_scores
 from imgwatch.duplicates import DuplicateGroup, find_duplicates
 from imgwatch.samples import photo
 from imgwatch.trash import discard_keeping, move_to_trash
@@ -313,6 +313,39 @@ def write_bytes(path: Path, data: bytes) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return str(path)
+
+
+def test_a_chain_of_look_alikes_loses_only_the_files_that_look_like_the_one_kept(
+    tmp_path: Path, open_ctx: OpenContext
+) -> None:
+    """Look-alike groups are chains (A like B, B like C): C may look less like A than the bar. With
+    the stored vectors, a file goes only when its own score to a kept file reaches the threshold."""
+    lib = tmp_path / "lib"
+    base = photo(7, (160, 120))
+    (lib / "a").mkdir(parents=True)
+    (lib / "a" / "big.jpg").write_bytes(jpeg_bytes(base.resize((320, 240))))
+    (lib / "a" / "small.jpg").write_bytes(jpeg_bytes(base))
+    (lib / "a" / "other.jpg").write_bytes(jpeg_bytes(base.crop((16, 12, 160, 120)).resize((160, 120))))
+    _index(open_ctx, lib)
+    big, small, other = (str(lib / "a" / n) for n in ("big.jpg", "small.jpg", "other.jpg"))
+    group = DuplicateGroup(sorted([big, small, other]), 1.0, "similar")
+    with open_ctx(model=False) as ctx:
+        score = stored_scores(ctx, 1.0).score
+        near_small, near_other = score(small, [big]), score(other, [big])
+        assert near_small is not None and near_other is not None and near_small > near_other
+        bar = (near_small + near_other) / 2  # the chain split between them
+        split = plan_group(group, {m.path: m for m in _members(ctx, [big, small, other])}, {}, "largest",
+                           Near(bar, score))  # fmt: skip
+        whole = plan_group(group, {m.path: m for m in _members(ctx, [big, small, other])}, {}, "largest",
+                           Near(near_other, score))  # fmt: skip
+    assert [d.path for d in split.kept] == [big, other] and [d.path for d in split.discarded] == [small]
+    assert "not itself a look-alike" in split.kept[1].reason
+    assert sorted(d.path for d in whole.discarded) == sorted([small, other])  # both within this bar
+
+
+def _members(ctx: Any, paths: list[str]) -> list[Member]:
+    records = [ctx.catalog.get(p) for p in paths]
+    return [Member(r.path, r.size, r.mtime_ns, None, r.content_hash) for r in records]
 
 
 def test_a_kept_file_under_another_name_is_never_moved(

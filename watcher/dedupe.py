@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import TYPE_CHECKING, Any
 
+from imgwatch.duplicates import EXACT
 from imgwatch.pathlocks import is_under
 
 if TYPE_CHECKING:
+    from imgwatch.context import Context
     from imgwatch.duplicates import DuplicateGroup
     from imgwatch.services.abc import FileRecord
     from imgwatch.verdicts import DuplicateCatalog
@@ -151,9 +153,14 @@ def plan_group(
     members: Mapping[str, Member],
     apart: Mapping[str, set[str]],
     rule: str,
+    near: Near | None = None,
 ) -> GroupPlan:
     """What to do with one group, given its members' facts (by path) and the verdicts (hash -> the
-    hashes judged distinct from it)."""
+    hashes judged distinct from it).
+
+    ``near`` (a look-alike group's threshold and a scorer) keeps a member whose own best score to the
+    kept files is under the threshold: a look-alike group is a chain (A like B, B like C), and C may
+    look nothing like A, the file kept."""
     if rule not in _RULES:
         raise ValueError(f"unknown keep rule {rule!r}; the rules are {', '.join(KEEP_RULES)}")
     missing = [p for p in group.paths if p not in members]
@@ -171,20 +178,56 @@ def plan_group(
         others = [m for m in files if m.protected_by is None]
         if not others:
             return GroupPlan(group.kind, group.max_score, kept, skipped="every file is in a protected folder")
-        return GroupPlan(
-            group.kind,
-            group.max_score,
-            kept,
-            [Decision(m.path, "a copy of a protected file") for m in others],
+        return _unchained(
+            GroupPlan(
+                group.kind,
+                group.max_score,
+                kept,
+                [Decision(m.path, "a copy of a protected file") for m in others],
+            ),
+            group,
+            near,
         )
     ranked = sorted(files, key=_RULES[rule])
     keeper, others = ranked[0], ranked[1:]
-    return GroupPlan(
-        group.kind,
-        group.max_score,
-        [Decision(keeper.path, f"{rule}: {_RULE_SAYS[rule]}")],
-        [Decision(m.path, f"duplicate of {keeper.path}") for m in others],
+    return _unchained(
+        GroupPlan(
+            group.kind,
+            group.max_score,
+            [Decision(keeper.path, f"{rule}: {_RULE_SAYS[rule]}")],
+            [Decision(m.path, f"duplicate of {keeper.path}") for m in others],
+        ),
+        group,
+        near,
     )
+
+
+@dataclass(frozen=True)
+class Near:
+    """A look-alike group's bar for each file that goes: its own best score to a kept file."""
+
+    threshold: float
+    score: Callable[[str, Sequence[str]], float | None]
+    """``(path, kept paths)`` -> the best cosine similarity between them; None when unknown."""
+
+
+def _unchained(plan: GroupPlan, group: DuplicateGroup, near: Near | None) -> GroupPlan:
+    if near is None or group.kind == EXACT or not plan.discarded:
+        return plan
+    kept = [d.path for d in plan.kept]
+    going: list[Decision] = []
+    staying = list(plan.kept)
+    for decision in plan.discarded:
+        score = near.score(decision.path, kept)
+        if score is not None and score >= near.threshold:
+            going.append(decision)
+        else:
+            shown = "unknown" if score is None else f"{score:.4f}"
+            why = f"kept: not itself a look-alike of a file kept (best score {shown}, under {near.threshold})"
+            staying.append(Decision(decision.path, why))
+    if not going:
+        return GroupPlan(plan.kind, plan.max_score, [], skipped="no file is a look-alike of the one kept")
+    return GroupPlan(plan.kind, plan.max_score, staying, going)
 
 
 def plan_groups(
@@ -192,9 +235,10 @@ def plan_groups(
     members: Mapping[str, Member],
     apart: Mapping[str, set[str]],
     rule: str,
+    near: Near | None = None,
 ) -> Plan:
     """:func:`plan_group` for each group, in the groups' order."""
-    return Plan(rule, [plan_group(g, members, apart, rule) for g in groups])
+    return Plan(rule, [plan_group(g, members, apart, rule, near) for g in groups])
 
 
 def protected_by(path: str, resolved: str, protect: Sequence[tuple[str, str]]) -> str | None:
@@ -212,9 +256,11 @@ def plan_from_index(
     rule: str,
     protect: Sequence[str],
     resolve: Callable[[str], str],
+    near: Near | None = None,
 ) -> Plan:
     """The plan for ``groups``, with each member's facts from ``catalog`` (its row; its pixels from
-    the group) and the verdicts recorded there; ``resolve`` resolves symlinks (``os.path.realpath``)."""
+    the group) and the verdicts recorded there; ``resolve`` resolves symlinks (``os.path.realpath``);
+    ``near``: see :func:`plan_group` (:func:`stored_scores` gives one from the index)."""
     from imgwatch.verdicts import kept_apart
 
     folders = [(os.path.normpath(d), resolve(d)) for d in protect]
@@ -229,4 +275,22 @@ def plan_from_index(
             members[member.path] = Member(
                 member.path, record.size, record.mtime_ns, pixels, record.content_hash, where
             )
-    return plan_groups(groups, members, kept_apart(catalog), rule)
+    return plan_groups(groups, members, kept_apart(catalog), rule, near)
+
+
+def stored_scores(ctx: Context, threshold: float) -> Near:
+    """:class:`Near` from the index's stored vectors (unit length: the dot product is the cosine)."""
+    import numpy as np
+
+    def score(path: str, kept: Sequence[str]) -> float | None:
+        records = [ctx.catalog.get(p) for p in (path, *kept)]
+        ids = [r.id for r in records if r is not None]
+        if len(ids) != len(records):
+            return None
+        vectors = ctx.vectors.get_vectors(ids)
+        if any(i not in vectors for i in ids):
+            return None
+        mine = np.asarray(vectors[ids[0]], dtype=np.float32)
+        return max(float(mine @ np.asarray(vectors[i], dtype=np.float32)) for i in ids[1:])
+
+    return Near(threshold, score)

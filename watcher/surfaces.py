@@ -229,7 +229,7 @@ def start_search_page(parts: DaemonParts) -> tuple[HttpServer, str]:
 def start_control_socket(parts: DaemonParts) -> HttpServer:
     """The data dir's socket, for the CLI; its requests stay out of the access log (status polls)."""
 
-    from imgwatch.dedupe import plan_from_index
+    from imgwatch.dedupe import plan_from_index, stored_scores
     from imgwatch.trash import LOG_NAME, discard_keeping
     from imgwatch.verdicts import duplicate_catalog
     from imgwatch.web.local import DedupeCalls
@@ -287,7 +287,8 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
             catalog = duplicate_catalog(ctx.catalog)
             # The daemon's own protected folders hold whatever the caller sent.
             folders = [*parts.settings.protect, *protect]
-            return plan_from_index(groups, catalog, rule, folders, os.path.realpath).as_dict()
+            near = stored_scores(ctx, threshold)
+            return plan_from_index(groups, catalog, rule, folders, os.path.realpath, near).as_dict()
 
     def discard(paths: list[str], kept: list[str], reason: dict[str, Any], protect: list[str]) -> Reply:
         log_path = parts.settings.data_dir / LOG_NAME

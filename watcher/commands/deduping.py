@@ -154,12 +154,13 @@ def run_dedupe(args: argparse.Namespace, settings: Settings) -> int:
 
 def local_plan(ctx: Context, rule: str, protect: list[str], threshold: float, *, exact: bool) -> Plan:
     """The plan from ``ctx``'s index: what the daemon's ``POST /dedupe/plan`` answers too."""
-    from imgwatch.dedupe import plan_from_index
+    from imgwatch.dedupe import plan_from_index, stored_scores
     from imgwatch.duplicates import find_duplicates, find_exact_duplicates
     from imgwatch.verdicts import duplicate_catalog
 
     groups = find_exact_duplicates(ctx.catalog) if exact else find_duplicates(ctx, threshold=threshold)
-    return plan_from_index(groups, duplicate_catalog(ctx.catalog), rule, protect, os.path.realpath)
+    near = stored_scores(ctx, threshold)
+    return plan_from_index(groups, duplicate_catalog(ctx.catalog), rule, protect, os.path.realpath, near)
 
 
 def apply_plan(plan: Plan, ctx: Context, log_path: Path, protect: list[str]) -> list[list[Discarded]]:
