@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imgwatch import duplicates
+from imgwatch import pairs
 from imgwatch.context import Context
 from imgwatch.duplicates import DuplicateGroup, find_duplicates, find_exact_duplicates
 from imgwatch.samples import photo
@@ -59,9 +59,10 @@ def test_planted_groups_are_found_and_nothing_else(
 ) -> None:
     root, expected = planted
     index(ctx, root)
-    # Batches of 3 make the pass span several batches; a first limit of 2 neighbours is smaller than
-    # the group of 5, so its members must be asked again with a larger limit to find it whole.
-    monkeypatch.setattr(duplicates, "FIRST_LIMIT", 2)
+    # Batches of 3 make the pass span several batches, and blocks of one batch against 4 columns
+    # put the members of the group of 5 in different row and column blocks.
+    monkeypatch.setattr(pairs, "ROWS_PER_BLOCK", 2)
+    monkeypatch.setattr(pairs, "COLUMNS_PER_BLOCK", 4)
 
     groups = find_duplicates(ctx, threshold=THRESHOLD, batch_size=3)
 
