@@ -128,12 +128,22 @@ def _search_pass(ctx: Context, threshold: float, batch_size: int) -> DuplicatePa
 
 
 def _assert_same(new: DuplicatePass, old: DuplicatePass) -> None:
-    assert [(g.paths, g.kind) for g in new.groups] == [(g.paths, g.kind) for g in old.groups]
-    for a, b in zip(new.groups, old.groups, strict=True):
-        assert a.max_score == pytest.approx(b.max_score, abs=1e-5)
-        assert [m.score for m in a.members] == pytest.approx([m.score for m in b.members], abs=1e-5)
-    assert [(p.a, p.b) for p in new.kept_apart] == [(p.a, p.b) for p in old.kept_apart]
-    assert [p.score for p in new.kept_apart] == pytest.approx([p.score for p in old.kept_apart], abs=1e-5)
+    # Equal up to the order of groups of one size whose best scores tie within float rounding (the
+    # chains are all 24 degrees): a server's scores and numpy's differ in the last bits.
+    old_groups = {tuple(g.paths): g for g in old.groups}
+    assert sorted(old_groups) == sorted(tuple(g.paths) for g in new.groups)
+    for group in new.groups:
+        before = old_groups[tuple(group.paths)]
+        assert group.kind == before.kind
+        assert group.max_score == pytest.approx(before.max_score, abs=1e-5)
+        assert [m.score for m in group.members] == pytest.approx([m.score for m in before.members], abs=1e-5)
+    assert [(len(g.paths), g.max_score) for g in new.groups] == sorted(
+        ((len(g.paths), g.max_score) for g in new.groups),
+        key=lambda size_score: (-size_score[0], -size_score[1]),
+    )
+    assert {(p.a, p.b): pytest.approx(p.score, abs=1e-5) for p in old.kept_apart} == {
+        (p.a, p.b): p.score for p in new.kept_apart
+    }
 
 
 @pytest.fixture
