@@ -17,7 +17,8 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from imgwatch import duplicates, pairs
 from imgwatch.context import Context
-from imgwatch.duplicates import DuplicatePass, duplicate_pass
+from imgwatch.duplicates import DuplicatePass, duplicate_pass, find_exact_duplicates
+from imgwatch.search import SearchFilter
 from imgwatch.services.abc import ExtractorSignature, FileState, Vector
 from imgwatch.services.build import NoModel
 from imgwatch.services.catalog import FILES, SQLiteCatalog, open_catalog
@@ -29,6 +30,7 @@ from tests.conftest import MilvusTarget
 
 DIMENSION = 128
 THRESHOLD = 0.9
+DAY_NS = 86_400 * 10**9
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -60,9 +62,17 @@ def _arc(start: np.ndarray, rng: np.random.Generator, degrees: tuple[float, floa
     return _unit(np.cos(angles) * start + np.sin(angles) * ortho)
 
 
-def _fill(catalog: SQLiteCatalog, store: MilvusVectorStore, vectors: np.ndarray) -> list[str]:
+def _fill(
+    catalog: SQLiteCatalog,
+    store: MilvusVectorStore,
+    vectors: np.ndarray,
+    paths: list[str] | None = None,
+    hashes: list[str] | None = None,
+) -> list[str]:
+    """Row ``i`` is file id ``i + 1``, modified ``i`` days after the epoch."""
     keys = range(1, len(vectors) + 1)
-    paths = [f"/synthetic/{key:05d}.jpg" for key in keys]
+    paths = paths or [f"/synthetic/{key:05d}.jpg" for key in keys]
+    hashes = hashes or [f"{key:032x}" for key in keys]
     store.upsert(list(zip(keys, paths, vectors, strict=True)))
     now = datetime.now(UTC).replace(tzinfo=None)
     rows = [
@@ -70,8 +80,8 @@ def _fill(catalog: SQLiteCatalog, store: MilvusVectorStore, vectors: np.ndarray)
             "id": key,
             "path": path.encode(),
             "size": 1,
-            "mtime_ns": 0,
-            "content_hash": f"{key:032x}",
+            "mtime_ns": (key - 1) * DAY_NS,
+            "content_hash": hashes[key - 1],
             "state": FileState.INDEXED.value,
             "has_vector": True,
             "signature": "synthetic",
@@ -268,3 +278,38 @@ def test_the_pass_uses_every_cpu_for_blas_and_scratch_space_where_it_is_told(
     assert all(len([f for f in seen if f.startswith(f"{scratch}/")]) == 1 for seen in store.scratch)
     assert not [f for f in _deleted_files_open() if f.startswith(f"{scratch}/")]
     assert not list(scratch.iterdir())
+
+
+def test_a_filter_groups_only_the_files_it_admits(catalog: SQLiteCatalog, tmp_path: Path) -> None:
+    """``duplicates --under/--since/--until``: the files outside take no part, so a group loses them
+    and a chain through one of them breaks; exact groups are cut the same way."""
+    rng = np.random.default_rng(11)
+    vectors = _unit(rng.standard_normal((8, DIMENSION)))
+    vectors[1] = vectors[0]  # 0 and 1: the same bytes (one hash), 2 a look-alike of both
+    vectors[2] = _unit(vectors[0] + rng.standard_normal(DIMENSION) * (0.2 / DIMENSION**0.5))
+    vectors[4], vectors[5] = _arc(vectors[3], rng, (24.0, 48.0))  # a chain 3 ~ 4 ~ 5; 3 and 5 far apart
+    where_of = ["in", "in", "out", "in", "out", "in", "in", "out"]
+    paths = [f"/lib/{where}/{row}.jpg" for row, where in enumerate(where_of)]
+    hashes = [f"{max(row, 1):032x}" for row in range(len(vectors))]
+    store = MilvusVectorStore(str(tmp_path / "vectors.db"), dimension=DIMENSION)
+    try:
+        _fill(catalog, store, vectors, paths, hashes)
+        ctx = _context(catalog, store)
+
+        def groups(where: SearchFilter | None) -> list[tuple[str, list[str]]]:
+            return [(g.kind, g.paths) for g in duplicate_pass(ctx, threshold=THRESHOLD, where=where).groups]
+
+        everything = groups(None)
+        inside = groups(SearchFilter(("/lib/in",)))
+        # Files modified on days 1 to 4: 1, 2, 3, 4.
+        dated = groups(SearchFilter(since_ns=DAY_NS, until_ns=5 * DAY_NS))
+    finally:
+        store.close()
+
+    p = paths
+    assert everything == [("similar", [p[0], p[1], p[2]]), ("similar", sorted([p[3], p[4], p[5]]))]
+    assert inside == [("exact", [p[0], p[1]])]  # 2 is outside; 3 and 5 were linked only by 4
+    assert dated == [("similar", [p[1], p[2]]), ("similar", [p[3], p[4]])]
+    assert [g.paths for g in find_exact_duplicates(catalog, SearchFilter(("/lib/in",)))] == [[p[0], p[1]]]
+    assert find_exact_duplicates(catalog, SearchFilter(("/lib/out",))) == []
+    assert [g.paths for g in find_exact_duplicates(catalog)] == [[p[0], p[1]]]

@@ -15,7 +15,9 @@ two contents judged distinct in one set is refused.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -29,8 +31,11 @@ from imgwatch.verdicts import duplicate_catalog, kept_apart
 if TYPE_CHECKING:
     from imgwatch.context import Context
     from imgwatch.pairs import BlockPairs, VectorFile
+    from imgwatch.search import SearchFilter
     from imgwatch.services.abc import Catalog, FileRecord
     from imgwatch.verdicts import DuplicateCatalog
+
+log = logging.getLogger(__name__)
 
 EXACT = "exact"
 SIMILAR = "similar"
@@ -157,9 +162,13 @@ def find_duplicates(
     threshold: float = DUPLICATE_THRESHOLD,
     batch_size: int = 256,
     scratch_dir: str | os.PathLike[str] | None = None,
+    where: SearchFilter | None = None,
 ) -> list[DuplicateGroup]:
     """The groups of :func:`duplicate_pass`."""
-    return duplicate_pass(ctx, threshold=threshold, batch_size=batch_size, scratch_dir=scratch_dir).groups
+    found = duplicate_pass(
+        ctx, threshold=threshold, batch_size=batch_size, scratch_dir=scratch_dir, where=where
+    )
+    return found.groups
 
 
 def duplicate_pass(
@@ -168,6 +177,7 @@ def duplicate_pass(
     threshold: float = DUPLICATE_THRESHOLD,
     batch_size: int = 256,
     scratch_dir: str | os.PathLike[str] | None = None,
+    where: SearchFilter | None = None,
 ) -> DuplicatePass:
     """Groups of indexed files whose vectors score at least ``threshold`` pairwise, closed under
     transitivity (a ~ b and b ~ c puts a, b, c in one group), largest first; two files whose contents
@@ -179,6 +189,10 @@ def duplicate_pass(
     every pair is scored there by :mod:`imgwatch.pairs`. Only files the catalog vouches for
     (indexed, with a vector) take part; entities without such a row are never read, so they cannot
     link two groups.
+
+    ``where`` (``--under``, ``--since``, ``--until``): only the files it admits take part, as if the
+    others were not indexed; a group is among them, and a file outside links no two of them. The
+    pass then reads and scores only those vectors.
     """
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], not {threshold}")
@@ -197,13 +211,22 @@ def duplicate_pass(
         # The catalog names the batches and the vector store is read by primary key: Milvus Lite's
         # query_iterator materialises every remaining vector for each page it returns (measured:
         # +80 MB per page at 5,000 vectors), which would make the pass grow with the collection.
-        for ids in ctx.catalog.iter_ids_with_vectors(batch_size):
+        started = time.perf_counter()
+        for listed in ctx.catalog.iter_ids_with_vectors(batch_size):
+            ids = _admitted(ctx.catalog, listed, where)
             found = ctx.vectors.get_vectors(ids)
             keys = [key for key in ids if key in found]
             if keys:
                 stored.append(keys, np.stack([found[key] for key in keys]))
+        read = time.perf_counter()
         for _, _, pairs in close_pairs(stored, threshold):
             _join(ctx.catalog, sets, refused, stored, pairs)
+        timings = {"vectors": len(stored), "read_s": read - started, "score_s": time.perf_counter() - read}
+        log.info(
+            "duplicates: read %(vectors)d vectors in %(read_s).1f s, scored every pair in %(score_s).1f s",
+            timings,
+            extra=timings,
+        )
     return DuplicatePass(_similar_groups(ctx.catalog, sets), _kept_apart(ctx.catalog, refused))
 
 
@@ -239,13 +262,24 @@ def _join(
             refused[pair] = max(score, refused.get(pair, score))
 
 
-def find_exact_duplicates(catalog: Catalog | DuplicateCatalog) -> list[DuplicateGroup]:
+def _admitted(catalog: Catalog, ids: list[int], where: SearchFilter | None) -> list[int]:
+    if where is None or not where.active:
+        return ids
+    records = catalog.get_many(ids)
+    return [key for key in ids if key in records and where.admits(records[key].path, records[key].mtime_ns)]
+
+
+def find_exact_duplicates(
+    catalog: Catalog | DuplicateCatalog, where: SearchFilter | None = None
+) -> list[DuplicateGroup]:
     """Groups of indexed files with the same bytes (content hash), largest first. Reads the catalog
-    only (``ctx.catalog``): no vector store, no model."""
-    groups = [
-        _group(sorted(rows, key=lambda r: _path_order(r.path)), 1.0, lambda _: 1.0)
-        for rows in duplicate_catalog(catalog).exact_duplicate_rows()
-    ]
+    only (``ctx.catalog``): no vector store, no model. With ``where``, among the files it admits
+    (as :func:`duplicate_pass`)."""
+    groups = []
+    for same_bytes in duplicate_catalog(catalog).exact_duplicate_rows():
+        rows = [r for r in same_bytes if where is None or where.admits(r.path, r.mtime_ns)]
+        if len(rows) > 1:
+            groups.append(_group(sorted(rows, key=lambda r: _path_order(r.path)), 1.0, lambda _: 1.0))
     return _largest_first(groups)
 
 

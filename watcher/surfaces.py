@@ -230,6 +230,7 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
     import os
 
     from imgwatch.dedupe import plan_from_index
+    from imgwatch.search import EVERYTHING
     from imgwatch.trash import LOG_NAME, discard_keeping
     from imgwatch.verdicts import duplicate_catalog
     from imgwatch.web.local import DedupeCalls
@@ -253,9 +254,14 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
             return _results(search_like(paths, ctx, k=k, where=where))
 
     def duplicates(threshold: float, exact: bool) -> Reply:
+        return duplicates_with(threshold, exact, EVERYTHING)
+
+    def duplicates_with(threshold: float, exact: bool, where: SearchFilter) -> Reply:
         with serving.use() as ctx:
             groups = (
-                find_exact_duplicates(ctx.catalog) if exact else find_duplicates(ctx, threshold=threshold)
+                find_exact_duplicates(ctx.catalog, where)
+                if exact
+                else find_duplicates(ctx, threshold=threshold, where=where)
             )
         return {"groups": [g.as_dict() for g in groups]}
 
@@ -310,6 +316,7 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
         search_like_with=search_like_with,
         check=lambda queries, threshold: check_reply(check(queries, threshold)),
         dedupe=DedupeCalls(plan=dedupe_plan, discard=discard),
+        duplicates_with=duplicates_with,
     )
     path: Path = socket_path(parts.settings.data_dir)
     server = HttpServer(create_app(local=surface), bind_unix(path), "imgwatch-endpoint", work=surface.work)
