@@ -10,9 +10,9 @@ The file is read with ``pread`` rather than memory-mapped: pages of a mapping co
 resident set once touched (the whole collection, by the end of a pass), while ``pread`` leaves them in
 the kernel's page cache, which the kernel reclaims under pressure.
 
-float32, not float16: half precision halves the file but moves a 4096-d cosine by up to ~1e-4 (see
-docs/notes-dupscale.md), enough to move a pair across the threshold, and the pass must find what a
-search of the vector store finds.
+float32, not float16: half precision halves the file but moves a cosine by up to 4e-5 at 4096-d and
+1e-4 at 512-d (docs/notes-dupscale.md), enough to move a pair across the threshold, and the pass must
+find what a search of the vector store finds.
 """
 
 from __future__ import annotations

@@ -272,6 +272,13 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
         return {"withdrawn": withdraw_verdict(serving.current.catalog, a, b).as_dict()}
 
     check = serving_check(serving)
+
+    def check_with(queries: list[tuple[str, bytes | str]], threshold: float, where: SearchFilter) -> Reply:
+        from imgwatch.check import check_images
+
+        with serving.use() as ctx:
+            return check_reply(check_images(queries, ctx, threshold=threshold, where=where))
+
     verdicts = VerdictCalls(
         list_all=lambda: {"verdicts": [v.as_dict() for v in list_verdicts(serving.current.catalog)]},
         mark=mark,
@@ -317,6 +324,7 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
         check=lambda queries, threshold: check_reply(check(queries, threshold)),
         dedupe=DedupeCalls(plan=dedupe_plan, discard=discard),
         duplicates_with=duplicates_with,
+        check_with=check_with,
     )
     path: Path = socket_path(parts.settings.data_dir)
     server = HttpServer(create_app(local=surface), bind_unix(path), "imgwatch-endpoint", work=surface.work)

@@ -80,6 +80,8 @@ class LocalSurface:
     """``(queries, threshold)``, as ``search`` takes queries: ``imgwatch check`` (``POST /check``)."""
     dedupe: DedupeCalls | None = None
     """None: this socket cleans nothing up (its routes answer 404)."""
+    check_with: Callable[[list[tuple[str, bytes | str]], float, SearchFilter], Reply] | None = None
+    """``(queries, threshold, filter)``: :attr:`check` among the files the filter admits."""
     duplicates_with: Callable[[float, bool, SearchFilter], Reply] | None = None
     """``(threshold, exact, filter)``: :attr:`duplicates` among the files the filter admits; None
     where the daemon does not offer it (filtered requests are refused, 400)."""
@@ -125,7 +127,10 @@ class SearchRequest(FilterFields):
     )
 
 
-class CheckRequest(BaseModel):
+class CheckRequest(FilterFields):
+    # As SearchRequest: a filter this daemon does not know is refused, not ignored.
+    model_config = ConfigDict(extra="forbid")
+
     threshold: float = Field(gt=0, le=1, description="The score from which a match counts.")
     queries: list[QueryImage] = Field(description="Images to check.")
 
@@ -241,7 +246,12 @@ def local_router(surface: LocalSurface) -> APIRouter:
 
         @router.post("/check", summary="Whether each image is already indexed: its best match or none")
         async def check_images(request: CheckRequest) -> Reply:
-            return await call(check, _decoded(request.queries), request.threshold)
+            where = request.search_filter()
+            if not where.active:
+                return await call(check, _decoded(request.queries), request.threshold)
+            if surface.check_with is None:
+                raise RequestError(400, "this daemon does not filter checks")
+            return await call(surface.check_with, _decoded(request.queries), request.threshold, where)
 
     @router.post("/duplicates", summary="Groups of duplicate images: look-alike, or exact")
     async def duplicates(request: DuplicatesRequest) -> Reply:
