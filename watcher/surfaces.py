@@ -261,7 +261,10 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
             groups = (
                 find_exact_duplicates(ctx.catalog, where)
                 if exact
-                else find_duplicates(ctx, threshold=threshold, where=where)
+                # The scratch file (16 kB per 4096-d vector) in the data dir: /tmp may be RAM (tmpfs).
+                else find_duplicates(
+                    ctx, threshold=threshold, where=where, scratch_dir=parts.settings.data_dir
+                )
             )
         return {"groups": [g.as_dict() for g in groups]}
 
@@ -295,7 +298,9 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
     def dedupe_plan(rule: str, protect: list[str], threshold: float, exact: bool) -> Reply:
         with serving.use() as ctx:
             groups = (
-                find_exact_duplicates(ctx.catalog) if exact else find_duplicates(ctx, threshold=threshold)
+                find_exact_duplicates(ctx.catalog)
+                if exact
+                else find_duplicates(ctx, threshold=threshold, scratch_dir=parts.settings.data_dir)
             )
             catalog = duplicate_catalog(ctx.catalog)
             # The daemon's own protected folders hold whatever the caller sent.
