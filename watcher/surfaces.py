@@ -266,7 +266,9 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
                     ctx, threshold=threshold, where=where, scratch_dir=parts.settings.data_dir
                 )
             )
-        return {"groups": [g.as_dict() for g in groups]}
+        # "filtered": a daemon from before the filters ignored them (its request model took any
+        # field); the CLI refuses a filtered answer without this mark.
+        return {"groups": [g.as_dict() for g in groups]} | ({"filtered": True} if where.active else {})
 
     def mark(paths: list[str], note: str | None) -> Reply:
         return mark_distinct(serving.current.catalog, paths, note).as_dict()
@@ -280,7 +282,9 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
         from imgwatch.check import check_images
 
         with serving.use() as ctx:
-            return check_reply(check_images(queries, ctx, threshold=threshold, where=where))
+            return check_reply(check_images(queries, ctx, threshold=threshold, where=where)) | {
+                "filtered": True
+            }
 
     verdicts = VerdictCalls(
         list_all=lambda: {"verdicts": [v.as_dict() for v in list_verdicts(serving.current.catalog)]},

@@ -86,7 +86,11 @@ def run_check(args: argparse.Namespace, settings: Settings) -> int:
         from imgwatch.ipc import _encoded
 
         body = {"threshold": threshold, "queries": _encoded(queries), **where.as_dict()}
-        results = [CheckResult.from_dict(raw) for raw in daemon.request("POST", "/check", body)["results"]]
+        reply = daemon.request("POST", "/check", body)
+        if not reply.get("filtered"):
+            # A daemon from before the filters ignored them (its request model took any field).
+            raise ImgwatchError("the running daemon is older than --under/--since/--until: restart it")
+        results = [CheckResult.from_dict(raw) for raw in reply["results"]]
     elif daemon is not None:
         results = [CheckResult.from_dict(raw) for raw in daemon.check(queries, threshold)]
     else:

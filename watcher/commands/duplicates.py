@@ -157,6 +157,8 @@ def _duplicate_groups(
         # timeout either (one pass over the whole collection).
         body = {"threshold": threshold, "exact": exact, **where.as_dict()}
         reply = DaemonClient(settings.data_dir, timeout=None).request("POST", "/duplicates", body)
+        if not reply.get("filtered"):
+            raise ImgwatchError("the running daemon is older than --under/--since/--until: restart it")
         return [DuplicateGroup.from_dict(g) for g in reply["groups"]]
     if daemon is not None:
         return [DuplicateGroup.from_dict(g) for g in daemon.duplicates(threshold, exact=exact)["groups"]]
