@@ -13,6 +13,7 @@ import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,19 @@ from openapi_spec_validator import validate
 from PIL import Image
 
 from imgwatch.check import DEFAULT_THRESHOLD, CheckMatch, MatchKind, check_images, check_reply, serving_check
+from imgwatch.cli import build_parser
 from imgwatch.commands.searching import DEFAULT_THRESHOLD as CLI_DEFAULT_THRESHOLD
+from imgwatch.config import Settings
 from imgwatch.context import Context
 from imgwatch.duplicates import find_duplicates
 from imgwatch.ipc import DaemonClient, socket_path
 from imgwatch.samples import photo
 from imgwatch.search import search_images, search_like
+from imgwatch.services.build import open_context
+from imgwatch.services.extractor import VGG16Extractor
 from imgwatch.serving import Serving
 from imgwatch.sources.webhook import SIGNATURE_HEADER, AllowedPaths
+from imgwatch.surfaces import start_control_socket
 from imgwatch.web import create_app
 from imgwatch.web.local import LocalSurface
 from imgwatch.web.page import PageSurface, SearchPageBackend, SearchPageConfig
@@ -37,6 +43,7 @@ from imgwatch.web.server import HttpServer, bind_unix
 from imgwatch.web.webhook import WebhookConfig, WebhookSurface
 from tests.conftest import OpenContext, index, jpeg_bytes, serve, write_photo
 from tests.harness import imgwatch_cli
+from tests.test_duplicates import _daemon_parts
 
 TOKEN = "check-token"
 SECRET = "check-secret"
@@ -337,4 +344,51 @@ def test_the_control_socket_checks_for_the_cli(ctx: Context, tmp_path: Path) -> 
     assert answers == [
         {"query": "copy.jpg", "match": {"path": str(lib.a), "score": 1.0, "kind": "exact"}},
         {"query": "gone.jpg", "match": None, "error": "file vanished before it could be read"},
+    ]
+
+
+def test_under_and_since_choose_the_files_a_check_may_match_with_and_without_the_daemon(
+    settings: Settings, extractor: VGG16Extractor, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "photos"
+    a = write_photo(root / "in" / "a.jpg", 1, size=SIZE)
+    (root / "out").mkdir()
+    (root / "out" / "a.jpg").write_bytes(a.read_bytes())
+    write_photo(root / "out" / "b.jpg", 2, size=SIZE)
+    (root / "empty").mkdir()
+    copy, pixels = tmp_path / "query.jpg", tmp_path / "query.png"
+    copy.write_bytes(a.read_bytes())
+    pixels.write_bytes(_png(a.read_bytes()))
+    future = (datetime.now() + timedelta(days=2)).date().isoformat()
+    runs = [
+        ["--under", str(root / "in")],
+        ["--under", str(root / "out")],
+        ["--under", str(root / "empty")],
+        ["--since", future],
+    ]
+
+    def cli(*args: str) -> list[tuple[str | None, str | None]]:
+        parsed = build_parser().parse_args(["check", str(copy), str(pixels), *args, "--json"])
+        parsed.run(parsed, settings)
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        return [(m["path"], m["kind"]) if (m := line["match"]) else (None, None) for line in lines]
+
+    with open_context(settings, command="index", extractor=extractor) as ctx:
+        index(ctx, root)
+    alone = [cli(*args) for args in runs]
+    # The daemon's command holds the data dir's lock: every answer below came through its socket.
+    with open_context(settings, command="watch", extractor=extractor) as ctx:
+        server = start_control_socket(_daemon_parts(settings, ctx, root))
+        try:
+            served = [cli(*args) for args in runs]
+        finally:
+            server.stop()
+
+    inside, outside = str(a), str(root / "out" / "a.jpg")
+    assert alone == served
+    assert alone == [
+        [(inside, "exact"), (inside, "similar")],
+        [(outside, "exact"), (outside, "similar")],
+        [(None, None), (None, None)],
+        [(None, None), (None, None)],
     ]

@@ -4,16 +4,25 @@ groups are told from look-alike ones, and come from the catalog alone."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from imgwatch import duplicates
+from imgwatch import pairs
+from imgwatch.cli import build_parser
+from imgwatch.config import Settings
 from imgwatch.context import Context
 from imgwatch.duplicates import DuplicateGroup, find_duplicates, find_exact_duplicates
+from imgwatch.errors import ImgwatchError
 from imgwatch.samples import photo
+from imgwatch.services.build import open_context
+from imgwatch.services.extractor import VGG16Extractor
+from imgwatch.serving import Serving
+from imgwatch.sources.webhook import AllowedPaths
+from imgwatch.surfaces import DaemonParts, start_control_socket
 from tests.conftest import OpenContext, index, jpeg_bytes, write_photo
 from tests.test_cli import _json, imgwatch
 
@@ -59,9 +68,10 @@ def test_planted_groups_are_found_and_nothing_else(
 ) -> None:
     root, expected = planted
     index(ctx, root)
-    # Batches of 3 make the pass span several batches; a first limit of 2 neighbours is smaller than
-    # the group of 5, so its members must be asked again with a larger limit to find it whole.
-    monkeypatch.setattr(duplicates, "FIRST_LIMIT", 2)
+    # Batches of 3 make the pass span several batches, and blocks of one batch against 4 columns
+    # put the members of the group of 5 in different row and column blocks.
+    monkeypatch.setattr(pairs, "ROWS_PER_BLOCK", 2)
+    monkeypatch.setattr(pairs, "COLUMNS_PER_BLOCK", 4)
 
     groups = find_duplicates(ctx, threshold=THRESHOLD, batch_size=3)
 
@@ -197,3 +207,60 @@ def test_exact_groups_from_the_cli_load_neither_model_nor_vector_store(
         "paths": sorted([str(a), str(root / "old" / "a.jpg")]),
     }
     assert bad.returncode == 1 and b"--threshold" in bad.stderr
+
+
+def _cli_json(settings: Settings, capsys: pytest.CaptureFixture[str], *args: str) -> list[list[str]]:
+    """``imgwatch duplicates ARGS --json`` in this process: each group's paths."""
+    parsed = build_parser().parse_args(["duplicates", *args, "--json"])
+    assert parsed.run(parsed, settings) == 0
+    return [g["paths"] for g in json.loads(capsys.readouterr().out)["groups"]]
+
+
+def test_under_since_and_until_choose_the_files_with_and_without_the_daemon(
+    settings: Settings, extractor: VGG16Extractor, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "library"
+    a = write_photo(root / "in" / "a.jpg", 3, size=(64, 48))
+    copies = [root / "in" / "copy.jpg", root / "out" / "a.jpg"]
+    for copy in copies:
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_bytes(a.read_bytes())
+    write_photo(root / "in" / "other.jpg", 4, size=(64, 48))
+    inside = sorted([str(a), str(copies[0])])
+    every = sorted([str(a), *map(str, copies)])
+    options = ["--under", str(root / "in")]
+    future = ["--since", (datetime.now() + timedelta(days=2)).date().isoformat()]
+    with open_context(settings, command="index", extractor=extractor) as ctx:
+        index(ctx, root)
+    runs = ([], options, ["--exact", *options], future)
+    alone = [_cli_json(settings, capsys, *args) for args in runs]
+    # The daemon's command holds the data dir's lock: every answer below came through its socket.
+    with open_context(settings, command="watch", extractor=extractor) as ctx:
+        server = start_control_socket(_daemon_parts(settings, ctx, root))
+        try:
+            served = [
+                _cli_json(settings, capsys, *args) for args in ([], options, ["--exact", *options], future)
+            ]
+            with pytest.raises(ImgwatchError, match="not with the verdicts"):
+                _cli_json(settings, capsys, "--verdicts", *options)
+        finally:
+            server.stop()
+
+    assert alone == served == [[every], [inside], [inside], []]
+
+
+def _daemon_parts(settings: Settings, ctx: Context, root: Path) -> DaemonParts:
+    return DaemonParts(
+        settings=settings,
+        serving=Serving(ctx),
+        allowed=AllowedPaths((), {}),
+        roots=[str(root)],
+        submit=lambda _event: None,
+        health=lambda: (200, {}),
+        metrics=lambda: (b"", "text/plain"),
+        count_webhook_request=lambda _route, _status: None,
+        status=lambda: {"pid": os.getpid()},
+        index=lambda _roots: {},
+        run_job=lambda _name: {},
+        forget_root=lambda _root: {},
+    )

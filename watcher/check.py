@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from imgwatch.context import Context
 from imgwatch.names import DUPLICATE_THRESHOLD
-from imgwatch.search import Match, search_images
-from imgwatch.services.abc import content_hash
+from imgwatch.search import EVERYTHING, Match, SearchFilter, search_images
+from imgwatch.services.abc import FileRecord, FileState, content_hash
+from imgwatch.verdicts import duplicate_catalog
 
 if TYPE_CHECKING:
     from imgwatch.serving import Serving
@@ -74,9 +75,14 @@ class CheckResult:
 
 
 def check_images(
-    queries: Sequence[tuple[str, bytes | str]], ctx: Context, *, threshold: float = DEFAULT_THRESHOLD
+    queries: Sequence[tuple[str, bytes | str]],
+    ctx: Context,
+    *,
+    threshold: float = DEFAULT_THRESHOLD,
+    where: SearchFilter = EVERYTHING,
 ) -> list[CheckResult]:
-    """For each ``(name, encoded image)`` query, in order, its best match at or above ``threshold``.
+    """For each ``(name, encoded image)`` query, in order, its best match at or above ``threshold``
+    among the indexed files ``where`` admits (``--under``, ``--since``, ``--until``).
 
     ``(name, error)`` pairs (queries the caller could not read) are answered with their error, as are
     images the model cannot decode.
@@ -89,12 +95,12 @@ def check_images(
     exact: dict[int, CheckMatch] = {}
     for number, digest in hashes.items():
         # The query's own path is not excluded: checking a file that is itself indexed says "yes".
-        twin = ctx.catalog.find_by_hash(digest, exclude_path="", signature=ctx.signature_key)
+        twin = _twin(ctx, digest, where)
         if twin is not None:
             # Identical bytes decode to identical pixels, hence the same vector: no model run.
             exact[number] = CheckMatch(twin.path, 1.0, MatchKind.EXACT)
     to_search = [number for number in range(len(queries)) if number not in exact]
-    searched = search_images([queries[n] for n in to_search], ctx, k=1) if to_search else []
+    searched = search_images([queries[n] for n in to_search], ctx, k=1, where=where) if to_search else []
     found = dict(zip(to_search, searched, strict=True))
     results = []
     for number, (name, _) in enumerate(queries):
@@ -112,6 +118,23 @@ def check_images(
             )
         )
     return results
+
+
+def _twin(ctx: Context, digest: str, where: SearchFilter) -> FileRecord | None:
+    """An indexed file with these bytes (and a current vector) that ``where`` admits."""
+    if not where.active:
+        return ctx.catalog.find_by_hash(digest, exclude_path="", signature=ctx.signature_key)
+    for path in duplicate_catalog(ctx.catalog).paths_by_hash([digest]).get(digest, []):
+        record = ctx.catalog.get(path)
+        if (
+            record is not None
+            and record.state is FileState.INDEXED
+            and record.has_vector
+            and record.signature == ctx.signature_key
+            and where.admits(record.path, record.mtime_ns)
+        ):
+            return record
+    return None
 
 
 def _kind(match: Match, digest: str | None, ctx: Context) -> MatchKind:

@@ -3,17 +3,21 @@
 Exact groups (:func:`find_exact_duplicates`) are one GROUP BY over the catalog's content hashes: no
 vector, no model, seconds at 100k files.
 
-Look-alike groups (:func:`find_duplicates`) take one pass in batches: the catalog gives a batch of
-ids, the vector store their vectors, and each batch is searched against the whole collection (top-k,
-cut at the threshold); every pair found joins a union-find over entity ids. Memory is one batch of
-vectors plus the union-find, which only holds ids that have a duplicate: never an n x n matrix,
-never every vector at once. The user's verdicts (:mod:`imgwatch.verdicts`) are enforced in the
-union-find itself: a union that would put two contents judged distinct in one set is refused.
+Look-alike groups (:func:`find_duplicates`) read every vector once, in batches (the catalog gives a
+batch of ids, the vector store their vectors), into a temporary file, and score all pairs there in
+blocks (:mod:`imgwatch.pairs`: numpy inner products, O(n^2 d) arithmetic at BLAS speed, no Python per
+pair); every pair at or above the threshold joins a union-find over entity ids. Memory is one batch
+of vectors on its way in, two blocks of vectors and their scores, and the union-find, which only
+holds ids that have a duplicate: never an n x n matrix, never every vector at once. The user's
+verdicts (:mod:`imgwatch.verdicts`) are enforced in the union-find itself: a union that would put
+two contents judged distinct in one set is refused.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -26,15 +30,12 @@ from imgwatch.verdicts import duplicate_catalog, kept_apart
 
 if TYPE_CHECKING:
     from imgwatch.context import Context
+    from imgwatch.pairs import BlockPairs, VectorFile
+    from imgwatch.search import SearchFilter
     from imgwatch.services.abc import Catalog, FileRecord
     from imgwatch.verdicts import DuplicateCatalog
 
-#: Neighbours asked for per vector at first. A vector whose neighbours all pass the threshold is
-#: asked again with a larger limit, so a group bigger than this is still found whole.
-FIRST_LIMIT = 16
-#: Milvus's largest search limit (topk). A vector with more near-duplicates than this is linked to
-#: this many of them, which is enough to join its group unless the group is split in an odd way.
-MAX_LIMIT = 16384
+log = logging.getLogger(__name__)
 
 EXACT = "exact"
 SIMILAR = "similar"
@@ -156,71 +157,129 @@ class _UnionFind:
 
 
 def find_duplicates(
-    ctx: Context, *, threshold: float = DUPLICATE_THRESHOLD, batch_size: int = 256
+    ctx: Context,
+    *,
+    threshold: float = DUPLICATE_THRESHOLD,
+    batch_size: int = 256,
+    scratch_dir: str | os.PathLike[str] | None = None,
+    where: SearchFilter | None = None,
 ) -> list[DuplicateGroup]:
     """The groups of :func:`duplicate_pass`."""
-    return duplicate_pass(ctx, threshold=threshold, batch_size=batch_size).groups
+    found = duplicate_pass(
+        ctx, threshold=threshold, batch_size=batch_size, scratch_dir=scratch_dir, where=where
+    )
+    return found.groups
 
 
 def duplicate_pass(
-    ctx: Context, *, threshold: float = DUPLICATE_THRESHOLD, batch_size: int = 256
+    ctx: Context,
+    *,
+    threshold: float = DUPLICATE_THRESHOLD,
+    batch_size: int = 256,
+    scratch_dir: str | os.PathLike[str] | None = None,
+    where: SearchFilter | None = None,
 ) -> DuplicatePass:
     """Groups of indexed files whose vectors score at least ``threshold`` pairwise, closed under
     transitivity (a ~ b and b ~ c puts a, b, c in one group), largest first; two files whose contents
     have a verdict are never in one group (each may still be grouped with others).
 
-    ``batch_size`` vectors are in flight at a time: pymilvus hands them over as lists of Python
-    floats (about 130 kB per 4096-d vector) before they become arrays, so batches stay small.
-    Only files the catalog vouches for (indexed, with a vector) take part; entities without such a
-    row are skipped before they could link two groups.
+    The vectors are read ``batch_size`` at a time (pymilvus hands them over as lists of Python
+    floats, about 130 kB per 4096-d vector, so batches stay small) into a temporary file in
+    ``scratch_dir`` (the system's temporary directory by default; 16 kB per 4096-d vector), and
+    every pair is scored there by :mod:`imgwatch.pairs`. Only files the catalog vouches for
+    (indexed, with a vector) take part; entities without such a row are never read, so they cannot
+    link two groups.
+
+    ``where`` (``--under``, ``--since``, ``--until``): only the files it admits take part, as if the
+    others were not indexed; a group is among them, and a file outside links no two of them. The
+    pass then reads and scores only those vectors.
     """
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], not {threshold}")
+    # Imported here: the exact pass (and `duplicates --exact`) needs neither numpy nor BLAS.
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    from imgwatch.pairs import VectorFile, close_pairs
+    from imgwatch.services.cpu import cpus_we_may_run_on
+
     sets = _UnionFind(kept_apart(ctx.catalog))
     refused: dict[tuple[int, int], float] = {}
-    # The catalog names the batches and the vector store is read by primary key: Milvus Lite's
-    # query_iterator materialises every remaining vector for each page it returns (measured: +80 MB
-    # per page at 5,000 vectors), which would make the pass grow with the collection.
-    for ids in ctx.catalog.iter_ids_with_vectors(batch_size):
-        stored = ctx.vectors.get_vectors(ids)
-        pending = [(key, stored[key]) for key in ids if key in stored]
-        limit = FIRST_LIMIT
-        while pending:
-            # Plain top-k, cut at the threshold here: Milvus Lite's "range search" is a top-5k search
-            # filtered afterwards, five times the work for the same hits.
-            found = ctx.vectors.search([vector for _, vector in pending], limit)
-            known = ctx.catalog.get_many({hit.id for hits in found for hit in hits} | {k for k, _ in pending})
-            vouched = {key for key, r in known.items() if r.state is FileState.INDEXED and r.has_vector}
-            full, pairs = [], []
-            for (key, vector), hits in zip(pending, found, strict=True):
-                close = [hit for hit in hits if hit.score >= threshold]
-                if key in vouched:  # not deleted since its batch was listed
-                    pairs += [
-                        (hit.score, key, hit.id) for hit in close if hit.id != key and hit.id in vouched
-                    ]
-                if len(close) >= limit and limit < MAX_LIMIT:
-                    # Every neighbour returned is a duplicate: there may be more beyond the limit.
-                    full.append((key, vector))
-            # Best pairs first: a file close to both sides of a verdict joins the one it is closer to
-            # (among the pairs of this batch; across batches, the one met first).
-            for score, a, b in sorted(pairs, reverse=True):
-                sets.add(a, known[a].content_hash)
-                sets.add(b, known[b].content_hash)
-                if not sets.union(a, b, score):
-                    pair = (min(a, b), max(a, b))
-                    refused[pair] = max(score, refused.get(pair, score))
-            pending = full
-            limit = min(limit * 8, MAX_LIMIT)
+    # A process with a CPU model keeps numpy to one BLAS thread (extractor._use_the_cpus_we_may_run_on);
+    # this pass is nearly all matrix products, so it uses every CPU it may while it lasts.
+    with VectorFile(scratch_dir) as stored, threadpool_limits(limits=cpus_we_may_run_on(), user_api="blas"):
+        # The catalog names the batches and the vector store is read by primary key: Milvus Lite's
+        # query_iterator materialises every remaining vector for each page it returns (measured:
+        # +80 MB per page at 5,000 vectors), which would make the pass grow with the collection.
+        started = time.perf_counter()
+        for listed in ctx.catalog.iter_ids_with_vectors(batch_size):
+            ids = _admitted(ctx.catalog, listed, where)
+            found = ctx.vectors.get_vectors(ids)
+            keys = [key for key in ids if key in found]
+            if keys:
+                stored.append(keys, np.stack([found[key] for key in keys]))
+        read = time.perf_counter()
+        for _, _, pairs in close_pairs(stored, threshold):
+            _join(ctx.catalog, sets, refused, stored, pairs)
+        timings = {"vectors": len(stored), "read_s": read - started, "score_s": time.perf_counter() - read}
+        log.info(
+            "duplicates: read %(vectors)d vectors in %(read_s).1f s, scored every pair in %(score_s).1f s",
+            timings,
+            extra=timings,
+        )
     return DuplicatePass(_similar_groups(ctx.catalog, sets), _kept_apart(ctx.catalog, refused))
 
 
-def find_exact_duplicates(catalog: Catalog | DuplicateCatalog) -> list[DuplicateGroup]:
+def _join(
+    catalog: Catalog,
+    sets: _UnionFind,
+    refused: dict[tuple[int, int], float],
+    stored: VectorFile,
+    pairs: BlockPairs,
+) -> None:
+    """Union the pairs of one row block, batch by batch and best pair first within a batch: the
+    order in which the search-based pass met them (a batch of vectors searched against the whole
+    collection, its hits sorted), so a file close to both sides of a verdict joins the same side."""
+    import numpy as np
+
+    keys = np.asarray(stored.keys, dtype=np.int64)
+    first, second = keys[pairs.first], keys[pairs.second]
+    batch = np.searchsorted(np.asarray(stored.batch_starts), pairs.first, side="right")
+    # A pair inside one batch was met from both ends, the larger key first on equal scores.
+    same = batch == np.searchsorted(np.asarray(stored.batch_starts), pairs.second, side="right")
+    first, second = np.where(same, second, first), np.where(same, first, second)
+    order = np.lexsort((-second, -first, -pairs.scores, batch))
+    known = catalog.get_many({int(k) for k in first} | {int(k) for k in second})
+    vouched = {key for key, r in known.items() if r.state is FileState.INDEXED and r.has_vector}
+    for index in order:
+        a, b, score = int(first[index]), int(second[index]), float(pairs.scores[index])
+        if a not in vouched or b not in vouched:  # deleted since the vectors were read
+            continue
+        sets.add(a, known[a].content_hash)
+        sets.add(b, known[b].content_hash)
+        if not sets.union(a, b, score):
+            pair = (min(a, b), max(a, b))
+            refused[pair] = max(score, refused.get(pair, score))
+
+
+def _admitted(catalog: Catalog, ids: list[int], where: SearchFilter | None) -> list[int]:
+    if where is None or not where.active:
+        return ids
+    records = catalog.get_many(ids)
+    return [key for key in ids if key in records and where.admits(records[key].path, records[key].mtime_ns)]
+
+
+def find_exact_duplicates(
+    catalog: Catalog | DuplicateCatalog, where: SearchFilter | None = None
+) -> list[DuplicateGroup]:
     """Groups of indexed files with the same bytes (content hash), largest first. Reads the catalog
-    only (``ctx.catalog``): no vector store, no model."""
-    groups = [
-        _group(sorted(rows, key=lambda r: _path_order(r.path)), 1.0, lambda _: 1.0)
-        for rows in duplicate_catalog(catalog).exact_duplicate_rows()
-    ]
+    only (``ctx.catalog``): no vector store, no model. With ``where``, among the files it admits
+    (as :func:`duplicate_pass`)."""
+    groups = []
+    for same_bytes in duplicate_catalog(catalog).exact_duplicate_rows():
+        rows = [r for r in same_bytes if where is None or where.admits(r.path, r.mtime_ns)]
+        if len(rows) > 1:
+            groups.append(_group(sorted(rows, key=lambda r: _path_order(r.path)), 1.0, lambda _: 1.0))
     return _largest_first(groups)
 
 

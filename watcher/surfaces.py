@@ -123,7 +123,10 @@ def start_search_page(parts: DaemonParts) -> tuple[HttpServer, str]:
 
     def groups(threshold: float, exact: bool) -> list[DuplicateGroup]:
         with serving.use() as ctx:
-            return find_exact_duplicates(ctx.catalog) if exact else find_duplicates(ctx, threshold=threshold)
+            if exact:
+                return find_exact_duplicates(ctx.catalog)
+            # Scratch space in the data dir: /tmp may be a tmpfs, in memory.
+            return find_duplicates(ctx, threshold=threshold, scratch_dir=settings.data_dir)
 
     def neighbour_scores() -> NeighbourScores:
         """Each file's best score to another: a top-2 search (itself and its nearest neighbour) of
@@ -230,6 +233,7 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
     """The data dir's socket, for the CLI; its requests stay out of the access log (status polls)."""
 
     from imgwatch.dedupe import plan_from_index, stored_scores
+    from imgwatch.search import EVERYTHING
     from imgwatch.trash import LOG_NAME, discard_keeping
     from imgwatch.verdicts import duplicate_catalog
     from imgwatch.web.local import DedupeCalls
@@ -253,11 +257,21 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
             return _results(search_like(paths, ctx, k=k, where=where))
 
     def duplicates(threshold: float, exact: bool) -> Reply:
+        return duplicates_with(threshold, exact, EVERYTHING)
+
+    def duplicates_with(threshold: float, exact: bool, where: SearchFilter) -> Reply:
         with serving.use() as ctx:
             groups = (
-                find_exact_duplicates(ctx.catalog) if exact else find_duplicates(ctx, threshold=threshold)
+                find_exact_duplicates(ctx.catalog, where)
+                if exact
+                # The scratch file (16 kB per 4096-d vector) in the data dir: /tmp may be RAM (tmpfs).
+                else find_duplicates(
+                    ctx, threshold=threshold, where=where, scratch_dir=parts.settings.data_dir
+                )
             )
-        return {"groups": [g.as_dict() for g in groups]}
+        # "filtered": a daemon from before the filters ignored them (its request model took any
+        # field); the CLI refuses a filtered answer without this mark.
+        return {"groups": [g.as_dict() for g in groups]} | ({"filtered": True} if where.active else {})
 
     def mark(paths: list[str], note: str | None) -> Reply:
         return mark_distinct(serving.current.catalog, paths, note).as_dict()
@@ -266,6 +280,15 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
         return {"withdrawn": withdraw_verdict(serving.current.catalog, a, b).as_dict()}
 
     check = serving_check(serving)
+
+    def check_with(queries: list[tuple[str, bytes | str]], threshold: float, where: SearchFilter) -> Reply:
+        from imgwatch.check import check_images
+
+        with serving.use() as ctx:
+            return check_reply(check_images(queries, ctx, threshold=threshold, where=where)) | {
+                "filtered": True
+            }
+
     verdicts = VerdictCalls(
         list_all=lambda: {"verdicts": [v.as_dict() for v in list_verdicts(serving.current.catalog)]},
         mark=mark,
@@ -282,7 +305,9 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
     def dedupe_plan(rule: str, protect: list[str], threshold: float, exact: bool) -> Reply:
         with serving.use() as ctx:
             groups = (
-                find_exact_duplicates(ctx.catalog) if exact else find_duplicates(ctx, threshold=threshold)
+                find_exact_duplicates(ctx.catalog)
+                if exact
+                else find_duplicates(ctx, threshold=threshold, scratch_dir=parts.settings.data_dir)
             )
             catalog = duplicate_catalog(ctx.catalog)
             # The daemon's own protected folders hold whatever the caller sent.
@@ -312,6 +337,8 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
         search_like_with=search_like_with,
         check=lambda queries, threshold: check_reply(check(queries, threshold)),
         dedupe=DedupeCalls(plan=dedupe_plan, discard=discard),
+        duplicates_with=duplicates_with,
+        check_with=check_with,
     )
     path: Path = socket_path(parts.settings.data_dir)
     server = HttpServer(create_app(local=surface), bind_unix(path), "imgwatch-endpoint", work=surface.work)

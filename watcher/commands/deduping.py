@@ -141,7 +141,9 @@ def run_dedupe(args: argparse.Namespace, settings: Settings) -> int:
         with open_context(settings, command="dedupe", model=False) as ctx:
             if args.log_level != "debug":
                 quiet_libraries()  # pymilvus re-applies its logging config on import
-            plan = local_plan(ctx, args.keep, protect, threshold, exact=args.exact)
+            plan = local_plan(
+                ctx, args.keep, protect, threshold, exact=args.exact, scratch_dir=settings.data_dir
+            )
             if args.yes:
                 results = apply_plan(plan, ctx, settings.data_dir / LOG_NAME, protect)
     if args.json:
@@ -152,13 +154,24 @@ def run_dedupe(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_NOT_ALL_DISCARDED if failed else EXIT_OK
 
 
-def local_plan(ctx: Context, rule: str, protect: list[str], threshold: float, *, exact: bool) -> Plan:
+def local_plan(
+    ctx: Context,
+    rule: str,
+    protect: list[str],
+    threshold: float,
+    *,
+    exact: bool,
+    scratch_dir: Path | None = None,
+) -> Plan:
     """The plan from ``ctx``'s index: what the daemon's ``POST /dedupe/plan`` answers too."""
     from imgwatch.dedupe import plan_from_index, stored_scores
     from imgwatch.duplicates import find_duplicates, find_exact_duplicates
     from imgwatch.verdicts import duplicate_catalog
 
-    groups = find_exact_duplicates(ctx.catalog) if exact else find_duplicates(ctx, threshold=threshold)
+    if exact:
+        groups = find_exact_duplicates(ctx.catalog)
+    else:  # scratch space in the data dir: /tmp may be a tmpfs, in memory
+        groups = find_duplicates(ctx, threshold=threshold, scratch_dir=scratch_dir)
     near = stored_scores(ctx, threshold)
     return plan_from_index(groups, duplicate_catalog(ctx.catalog), rule, protect, os.path.realpath, near)
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from imgwatch.commands.options import Subcommands
     from imgwatch.config import Settings
     from imgwatch.duplicates import DuplicateGroup
+    from imgwatch.search import SearchFilter
     from imgwatch.services.catalog import SQLiteCatalog
 
 
@@ -69,6 +70,25 @@ def add_duplicates(commands: Subcommands, common: argparse.ArgumentParser) -> No
         metavar=("A", "B"),
         help="withdraw the verdict on A and B (indexed files, or the content hashes --verdicts shows)",
     )
+    duplicates.add_argument(
+        "--under",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="only files inside DIR (repeatable: inside any of them); groups are formed among these "
+        "files alone, as if the others were not indexed",
+    )
+    duplicates.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only files modified at or after WHEN: an ISO date or date-time (2024-06-01, "
+        "2024-06-01T14:30; local time unless it has an offset)",
+    )
+    duplicates.add_argument(
+        "--until",
+        metavar="WHEN",
+        help="only files modified before WHEN (same forms as --since)",
+    )
     duplicates.add_argument("--note", help="with --mark-distinct: a note kept with the verdict")
     duplicates.add_argument(
         "--json",
@@ -95,9 +115,14 @@ def run_duplicates(args: argparse.Namespace, settings: Settings) -> int:
         raise ImgwatchError("--threshold must be above 0 and at most 1 (a cosine similarity)")
     if args.open and args.html is None:
         raise ImgwatchError("--open opens the page that --html writes: give --html OUT.html too")
+    from imgwatch.search import SearchFilter
+
+    where = SearchFilter.parse(args.under, args.since, args.until)
     if verdict_action:
+        if where.active:
+            raise ImgwatchError("--under, --since and --until choose groups: not with the verdicts")
         return _run_verdicts(args, settings)
-    groups = _duplicate_groups(settings, threshold, exact=args.exact, quiet=args.log_level != "debug")
+    groups = _duplicate_groups(settings, threshold, where, exact=args.exact, quiet=args.log_level != "debug")
     if args.json:
         print(json.dumps({"groups": [g.as_dict() for g in groups]}))
     else:
@@ -121,18 +146,27 @@ def run_duplicates(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _duplicate_groups(
-    settings: Settings, threshold: float, *, exact: bool, quiet: bool
+    settings: Settings, threshold: float, where: SearchFilter, *, exact: bool, quiet: bool
 ) -> list[DuplicateGroup]:
     from imgwatch.duplicates import DuplicateGroup
+    from imgwatch.ipc import DaemonClient
 
     daemon = running_daemon(settings)
+    if daemon is not None and where.active:
+        # DaemonClient.duplicates sends no filter (yet): the same request with one, no client-side
+        # timeout either (one pass over the whole collection).
+        body = {"threshold": threshold, "exact": exact, **where.as_dict()}
+        reply = DaemonClient(settings.data_dir, timeout=None).request("POST", "/duplicates", body)
+        if not reply.get("filtered"):
+            raise ImgwatchError("the running daemon is older than --under/--since/--until: restart it")
+        return [DuplicateGroup.from_dict(g) for g in reply["groups"]]
     if daemon is not None:
         return [DuplicateGroup.from_dict(g) for g in daemon.duplicates(threshold, exact=exact)["groups"]]
     if exact:
         from imgwatch.duplicates import find_exact_duplicates
 
         with _catalog_only(settings) as catalog:
-            return find_exact_duplicates(catalog)
+            return find_exact_duplicates(catalog, where)
     from imgwatch.duplicates import find_duplicates
     from imgwatch.services.build import open_context
 
@@ -141,7 +175,7 @@ def _duplicate_groups(
             # Importing pymilvus (in open_context) re-applied its own logging config; without
             # this, every query_iterator on Milvus Lite warns "failed to get mvccTs" (harmless).
             quiet_libraries()
-        return find_duplicates(ctx, threshold=threshold)
+        return find_duplicates(ctx, threshold=threshold, where=where, scratch_dir=settings.data_dir)
 
 
 def _run_verdicts(args: argparse.Namespace, settings: Settings) -> int:

@@ -80,6 +80,11 @@ class LocalSurface:
     """``(queries, threshold)``, as ``search`` takes queries: ``imgwatch check`` (``POST /check``)."""
     dedupe: DedupeCalls | None = None
     """None: this socket cleans nothing up (its routes answer 404)."""
+    check_with: Callable[[list[tuple[str, bytes | str]], float, SearchFilter], Reply] | None = None
+    """``(queries, threshold, filter)``: :attr:`check` among the files the filter admits."""
+    duplicates_with: Callable[[float, bool, SearchFilter], Reply] | None = None
+    """``(threshold, exact, filter)``: :attr:`duplicates` among the files the filter admits; None
+    where the daemon does not offer it (filtered requests are refused, 400)."""
 
 
 class QueryImage(BaseModel):
@@ -88,18 +93,9 @@ class QueryImage(BaseModel):
     error: str | None = Field(default=None, description="Why the client could not read it.")
 
 
-class SearchRequest(BaseModel):
-    # An option this daemon does not know is refused, never ignored: a client newer than the daemon
-    # would otherwise get plain results for a mirrored or filtered search.
-    model_config = ConfigDict(extra="forbid")
+class FilterFields(BaseModel):
+    """``--under``, ``--since`` and ``--until`` as the socket takes them (:class:`SearchFilter`)."""
 
-    k: int = Field(ge=1, description="Results per query.")
-    queries: list[QueryImage] | None = Field(default=None, description="Images to search with.")
-    like: list[str] | None = Field(default=None, description="Indexed files whose stored vectors to use.")
-    flip: bool = Field(
-        default=False,
-        description="Score each file by the better of the query and its mirror image (not with `like`).",
-    )
     under: list[str] = Field(
         default_factory=list, description="Only files inside one of these absolute directories."
     )
@@ -117,12 +113,32 @@ class SearchRequest(BaseModel):
         return SearchFilter(tuple(os.path.normpath(d) for d in self.under), self.since_ns, self.until_ns)
 
 
-class CheckRequest(BaseModel):
+class SearchRequest(FilterFields):
+    # An option this daemon does not know is refused, never ignored: a client newer than the daemon
+    # would otherwise get plain results for a mirrored or filtered search.
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(ge=1, description="Results per query.")
+    queries: list[QueryImage] | None = Field(default=None, description="Images to search with.")
+    like: list[str] | None = Field(default=None, description="Indexed files whose stored vectors to use.")
+    flip: bool = Field(
+        default=False,
+        description="Score each file by the better of the query and its mirror image (not with `like`).",
+    )
+
+
+class CheckRequest(FilterFields):
+    # As SearchRequest: a filter this daemon does not know is refused, not ignored.
+    model_config = ConfigDict(extra="forbid")
+
     threshold: float = Field(gt=0, le=1, description="The score from which a match counts.")
     queries: list[QueryImage] = Field(description="Images to check.")
 
 
-class DuplicatesRequest(BaseModel):
+class DuplicatesRequest(FilterFields):
+    # As SearchRequest: a filter this daemon does not know is refused, not ignored.
+    model_config = ConfigDict(extra="forbid")
+
     threshold: float = Field(
         default=DUPLICATE_THRESHOLD, gt=0, le=1, description="Cosine similarity for look-alikes."
     )
@@ -234,11 +250,21 @@ def local_router(surface: LocalSurface) -> APIRouter:
 
         @router.post("/check", summary="Whether each image is already indexed: its best match or none")
         async def check_images(request: CheckRequest) -> Reply:
-            return await call(check, _decoded(request.queries), request.threshold)
+            where = request.search_filter()
+            if not where.active:
+                return await call(check, _decoded(request.queries), request.threshold)
+            if surface.check_with is None:
+                raise RequestError(400, "this daemon does not filter checks")
+            return await call(surface.check_with, _decoded(request.queries), request.threshold, where)
 
     @router.post("/duplicates", summary="Groups of duplicate images: look-alike, or exact")
     async def duplicates(request: DuplicatesRequest) -> Reply:
-        return await call(surface.duplicates, request.threshold, request.exact)
+        where = request.search_filter()
+        if not where.active:
+            return await call(surface.duplicates, request.threshold, request.exact)
+        if surface.duplicates_with is None:
+            raise RequestError(400, "this daemon does not filter duplicate groups")
+        return await call(surface.duplicates_with, request.threshold, request.exact, where)
 
     def verdict_calls() -> VerdictCalls:
         if surface.verdicts is None:
