@@ -35,6 +35,19 @@ from tests.harness import (
 pytestmark = pytest.mark.slow
 
 
+def _seen(daemon: RunningDaemon, condition: Callable[[], bool]) -> dict[str, Any]:
+    """Until the daemon shows a change, then until it is idle: ``idle()`` alone can return before a
+    loaded machine has delivered the change's inotify events at all."""
+    wait_until(condition, timeout=120, interval=0.2)
+    return daemon.idle()
+
+
+def _indexed(daemon: RunningDaemon, path: Path) -> bool:
+    """Whether the daemon has ``path``'s vector, asked by its stored vector: no model run counted."""
+    [result] = daemon.client.search_like([str(path)], 1)
+    return "error" not in result  # "not in the index", or in it without a vector yet
+
+
 def test_files_and_directories_follow_the_disk(
     daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
 ) -> None:
@@ -61,7 +74,7 @@ def test_files_and_directories_follow_the_disk(
             f.write(data[start : start + len(data) // 4 + 1])
             f.flush()
             time.sleep(0.3)
-    daemon.idle()
+    _seen(daemon, lambda: _indexed(daemon, slow))
     assert daemon.model_runs() == runs + 1
     assert daemon.search(data, k=1)[0] == {"path": str(slow), "score": pytest.approx(1.0, abs=1e-3)}
 
@@ -70,18 +83,19 @@ def test_files_and_directories_follow_the_disk(
     temporary = root / "saved.jpg.part"
     temporary.write_bytes(jpeg_bytes(photo(4)))
     temporary.rename(root / "saved.jpg")
-    daemon.idle()
+    _seen(daemon, lambda: _indexed(daemon, root / "saved.jpg"))
     assert daemon.model_runs() == runs + 1
     assert daemon.paths_found(root / "saved.jpg").count(str(root / "saved.jpg")) == 1
 
     # Renames of files and directories keep their vectors: no model runs.
     write_photo(root / "album" / "a.jpg", seed=5)
-    write_photo(root / "album" / "inner" / "b.jpg", seed=6)
-    daemon.idle()
+    inner = write_photo(root / "album" / "inner" / "b.jpg", seed=6)
+    _seen(daemon, lambda: _indexed(daemon, inner))
     runs = daemon.model_runs()
     (root / "dropped.jpg").rename(root / "renamed.jpg")
     (root / "album").rename(root / "album-2024")
-    status = daemon.idle()
+    moved, renamed = root / "album-2024" / "inner" / "b.jpg", root / "renamed.jpg"
+    status = _seen(daemon, lambda: _indexed(daemon, moved) and _indexed(daemon, renamed))
     assert status["model_runs"] == runs
     found = daemon.paths_found(root / "album-2024" / "inner" / "b.jpg")
     assert str(root / "album-2024" / "inner" / "b.jpg") in found
@@ -91,7 +105,7 @@ def test_files_and_directories_follow_the_disk(
     # A deleted file and a deleted directory disappear from results.
     (root / "renamed.jpg").unlink()
     shutil.rmtree(root / "album-2024")
-    daemon.idle()
+    _seen(daemon, lambda: not _indexed(daemon, renamed) and not _indexed(daemon, moved))
     found = daemon.paths_found(jpeg_bytes(photo(2)))
     assert str(root / "renamed.jpg") not in found
     assert not any("album" in p for p in found)
