@@ -16,10 +16,14 @@ from typing import Any
 import pytest
 
 from imgwatch.config import Settings
+from imgwatch.context import Context
 from imgwatch.daemon import SHUTDOWN_TIMEOUT_S
 from imgwatch.ipc import DaemonClient, DaemonUnavailableError
 from imgwatch.services.abc import FileState
 from imgwatch.services.build import open_context
+from imgwatch.serving import Serving
+from imgwatch.sources.webhook import AllowedPaths
+from imgwatch.surfaces import DaemonParts
 from tests import forkserver
 
 
@@ -217,6 +221,25 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., RunningDaemon]]:
         if daemon.process.poll() is None:
             daemon.process.kill()
             daemon.process.wait()
+
+
+def socket_parts(settings: Settings, ctx: Context, root: Path) -> DaemonParts:
+    """What ``start_control_socket`` needs, around ``ctx``: a daemon's socket without its daemon
+    (the caller holds the data dir's lock as the daemon would)."""
+    return DaemonParts(
+        settings=settings,
+        serving=Serving(ctx),
+        allowed=AllowedPaths((), {}),
+        roots=[str(root)],
+        submit=lambda _event: None,
+        health=lambda: (200, {}),
+        metrics=lambda: (b"", "text/plain"),
+        count_webhook_request=lambda _route, _status: None,
+        status=lambda: {"pid": os.getpid()},
+        index=lambda _roots: {},
+        run_job=lambda _name: {},
+        forget_root=lambda _root: {},
+    )
 
 
 def disk_images(root: Path) -> set[str]:

@@ -42,8 +42,7 @@ from imgwatch.web.page import PageSurface, SearchPageBackend, SearchPageConfig
 from imgwatch.web.server import HttpServer, bind_unix
 from imgwatch.web.webhook import WebhookConfig, WebhookSurface
 from tests.conftest import OpenContext, index, jpeg_bytes, serve, write_photo
-from tests.harness import imgwatch_cli
-from tests.test_duplicates import _daemon_parts
+from tests.harness import imgwatch_cli, socket_parts
 
 TOKEN = "check-token"
 SECRET = "check-secret"
@@ -378,7 +377,7 @@ def test_under_and_since_choose_the_files_a_check_may_match_with_and_without_the
     alone = [cli(*args) for args in runs]
     # The daemon's command holds the data dir's lock: every answer below came through its socket.
     with open_context(settings, command="watch", extractor=extractor) as ctx:
-        server = start_control_socket(_daemon_parts(settings, ctx, root))
+        server = start_control_socket(socket_parts(settings, ctx, root))
         try:
             served = [cli(*args) for args in runs]
         finally:

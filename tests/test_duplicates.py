@@ -4,7 +4,6 @@ groups are told from look-alike ones, and come from the catalog alone."""
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,10 +19,9 @@ from imgwatch.errors import ImgwatchError
 from imgwatch.samples import photo
 from imgwatch.services.build import open_context
 from imgwatch.services.extractor import VGG16Extractor
-from imgwatch.serving import Serving
-from imgwatch.sources.webhook import AllowedPaths
-from imgwatch.surfaces import DaemonParts, start_control_socket
+from imgwatch.surfaces import start_control_socket
 from tests.conftest import OpenContext, index, jpeg_bytes, write_photo
+from tests.harness import socket_parts
 from tests.test_cli import _json, imgwatch
 
 # Seeded random weights score unrelated scenes up to about 0.96 and copies above 0.99; real
@@ -236,7 +234,7 @@ def test_under_since_and_until_choose_the_files_with_and_without_the_daemon(
     alone = [_cli_json(settings, capsys, *args) for args in runs]
     # The daemon's command holds the data dir's lock: every answer below came through its socket.
     with open_context(settings, command="watch", extractor=extractor) as ctx:
-        server = start_control_socket(_daemon_parts(settings, ctx, root))
+        server = start_control_socket(socket_parts(settings, ctx, root))
         try:
             served = [
                 _cli_json(settings, capsys, *args) for args in ([], options, ["--exact", *options], future)
@@ -247,20 +245,3 @@ def test_under_since_and_until_choose_the_files_with_and_without_the_daemon(
             server.stop()
 
     assert alone == served == [[every], [inside], [inside], []]
-
-
-def _daemon_parts(settings: Settings, ctx: Context, root: Path) -> DaemonParts:
-    return DaemonParts(
-        settings=settings,
-        serving=Serving(ctx),
-        allowed=AllowedPaths((), {}),
-        roots=[str(root)],
-        submit=lambda _event: None,
-        health=lambda: (200, {}),
-        metrics=lambda: (b"", "text/plain"),
-        count_webhook_request=lambda _route, _status: None,
-        status=lambda: {"pid": os.getpid()},
-        index=lambda _roots: {},
-        run_job=lambda _name: {},
-        forget_root=lambda _root: {},
-    )

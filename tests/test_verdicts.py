@@ -5,7 +5,6 @@ through the daemon's socket. Real catalog, Milvus Lite, VGG16 random:0."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,7 @@ from imgwatch.services.build import open_context
 from imgwatch.services.catalog import SQLiteCatalog, create_sqlite_engine, open_catalog
 from imgwatch.services.extractor import VGG16Extractor
 from imgwatch.services.files import LocalFileReader
-from imgwatch.serving import Serving
-from imgwatch.sources.webhook import AllowedPaths
-from imgwatch.surfaces import DaemonParts, start_control_socket
+from imgwatch.surfaces import start_control_socket
 from imgwatch.verdicts import (
     IdenticalContentError,
     NoContentHashError,
@@ -39,6 +36,7 @@ from imgwatch.verdicts import (
     withdraw_verdict,
 )
 from tests.conftest import OpenContext, index, jpeg_bytes, write_photo
+from tests.harness import socket_parts
 from tests.test_duplicates import THRESHOLD
 
 
@@ -250,20 +248,7 @@ def test_the_cli_goes_through_the_daemons_socket_when_one_runs(
     # data dir directly would fail on that same lock, so every answer below came through the socket.
     with open_context(settings, command="watch", extractor=extractor) as ctx:
         index(ctx, root)
-        parts = DaemonParts(
-            settings=settings,
-            serving=Serving(ctx),
-            allowed=AllowedPaths((), {}),
-            roots=[str(root)],
-            submit=lambda _event: None,
-            health=lambda: (200, {}),
-            metrics=lambda: (b"", "text/plain"),
-            count_webhook_request=lambda _route, _status: None,
-            status=lambda: {"pid": os.getpid()},
-            index=lambda _roots: {},
-            run_job=lambda _name: {},
-            forget_root=lambda _root: {},
-        )
+        parts = socket_parts(settings, ctx, root)
         server = start_control_socket(parts)
         try:
             similar = _cli(settings, capsys, "--threshold", str(THRESHOLD))
