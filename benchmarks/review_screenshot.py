@@ -18,6 +18,7 @@ import socket
 import sys
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,7 +81,9 @@ def main() -> None:
         try:
             daemon.idle()
             wait = WebDriverWait(driver, 120)
-            driver.get(f"http://127.0.0.1:{port}/duplicates?threshold={THRESHOLD}")
+            # The address `imgwatch status` prints carries the page's token; keep its query.
+            address = urllib.parse.urlsplit(daemon.status()["search_page"])
+            driver.get(f"http://127.0.0.1:{port}/duplicates?threshold={THRESHOLD}&{address.query}")
             wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#groups .group")) == 3)
             # The blurred copy's group: marked not duplicates, so the histogram shows a verdict.
             blurred = next(

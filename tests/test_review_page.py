@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,16 +54,22 @@ class Library:
     c: list[str]
     """Scene 3 and a byte-identical copy: an exact group."""
     singles: list[str]
+    token: str
+    """The data dir's page token, from the address `imgwatch status` gives."""
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
     def get(self, path: str, **params: Any) -> httpx.Response:
-        return httpx.get(self.url + path, params=params, timeout=60)
+        return httpx.get(self.url + path, params=params, headers=self.auth, timeout=60)
 
     def post(self, path: str, body: object, **headers: str) -> httpx.Response:
-        headers = {"Content-Type": "application/json", **headers}
+        headers = {"Content-Type": "application/json", **self.auth, **headers}
         return httpx.post(self.url + path, content=json.dumps(body).encode(), headers=headers, timeout=60)
 
     def ready(self, path: str, **params: Any) -> dict[str, Any]:
@@ -122,7 +129,9 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Library]:
     try:
         daemon.idle()
         assert daemon.status()["vectors"] == 10
-        yield Library(daemon, port, root, xdg / "Trash" / "files", sorted(a), sorted(b), sorted(c), singles)
+        token = urllib.parse.parse_qs(urllib.parse.urlsplit(daemon.status()["search_page"]).query)["token"][0]
+        trash = xdg / "Trash" / "files"
+        yield Library(daemon, port, root, trash, sorted(a), sorted(b), sorted(c), singles, token)
     finally:
         assert daemon.stop() == 0
 
@@ -154,7 +163,7 @@ def test_groups_are_paged_by_the_server_largest_first(library: Library) -> None:
     assert (first["width"], first["height"]) == (160, 120)
     assert first["size"] == os.path.getsize(first["path"]) and first["mtime"].endswith("+00:00")
     assert THRESHOLD <= first["score"] <= 1.0 + 1e-5
-    thumb = httpx.get(library.url + first["thumb"], timeout=60)
+    thumb = httpx.get(library.url + first["thumb"], headers=library.auth, timeout=60)
     assert thumb.status_code == 200 and thumb.headers["Content-Type"] == "image/jpeg"
     # The exact view comes from the catalog alone; bad parameters are refused.
     assert [_paths(g) for g in library.ready("/api/duplicates", exact="true")["groups"]] == [library.c]
@@ -190,11 +199,16 @@ def test_the_post_routes_refuse_other_sites_and_non_json(library: Library) -> No
         library.post(route, {"paths": b}, Origin="http://attacker.example"),
         library.post(route, {"paths": b}, Origin="null"),
         library.post(route, {"paths": b}, **{"Sec-Fetch-Site": "cross-site"}),
-        library.post(route, {"paths": b}, Host="attacker.example"),  # DNS rebinding: the page's Host rule
     ]
-    assert [r.status_code for r in refused] == [403, 403, 403, 403], [r.text for r in refused]
+    assert [r.status_code for r in refused] == [403, 403, 403], [r.text for r in refused]
+    # Whoever lacks the data dir's token is refused: another local user, a DNS-rebinding page.
+    for headers in ({"Authorization": ""}, {"Authorization": "", "Host": "attacker.example"}):
+        assert library.post(route, {"paths": b}, **headers).status_code == 401
+    assert library.post("/api/duplicates/keep", {"keep": "x"}, Authorization="").status_code == 401
     # What a plain HTML form on another site can send: not JSON.
-    form = httpx.post(library.url + route, content=b"paths=x", headers={"Content-Type": "text/plain"})
+    form = httpx.post(
+        library.url + route, content=b"paths=x", headers={"Content-Type": "text/plain", **library.auth}
+    )
     assert form.status_code == 415 and "application/json" in form.json()["error"]
     # Nothing was recorded by any of them.
     assert library.get("/api/duplicates/histogram").json()["verdicts"] == []
@@ -330,7 +344,8 @@ def test_in_a_browser_mark_distinct_and_trash_then_reload(browser: Any, library:
     def group_of(paths: list[str]) -> Any:
         return browser.find_elements(By.CSS_SELECTOR, "#groups .group")[shown().index(paths)]
 
-    browser.get(f"{library.url}/duplicates?threshold={THRESHOLD}")
+    # The address as `imgwatch status` gives it (with the token), then the view's own query.
+    browser.get(f"{library.url}/duplicates?threshold={THRESHOLD}&token={library.token}")
     wait.until(lambda _d: shown() == [library.a, library.c, library.b])
     wait.until(lambda _d: browser.find_elements(By.CSS_SELECTOR, "#bars .bar"))
     facts = group_of(library.a).find_element(By.CSS_SELECTOR, ".facts").text

@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import socket
+import stat
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from imgwatch.errors import ConfigError
 from imgwatch.samples import photo
 from imgwatch.thumbnails import ThumbnailCache, ThumbnailForbiddenError, ThumbnailNotFoundError, Thumbnails
 from imgwatch.web.page import SearchPageConfig, path_from_ref, path_ref
+from imgwatch.web.page_token import TOKEN_FILE
 from imgwatch.web.server import HttpServer
 from tests.conftest import index, jpeg_bytes, own_address, serve, stub_page_app, write_photo
 from tests.harness import RunningDaemon, imgwatch_cli, start_daemon, wait_until
@@ -177,16 +180,22 @@ class Served:
     port: int
     root: Path
     outside: Path
+    token: str
+    """The data dir's page token, read from the address `imgwatch status` gives, as a user does."""
 
     def get(self, path: str, **headers: str) -> Answer:
-        return request("127.0.0.1", self.port, "GET", path, headers=headers)
+        return request("127.0.0.1", self.port, "GET", path, headers=self.auth(headers))
 
     def post(self, path: str, body: bytes, **headers: str) -> Answer:
-        return request("127.0.0.1", self.port, "POST", path, body, headers)
+        return request("127.0.0.1", self.port, "POST", path, body, self.auth(headers))
+
+    def auth(self, headers: dict[str, str]) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}", **headers}
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        """What `imgwatch status` prints: opening it once gives the browser the token's cookie."""
+        return f"http://127.0.0.1:{self.port}/?token={self.token}"
 
 
 def resized_copy(seed: int, size: tuple[int, int] = (320, 240), quality: int = 75) -> bytes:
@@ -216,7 +225,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     try:
         wait_until(lambda: daemon.status()["vectors"] == 11, timeout=120)
         daemon.idle()
-        yield Served(daemon, port, root, outside)
+        url = urllib.parse.urlsplit(daemon.status()["search_page"])
+        token = urllib.parse.parse_qs(url.query)["token"][0]
+        yield Served(daemon, port, root, outside, token)
     finally:
         daemon.process.kill()
         daemon.process.wait()
@@ -233,14 +244,23 @@ def test_the_page_and_its_files_are_served(served: Served) -> None:
         assert answer.status == 200 and answer.headers["Content-Type"].startswith(kind)
     assert served.get("/static/../search_page.py").status == 404
     assert served.get("/static/search.html").status == 404
-    # Loopback without a token: a name other than localhost is what a DNS-rebinding page sends.
-    assert served.get("/", Host="attacker.example").status == 403
-    assert served.get("/", Host=f"localhost:{served.port}").status == 200
-    # `imgwatch status` tells where the page is.
-    url = f"http://127.0.0.1:{served.port}/"
-    assert served.daemon.status()["search_page"] == url
+    # `imgwatch status` tells where the page is, with the data dir's own token (no webhook token
+    # is set): the page is not open to whoever can reach loopback.
+    assert served.daemon.status()["search_page"] == served.url
     status = imgwatch_cli(served.daemon.data_dir, "status")
-    assert status.returncode == 0 and f"search:     {url}".encode() in status.stdout
+    assert status.returncode == 0 and f"search:     {served.url}".encode() in status.stdout
+    token_file = served.daemon.data_dir / TOKEN_FILE
+    assert token_file.read_text().strip() == served.token
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    for route in ("/", "/thumb?id=1", "/api/like?id=1", "/duplicates", "/openapi.json"):
+        assert served.get(route, Authorization="").status == 401, route
+        assert served.get(route, Authorization="Bearer wrong").status == 401, route
+    # The address once: a cookie, and the address without the token (the rest of its query kept).
+    first = request("127.0.0.1", served.port, "GET", f"/duplicates?threshold=0.9&token={served.token}")
+    assert first.status == 303 and first.headers["Location"] == "/duplicates?threshold=0.9"
+    cookie = first.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert served.get("/", Authorization="", Cookie=cookie.split(";")[0]).status == 200
 
 
 @pytest.mark.slow
@@ -270,17 +290,17 @@ def test_bad_uploads_get_the_right_status(served: Served) -> None:
     assert not_image.status == 415 and "not a supported image" in not_image.json()["error"]
     truncated = served.post("/api/search", jpeg_bytes(photo(1))[:2000])
     assert truncated.status == 415
-    too_big = _post_headers_only(served.port, {"Content-Length": str(MAX_UPLOAD + 1)})
+    too_big = _post_headers_only(served, {"Content-Length": str(MAX_UPLOAD + 1)})
     assert too_big.status == 413 and "search_page_max_bytes" in too_big.json()["error"]
-    assert _post_headers_only(served.port, {}).status == 411
+    assert _post_headers_only(served, {}).status == 411
     # A chunked upload is read as it comes, and refused the moment it passes the limit.
-    assert _chunked_upload(served.port, resized_copy(5)).status == 200
-    over = _chunked_upload(served.port, b"\xff" * (MAX_UPLOAD + 1))
+    assert _chunked_upload(served, resized_copy(5)).status == 200
+    over = _chunked_upload(served, b"\xff" * (MAX_UPLOAD + 1))
     assert over.status == 413 and "search_page_max_bytes" in over.json()["error"]
     for k in ("0", "abc", "201", "-1"):
         assert served.post(f"/api/search?k={k}", jpeg_bytes(photo(1))).status == 400
     assert served.post("/api/nothing", b"x").status == 404
-    assert request("127.0.0.1", served.port, "PUT", "/api/search", b"x").status == 405
+    assert request("127.0.0.1", served.port, "PUT", "/api/search", b"x", served.auth({})).status == 405
 
 
 @pytest.mark.slow
@@ -328,24 +348,26 @@ def _ids_by_path(served: Served) -> dict[str, int]:
     return found
 
 
-def _chunked_upload(port: int, data: bytes, chunk: int = 16 * 1024) -> Answer:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+def _chunked_upload(served: Served, data: bytes, chunk: int = 16 * 1024) -> Answer:
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
     try:
         pieces = iter([data[i : i + chunk] for i in range(0, len(data), chunk)])
-        connection.request("POST", "/api/search?k=1", body=pieces, encode_chunked=True)
+        connection.request(
+            "POST", "/api/search?k=1", body=pieces, headers=served.auth({}), encode_chunked=True
+        )
         response = connection.getresponse()
         return Answer(response.status, response.headers, response.read())
     finally:
         connection.close()
 
 
-def _post_headers_only(port: int, headers: dict[str, str]) -> Answer:
+def _post_headers_only(served: Served, headers: dict[str, str]) -> Answer:
     """A POST of ``headers`` alone: the answer must come before any body is sent (http.client would
     otherwise add ``Content-Length: 0``, and a big body would meet a closed connection)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
     try:
         connection.putrequest("POST", "/api/search")
-        for name, value in headers.items():
+        for name, value in served.auth(headers).items():
             connection.putheader(name, value)
         connection.endheaders()
         response = connection.getresponse()
@@ -457,7 +479,8 @@ def test_a_running_daemon_checks_uploads_and_the_cli_goes_through_it(served: Ser
     copy is an exact match found without the model, a look-alike a similar one, an unrelated scene none."""
     copy = (served.root / "photo5.jpg").read_bytes()
     upload = httpx.post(
-        f"{served.url}api/check",
+        f"http://127.0.0.1:{served.port}/api/check",
+        headers=served.auth({}),
         files=[
             ("file", ("copy.jpg", copy, "image/jpeg")),
             ("file", ("grey.jpg", resized_copy(2), "image/jpeg")),

@@ -23,11 +23,12 @@ from imgwatch.events import ImageEvent, Source
 from imgwatch.ipc import socket_path
 from imgwatch.search import QueryResult, SearchFilter, search_images, search_like
 from imgwatch.serving import Serving
-from imgwatch.sources.webhook import AllowedPaths, parse_bind, parse_body
+from imgwatch.sources.webhook import AllowedPaths, is_loopback, parse_bind, parse_body
 from imgwatch.verdicts import list_verdicts, mark_distinct, withdraw_verdict
 from imgwatch.web import create_app
 from imgwatch.web.local import LocalSurface, VerdictCalls
 from imgwatch.web.page import PageSurface, SearchPageBackend, SearchPageConfig
+from imgwatch.web.page_token import page_token
 from imgwatch.web.server import HttpServer, bind_tcp, bind_unix
 from imgwatch.web.webhook import WebhookConfig, WebhookSurface
 
@@ -100,7 +101,11 @@ def start_search_page(parts: DaemonParts) -> tuple[HttpServer, str]:
     settings = parts.settings
     assert settings.search_page is not None
     host, port = parse_bind(settings.search_page, "--search-page")
-    config = SearchPageConfig(host, port, settings.webhook_token, settings.search_page_max_bytes)
+    token, own_token = settings.webhook_token, False
+    if token is None and is_loopback(host):
+        # The page can trash files: never open to every local user (imgwatch.web.page_token).
+        token, own_token = page_token(settings.data_dir), True
+    config = SearchPageConfig(host, port, token, settings.search_page_max_bytes)
     serving = parts.serving
     # Thumbnails only of files inside the roots and S3 mount directories: never of other folders
     # indexed into the same data dir by `imgwatch index`, nor of anything else on the disk.
@@ -225,7 +230,11 @@ def start_search_page(parts: DaemonParts) -> tuple[HttpServer, str]:
     server = HttpServer(app, bind_tcp(host, port, "--search-page"), "imgwatch-search-page")
     server.start()
     url = f"http://{_bracketed(host)}:{server.port}/"
-    log.info("search page on %s (%s)", url, "token required" if config.token else "no token (loopback)")
+    if own_token:
+        log.info("search page on %s (open the address `imgwatch status` prints: it carries the token)", url)
+        # Only over the control socket, which only this user can reach; never in the log.
+        return server, f"{url}?token={token}"
+    log.info("search page on %s (the webhook token is required)", url)
     return server, url
 
 

@@ -14,10 +14,12 @@ Not an event source: it answers searches with the daemon's warm model. Routes:
 ``REF`` is the path's bytes percent-encoded (what the API returns as ``ref``), so names that are
 not UTF-8 survive the round trip through the browser.
 
-Auth follows the webhook's rule: on loopback no token is needed (and the Host header must then be
-an IP address or ``localhost``, so a DNS-rebinding web page cannot read the answers); bound
-elsewhere, the webhook token is required, as ``Authorization: Bearer TOKEN`` or, for browsers,
-``/?token=TOKEN`` once: the page keeps it in an HttpOnly, SameSite=Strict cookie.
+Auth: a token, as ``Authorization: Bearer TOKEN`` or, for browsers, ``/?token=TOKEN`` once: the page
+keeps it in an HttpOnly, SameSite=Strict cookie. The daemon always gives one: the webhook token, or
+on loopback without it the data dir's own (:mod:`imgwatch.web.page_token`), since the page can move
+files to the trash. A config without a token (in-process, tests) is served on loopback only, and
+the Host header must then be an IP address or ``localhost``, so a DNS-rebinding web page cannot read
+the answers.
 """
 
 from __future__ import annotations
@@ -228,7 +230,15 @@ def page_router(surface: PageSurface) -> APIRouter:
     def static(request: Request) -> Response:
         if "token" in request.query_params:
             # Drop the token from the address bar and history; the cookie carries it from now on.
-            return RedirectResponse(request.url.path, status_code=303)
+            # The rest of the query stays (the Duplicates view reads ?threshold= and ?exact=).
+            kept = [
+                pair
+                for pair in request.scope["query_string"].decode("latin-1").split("&")
+                if pair and urllib.parse.unquote(pair.partition("=")[0]) != "token"
+            ]
+            return RedirectResponse(
+                request.url.path + ("?" + "&".join(kept) if kept else ""), status_code=303
+            )
         body, content_type = files[request.url.path]
         return Response(body, media_type=content_type, headers={"Cache-Control": "no-cache"})
 
