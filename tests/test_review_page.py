@@ -364,7 +364,14 @@ def test_in_a_browser_mark_distinct_and_trash_then_reload(browser: Any, library:
     confirm = group_of(library.a).find_element(By.CSS_SELECTOR, ".confirm")
     assert confirm.is_displayed() and "2 other file(s) to the trash" in confirm.text
     assert all(os.path.exists(p) for p in library.a)  # nothing moved before the confirmation
-    confirm.find_element(By.CSS_SELECTOR, "button.confirm-trash").click()
+    # Clicked twice in one go (a double click): the group's buttons are off from the first click
+    # until the answer, so one request goes and the second click does nothing.
+    off = browser.execute_script(
+        "const g = arguments[0]; const yes = g.querySelector('button.confirm-trash'); yes.click();"
+        "const off = [...g.querySelectorAll('button')].map(b => b.disabled); yes.click(); return off;",
+        group_of(library.a),
+    )
+    assert off and all(off), off
     wait.until(lambda _d: shown() == [library.c])
     assert "2 file(s) moved to the trash" in browser.find_element(By.ID, "status").text
 

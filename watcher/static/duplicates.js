@@ -87,7 +87,7 @@ function confirmKeep(group, kept) {
   const no = element("button", "cancel", "Cancel");
   yes.type = no.type = "button";
   no.addEventListener("click", () => { box.hidden = true; });
-  yes.addEventListener("click", () => act(post("/api/duplicates/keep", {
+  yes.addEventListener("click", () => act(group.node, () => post("/api/duplicates/keep", {
     keep: kept.ref, trash: others.map((m) => m.ref), threshold: view.threshold, exact: view.exact,
   }), (body) => {
     const failed = body.trashed.filter((t) => t.error);
@@ -98,13 +98,19 @@ function confirmKeep(group, kept) {
   box.hidden = false;
 }
 
-async function act(request, describe) {
+// One request at a time per group: its buttons are off until the answer comes, so a second click
+// cannot send "keep this one" twice, or "not duplicates" for files already on their way out.
+async function act(node, send, describe) {
+  const buttons = [node, ...node.querySelectorAll("button")].filter((b) => b.tagName === "BUTTON" && !b.disabled);
+  for (const b of buttons) b.disabled = true;
   try {
-    const { body } = await request;
+    const { body } = await send();
     say(describe(body), false);
   } catch (e) {
     say(e.message, true);
     return;
+  } finally {
+    for (const b of buttons) b.disabled = false;
   }
   loadGroups("action");
   loadHistogram();
@@ -118,11 +124,11 @@ function groupNode(data) {
   head.appendChild(element("span", "", `${data.members.length} files, best score ${data.max_score.toFixed(4)}`));
   const distinct = element("button", "distinct", "Not duplicates");
   distinct.title = "Never group these files together again (recorded as a verdict)";
-  distinct.addEventListener("click", () => act(post("/api/duplicates/distinct", { paths: refs }),
+  distinct.addEventListener("click", () => act(group.node, () => post("/api/duplicates/distinct", { paths: refs }),
     () => `Marked ${refs.length} files as not duplicates.`));
   const keepAll = element("button", "keep-all", "Keep all");
   keepAll.title = "Hide this group for this review (nothing is recorded)";
-  keepAll.addEventListener("click", () => act(post("/api/duplicates/keep-all", { paths: refs }),
+  keepAll.addEventListener("click", () => act(group.node, () => post("/api/duplicates/keep-all", { paths: refs }),
     () => "Group hidden for this review."));
   distinct.type = keepAll.type = "button";
   if (data.kind === "exact") {
@@ -245,6 +251,6 @@ $("exact").addEventListener("change", () => { view.exact = $("exact").checked; v
 $("limit").addEventListener("change", () => { view.limit = Number($("limit").value); view.offset = 0; loadGroups(); });
 $("prev").addEventListener("click", () => { view.offset = Math.max(0, view.offset - view.limit); loadGroups(); });
 $("next").addEventListener("click", () => { view.offset += view.limit; loadGroups(); });
-$("unhide").addEventListener("click", () => act(post("/api/duplicates/unhide", {}), () => "Kept groups shown again."));
+$("unhide").addEventListener("click", () => act($("unhide"), () => post("/api/duplicates/unhide", {}), () => "Kept groups shown again."));
 loadGroups();
 loadHistogram();
