@@ -444,3 +444,25 @@ def _png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def test_a_reader_that_went_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``imgwatch status | head -0``: the pipe's reader is gone before the first write. The command
+    stops with 141 (as a process SIGPIPE ends), with no traceback, also from the exit's flush."""
+    from tests.harness import cli_env
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "imgwatch", "status"],
+            env=cli_env(tmp_path / "data"),
+            stdout=write,
+            stderr=subprocess.PIPE,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 141, done.stderr
+    assert b"Traceback" not in done.stderr and b"Exception ignored" not in done.stderr, done.stderr

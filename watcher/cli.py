@@ -8,6 +8,7 @@ in order, resolves the settings and turns an :class:`ImgwatchError` into a messa
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -17,6 +18,7 @@ from imgwatch.commands.checking import add_check
 from imgwatch.commands.deduping import add_dedupe
 from imgwatch.commands.duplicates import add_duplicates
 from imgwatch.commands.exits import (
+    EXIT_BROKEN_PIPE,
     EXIT_CONFIG,
     EXIT_FATAL,
     EXIT_INTERRUPTED,
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 
 # The exit statuses are re-exported: scripts and tests know them as imgwatch.cli's.
 __all__ = [
+    "EXIT_BROKEN_PIPE",
     "EXIT_CONFIG",
     "EXIT_FATAL",
     "EXIT_INTERRUPTED",
@@ -90,10 +93,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         command: Command = args.run
-        return command(args, settings)
+        status = command(args, settings)
+        sys.stdout.flush()  # here, where a closed pipe is caught below, not at the interpreter's exit
+        return status
     except ImgwatchError as e:
         print(f"imgwatch: error: {e}", file=sys.stderr)
         return exit_status(e)
     except KeyboardInterrupt:
         print("imgwatch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`imgwatch duplicates | head`): stop quietly, as `ls | head` does.
+        # Python would print a traceback, then another when it flushes stdout at exit: point
+        # stdout at /dev/null so that the flush has nowhere to fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE

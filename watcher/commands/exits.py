@@ -8,6 +8,7 @@
 | 3 | part of the work failed, the rest was done: ``search`` (queries), ``dedupe`` (files), ``check`` |
 | 78 | a configuration problem no retry cures: a bad setting, a token the Milvus server refuses |
 | 130 | interrupted (Ctrl-C) |
+| 141 | the output's reader went away (``imgwatch duplicates | head``), as for a process that SIGPIPE ends |
 
 78 is ``EX_CONFIG`` from sysexits.h. The systemd units name it in ``RestartPreventExitStatus=``,
 so a daemon that cannot start with its configuration is not restarted in a loop.
@@ -22,6 +23,7 @@ EXIT_FATAL = 1
 EXIT_QUERY_FAILED = 3
 EXIT_CONFIG = 78
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE
 
 #: The errors that the same configuration raises again on every start: waiting cannot cure them.
 CONFIG_ERRORS: tuple[type[ImgwatchError], ...] = (ConfigError, StoreAuthError)
