@@ -8,7 +8,7 @@
 | 3 | part of the work failed, the rest was done: ``search`` (queries), ``dedupe`` (files), ``check`` |
 | 78 | a configuration problem no retry cures: a bad setting, a token the Milvus server refuses |
 | 130 | interrupted (Ctrl-C) |
-| 141 | the output's reader went away (``imgwatch duplicates | head``), as for a process that SIGPIPE ends |
+| 141 | the output's reader went away (piped into `head`), as for a process that SIGPIPE ends |
 
 78 is ``EX_CONFIG`` from sysexits.h. The systemd units name it in ``RestartPreventExitStatus=``,
 so a daemon that cannot start with its configuration is not restarted in a loop.
