@@ -25,6 +25,8 @@ pytestmark = pytest.mark.slow
 HEAVY = frozenset({"torch", "torchvision", "sqlalchemy", "pymilvus", "numpy"})
 #: What a command without a daemon may load but the model's: ``status`` reads the catalog then.
 MODEL = frozenset({"torch", "torchvision"})
+#: ``search`` and ``status`` find the data dir without the settings machinery (imgwatch.config.client).
+SETTINGS = frozenset({"pydantic", "pydantic_settings", "pydantic_core"})
 
 
 def run_with_importtime(data_dir: Path, *args: str) -> tuple[subprocess.CompletedProcess[bytes], set[str]]:
@@ -73,25 +75,30 @@ def test_with_a_daemon_search_index_and_status_load_neither_model_nor_stores(
     assert [m["path"] for m in answer["results"]] == [str(query), str(other)]
     assert answer["results"][0]["score"] == pytest.approx(1.0, abs=1e-3)
     assert daemon.model_runs() == runs + 1  # the daemon's model embedded the query, not this process
-    assert not modules & HEAVY, sorted(modules & HEAVY)
+    assert not modules & (HEAVY | SETTINGS), sorted(modules & (HEAVY | SETTINGS))
 
     done, modules = run_with_importtime(data_dir, "search", "--like", "--json", str(query))
     assert [m["path"] for m in one_json(done)["results"]] == [str(other)]  # itself left out
-    assert not modules & HEAVY, sorted(modules & HEAVY)
+    assert not modules & (HEAVY | SETTINGS), sorted(modules & (HEAVY | SETTINGS))
 
     done, modules = run_with_importtime(data_dir, "index", "--json", str(query.parent))
     result = one_json(done)
     assert (result["unchanged"], result["added"], result["failed"]) == (2, 0, 0)
     assert not modules & HEAVY, sorted(modules & HEAVY)
 
+    (query.parent / "bad.jpg").write_bytes(b"not an image at all")
+    daemon.idle()
     done, modules = run_with_importtime(data_dir, "status", "--json")
     report = one_json(done)
     live = report["daemon"]
     assert (live["running"], live["state"], live["pid"]) == (True, "running", daemon.process.pid)
     assert report["files"]["indexed"] == 2 and report["vectors"] == 2
-    # Not SQLAlchemy (nor numpy, which its catalog code brings) yet: the catalog's half of the report
-    # is read here, not asked of the daemon.
-    assert not modules & (HEAVY - {"sqlalchemy", "numpy"}), sorted(modules & HEAVY)
+    # The whole report, the catalog's half too, comes from the daemon.
+    assert not modules & (HEAVY | SETTINGS), sorted(modules & (HEAVY | SETTINGS))
+    done, modules = run_with_importtime(data_dir, "status", "--failed", "--json")
+    from_daemon = one_json(done)
+    assert [f["path"] for f in from_daemon["failed_files"]] == [str(query.parent / "bad.jpg")]
+    assert not modules & (HEAVY | SETTINGS), sorted(modules & (HEAVY | SETTINGS))
 
     assert daemon.stop() == 0
     done, modules = run_with_importtime(data_dir, "status", "--json")
@@ -99,3 +106,8 @@ def test_with_a_daemon_search_index_and_status_load_neither_model_nor_stores(
     assert report["daemon"]["running"] is False
     assert report["files"]["indexed"] == 2 and report["vectors"] == 2  # read from the stores themselves
     assert not modules & MODEL, sorted(modules & MODEL)
+    # What the daemon reported of the catalog is what the catalog itself says.
+    failed = one_json(run_with_importtime(data_dir, "status", "--failed", "--json")[0])["failed_files"]
+    assert from_daemon["failed_files"] == failed
+    for key in ("data_dir", "catalog", "milvus_uri", "collection", "files", "extractor", "roots"):
+        assert from_daemon[key] == report[key], key

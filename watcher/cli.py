@@ -28,7 +28,7 @@ from imgwatch.commands.exits import (
 )
 from imgwatch.commands.indexing import add_compact, add_forget, add_index, add_reindex
 from imgwatch.commands.logs import configure_logging
-from imgwatch.commands.options import common_options, settings_from
+from imgwatch.commands.options import command_settings, common_options
 from imgwatch.commands.searching import add_search
 from imgwatch.commands.status import add_status
 from imgwatch.commands.watching import add_invoke, add_watch
@@ -37,6 +37,7 @@ from imgwatch.errors import ImgwatchError
 if TYPE_CHECKING:
     from imgwatch.commands.options import Command
     from imgwatch.config import Settings
+    from imgwatch.config.client import ClientSettings
 
 # The exit statuses are re-exported: scripts and tests know them as imgwatch.cli's.
 __all__ = [
@@ -79,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return settings_from(args)
+def _settings(args: argparse.Namespace) -> Settings | ClientSettings:
+    return command_settings(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

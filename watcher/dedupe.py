@@ -24,6 +24,7 @@ from itertools import combinations
 from typing import TYPE_CHECKING, Any
 
 from imgwatch.duplicates import EXACT
+from imgwatch.names import KEEP_RULES
 from imgwatch.pathlocks import is_under
 
 if TYPE_CHECKING:
@@ -31,9 +32,6 @@ if TYPE_CHECKING:
     from imgwatch.duplicates import DuplicateGroup
     from imgwatch.services.abc import FileRecord
     from imgwatch.verdicts import DuplicateCatalog
-
-#: The keep rules, as ``--keep`` names them; the first is the default.
-KEEP_RULES = ("largest", "smallest", "oldest", "newest", "shortest-path")
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,10 @@ class DaemonClient:
     def status(self) -> dict[str, Any]:
         return self.request("GET", "/status", None)
 
+    def report(self, *, failures: bool = False) -> dict[str, Any]:
+        """``imgwatch status``'s report, made by the daemon from its catalog and its state."""
+        return self.request("GET", "/status/report" + ("?failures=true" if failures else ""), None)
+
     def search(
         self,
         queries: list[tuple[str, bytes | str]],

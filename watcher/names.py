@@ -12,6 +12,8 @@ from collections.abc import Mapping
 #: The cosine similarity from which ``duplicates`` groups two images and ``check`` counts a match
 #: (both take ``--threshold``); here so that ``--help`` shows it without importing either.
 DUPLICATE_THRESHOLD = 0.95
+#: The keep rules, as ``dedupe --keep`` names them (``imgwatch.dedupe``); the first is the default.
+KEEP_RULES = ("largest", "smallest", "oldest", "newest", "shortest-path")
 
 #: Every setting NAME can be given as the environment variable IMGWATCH_<NAME> (upper case).
 ENV_PREFIX = "IMGWATCH_"
@@ -46,3 +48,17 @@ ENV_VARS: Mapping[str, str] = {
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ", "AUTOINDEX")
+
+#: The settings' names, which are the config file's keys (``Settings``' fields but ``config_file``):
+#: for thin clients, which check a config file's keys without loading pydantic (``config.client``).
+#: tests/test_config.py keeps it equal to the model's fields.
+SETTING_NAMES = frozenset(
+    {
+        "data_dir", "weights", "milvus_uri", "milvus_token", "collection", "node", "device",
+        "precision", "batch_size", "pca", "index_type", "index_params", "include", "exclude",
+        "include_hidden", "follow_symlinks", "roots", "protect", "poll", "poll_roots",
+        "poll_interval", "settle_seconds", "mass_delete_fraction", "mass_delete_min_files",
+        "webhook", "webhook_token", "webhook_hmac_secret", "webhook_max_bytes", "metrics_public",
+        "search_page", "search_page_max_bytes", "s3_mounts", "jobs", "max_pixels", "max_file_bytes",
+    }
+)  # fmt: skip

@@ -17,9 +17,20 @@ from imgwatch.services.build import REINDEX_META_KEY, active_collection, stored_
 from imgwatch.services.catalog import SQLiteCatalog, create_sqlite_engine
 
 
-def gather_status(settings: Settings, *, include_failures: bool = False) -> dict[str, Any]:
+def with_live(report: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    """``report`` completed by a running daemon's own status (``GET /status``)."""
+    live = dict(live)
+    report["vectors"] = live.pop("vectors")
+    report["daemon"].update(live, state="running")
+    return report
+
+
+def gather_status(
+    settings: Settings, *, include_failures: bool = False, vectors: bool = True
+) -> dict[str, Any]:
     """A JSON-ready report. Reads only: it never migrates the catalog, and it opens the vector store
-    only while nobody else holds the data dir (so it cannot get in a starting daemon's way)."""
+    only while nobody else holds the data dir (so it cannot get in a starting daemon's way).
+    ``vectors=False`` leaves the vector count out (the daemon, which has the store open, adds its own)."""
     holder = lock_holder(settings.data_dir)
     daemon_running = holder is not None and holder.command == "watch"
     report: dict[str, Any] = {
@@ -59,9 +70,10 @@ def gather_status(settings: Settings, *, include_failures: bool = False) -> dict
             report["failed_files"] = [{"path": r.path, "error": r.error} for r in catalog.failures()]
     finally:
         catalog.close()
-    report["vectors"] = _count_vectors(
-        settings, report["collection"], signature.dimension if signature else None, busy=holder
-    )
+    if vectors:
+        report["vectors"] = _count_vectors(
+            settings, report["collection"], signature.dimension if signature else None, busy=holder
+        )
     return report
 
 

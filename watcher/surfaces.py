@@ -332,8 +332,18 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
             moved = discard_keeping(paths, kept, ctx, log_path, reason, protect=folders)
         return {"discarded": [d.as_dict() for d in moved]}
 
+    def report(failures: bool) -> Reply:
+        from imgwatch.status import gather_status, with_live
+
+        # The catalog's half as `status` reads it without a daemon, then the live half (the vector
+        # count among it: the store is this process's, not for a second client to open).
+        return with_live(
+            gather_status(parts.settings, include_failures=failures, vectors=False), parts.status()
+        )
+
     surface = LocalSurface(
         status=parts.status,
+        report=report,
         search=search,
         search_like=search_like_paths,
         duplicates=duplicates,

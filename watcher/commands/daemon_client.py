@@ -9,10 +9,11 @@ from imgwatch.errors import ImgwatchError
 
 if TYPE_CHECKING:
     from imgwatch.config import Settings
+    from imgwatch.config.client import ClientSettings
     from imgwatch.ipc import DaemonClient
 
 
-def running_daemon(settings: Settings, wait: float = 120.0) -> DaemonClient | None:
+def running_daemon(settings: Settings | ClientSettings, wait: float = 120.0) -> DaemonClient | None:
     """A client for the daemon serving this data dir, or None when no daemon runs.
 
     A daemon that holds the data dir but does not answer yet is starting (loading the model):

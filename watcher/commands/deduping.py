@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from imgwatch.commands.daemon_client import running_daemon
 from imgwatch.commands.exits import EXIT_OK, EXIT_QUERY_FAILED
-from imgwatch.dedupe import KEEP_RULES
 from imgwatch.errors import ImgwatchError
-from imgwatch.names import DUPLICATE_THRESHOLD
+from imgwatch.names import DUPLICATE_THRESHOLD, KEEP_RULES
 
 if TYPE_CHECKING:
     from pathlib import Path

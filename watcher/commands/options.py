@@ -11,11 +11,14 @@ from imgwatch.names import DEVICES, ENV_CONFIG, ENV_DATA_DIR, ENV_MILVUS_URI, EN
 
 if TYPE_CHECKING:
     from imgwatch.config import Settings
+    from imgwatch.config.client import ClientSettings
 
     Subcommands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
-#: What a command's parser sets as ``run``: the command itself, returning its exit status.
-Command: TypeAlias = Callable[[argparse.Namespace, "Settings"], int]
+#: What a command's parser sets as ``run``: the command itself, returning its exit status. A command
+#: whose parser also sets ``thin=True`` may get :class:`ClientSettings` (it then loads the rest with
+#: :func:`full_settings` when no daemon does the work).
+Command: TypeAlias = Callable[[argparse.Namespace, "Settings | ClientSettings"], int]
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -90,6 +93,29 @@ SETTING_FLAGS = {
     "search_page": "--search-page",
     "config_file": "--config",
 }
+
+
+def full_settings(settings: Settings | ClientSettings) -> Settings:
+    """Every setting: loaded now if ``settings`` are a thin client's."""
+    from imgwatch.config.client import ClientSettings
+
+    return settings.full() if isinstance(settings, ClientSettings) else settings
+
+
+def command_settings(args: argparse.Namespace) -> Settings | ClientSettings:
+    """A thin command's client settings where they can be found without pydantic, else (and for
+    every other command) the full settings."""
+    others = [name for name in SETTING_FLAGS if name not in ("data_dir", "config_file")]
+    # A setting given as a flag is checked, whoever uses it: `status --pca 8` is still an error.
+    if getattr(args, "thin", False) and all(getattr(args, name, None) is None for name in others):
+        import functools
+
+        from imgwatch.config.client import client_settings
+
+        quick = client_settings(args.data_dir, args.config, functools.cache(lambda: settings_from(args)))
+        if quick is not None:
+            return quick
+    return settings_from(args)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from imgwatch.commands.daemon_client import running_daemon
 from imgwatch.commands.exits import EXIT_OK, EXIT_QUERY_FAILED
-from imgwatch.commands.options import html_options
+from imgwatch.commands.options import full_settings, html_options
 from imgwatch.errors import ImgwatchError
 from imgwatch.names import DUPLICATE_THRESHOLD
 
 if TYPE_CHECKING:
     from imgwatch.commands.options import Subcommands
     from imgwatch.config import Settings
+    from imgwatch.config.client import ClientSettings
     from imgwatch.search import QueryResult
 
 #: The cosine similarity from which ``duplicates`` calls two images look-alikes (`check` and its tests
@@ -98,10 +99,10 @@ def add_search(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         "safe for any file name",
     )
     html_options(search, "the results: query images on top, then thumbnails with scores and paths")
-    search.set_defaults(run=run_search)
+    search.set_defaults(run=run_search, thin=True)
 
 
-def run_search(args: argparse.Namespace, settings: Settings) -> int:
+def run_search(args: argparse.Namespace, settings: Settings | ClientSettings) -> int:
     # The service builders (SQLAlchemy, pymilvus, and torch for a query image) only where no daemon
     # answers: with one, this command is a thin client of its socket.
     from imgwatch.search import QueryResult, SearchFilter, read_queries
@@ -129,7 +130,7 @@ def run_search(args: argparse.Namespace, settings: Settings) -> int:
             from imgwatch.search import search_like
             from imgwatch.services.build import open_context
 
-            with open_context(settings, command="search", model=False) as ctx:
+            with open_context(full_settings(settings), command="search", model=False) as ctx:
                 results = search_like(absolute, ctx, k=args.k, where=where)
             results = [QueryResult(q, r.matches, r.error) for r, q in zip(results, args.queries, strict=True)]
     else:
@@ -141,7 +142,7 @@ def run_search(args: argparse.Namespace, settings: Settings) -> int:
             from imgwatch.search import search_images
             from imgwatch.services.build import open_context
 
-            with open_context(settings, command="search") as ctx:
+            with open_context(full_settings(settings), command="search") as ctx:
                 results = search_images(queries, ctx, k=args.k, flip=args.flip, where=where)
     if args.min_score is not None:
         floor = args.min_score

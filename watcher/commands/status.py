@@ -13,6 +13,7 @@ from imgwatch.commands.exits import EXIT_OK
 if TYPE_CHECKING:
     from imgwatch.commands.options import Subcommands
     from imgwatch.config import Settings
+    from imgwatch.config.client import ClientSettings
 
 
 def add_status(commands: Subcommands, common: argparse.ArgumentParser) -> None:
@@ -25,23 +26,25 @@ def add_status(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     )
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.add_argument("--failed", action="store_true", help="list failed files with their errors")
-    status.set_defaults(run=run_status)
+    status.set_defaults(run=run_status, thin=True)
 
 
-def run_status(args: argparse.Namespace, settings: Settings) -> int:
-    from imgwatch.status import gather_status
+def run_status(args: argparse.Namespace, settings: Settings | ClientSettings) -> int:
+    report = _from_daemon(settings, failures=args.failed)
+    if report is None:
+        from imgwatch.commands.options import full_settings
+        from imgwatch.status import gather_status, with_live
 
-    report = gather_status(settings, include_failures=args.failed)
-    if report["daemon"]["running"]:
-        from imgwatch.ipc import DaemonClient, DaemonUnavailableError
+        report = gather_status(full_settings(settings), include_failures=args.failed)
+        if report["daemon"]["running"]:
+            from imgwatch.ipc import DaemonClient, DaemonUnavailableError
 
-        try:
-            live = DaemonClient(settings.data_dir, timeout=10).status()
-        except DaemonUnavailableError:
-            report["daemon"]["state"] = "starting"
-        else:
-            report["vectors"] = live.pop("vectors")
-            report["daemon"].update(live, state="running")
+            try:
+                live = DaemonClient(settings.data_dir, timeout=10).status()
+            except DaemonUnavailableError:
+                report["daemon"]["state"] = "starting"
+            else:
+                report = with_live(report, live)
     if args.json:
         print(json.dumps(report))
         return EXIT_OK
@@ -53,6 +56,22 @@ def run_status(args: argparse.Namespace, settings: Settings) -> int:
     elif files["failed"]:
         print(f"({files['failed']} failed files: `imgwatch status --failed` lists them with reasons)")
     return EXIT_OK
+
+
+def _from_daemon(settings: Settings | ClientSettings, *, failures: bool) -> dict[str, Any] | None:
+    """The report from the daemon serving the data dir, if one answers at once: then this command
+    loads neither SQLAlchemy nor the settings machinery. None when no daemon runs, it is still
+    starting (its socket does not answer yet), or it is older than the report route."""
+    from imgwatch.ipc import DaemonClient, DaemonUnavailableError
+    from imgwatch.lock import lock_holder
+
+    holder = lock_holder(settings.data_dir)
+    if holder is None or holder.command != "watch":
+        return None
+    try:
+        return DaemonClient(settings.data_dir, timeout=10).report(failures=failures)
+    except DaemonUnavailableError:
+        return None
 
 
 def _lines(report: dict[str, Any]) -> list[str]:

@@ -25,15 +25,9 @@ The environment variable names and the choices live in ``imgwatch.names`` (no py
 CLI's parser) and are re-exported here, where every caller has always found them.
 """
 
-from imgwatch.config.checks import DEFAULT_JOBS, JOB_NAMES
-from imgwatch.config.load import load_settings
-from imgwatch.config.model import (
-    DEFAULT_MAX_PIXELS,
-    SECRET_SETTINGS,
-    Settings,
-    default_config_file,
-    default_data_dir,
-)
+from typing import TYPE_CHECKING, Any
+
+from imgwatch.config.paths import default_config_file, default_data_dir
 from imgwatch.names import (
     DEVICES,
     ENV_CONFIG,
@@ -52,6 +46,33 @@ from imgwatch.names import (
     INDEX_TYPES,
     PRECISIONS,
 )
+
+if TYPE_CHECKING:
+    from imgwatch.config.checks import DEFAULT_JOBS, JOB_NAMES
+    from imgwatch.config.load import load_settings
+    from imgwatch.config.model import DEFAULT_MAX_PIXELS, SECRET_SETTINGS, Settings
+
+#: Imported on first use (PEP 562): a thin client imports ``imgwatch.config.client``, and with it this
+#: package, but must not pay for pydantic (~0.2 s).
+_LAZY = {
+    "DEFAULT_JOBS": "imgwatch.config.checks",
+    "JOB_NAMES": "imgwatch.config.checks",
+    "load_settings": "imgwatch.config.load",
+    "DEFAULT_MAX_PIXELS": "imgwatch.config.model",
+    "SECRET_SETTINGS": "imgwatch.config.model",
+    "Settings": "imgwatch.config.model",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DEFAULT_JOBS",

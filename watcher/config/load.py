@@ -10,8 +10,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from imgwatch.config.checks import PROBLEM_TYPE
-from imgwatch.config.model import SECRET_SETTINGS, Settings, default_config_file
-from imgwatch.config.paths import PathError, absolute
+from imgwatch.config.model import SECRET_SETTINGS, Settings
+from imgwatch.config.paths import PathError, absolute, default_config_file
 from imgwatch.config.sources import CURRENT_LOAD, NOT_A_SOURCE_SETTING, Load, Sources
 from imgwatch.errors import ConfigError
 from imgwatch.names import ENV_CONFIG

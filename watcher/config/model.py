@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import platformdirs
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -18,17 +17,10 @@ from pydantic import (
 
 from imgwatch.config import checks
 from imgwatch.config.checks import CHOICES, DEFAULT_JOBS, POSITIVE_INTS, POSITIVE_NUMBERS
+from imgwatch.config.paths import DEFAULT_MAX_FILE_BYTES, default_data_dir
 
 #: Pillow's own decompression-bomb threshold; a 48 MP photo is well inside it.
 DEFAULT_MAX_PIXELS = 89_478_485
-
-
-def default_data_dir() -> Path:
-    return Path(platformdirs.user_data_dir("imgwatch", appauthor=False))
-
-
-def default_config_file() -> Path:
-    return Path(platformdirs.user_config_dir("imgwatch", appauthor=False)) / "config.toml"
 
 
 class Settings(BaseModel):
@@ -107,7 +99,7 @@ class Settings(BaseModel):
     jobs: Mapping[str, Mapping[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_JOBS))
     """When the daemon runs its maintenance jobs: APScheduler trigger name and arguments per job."""
     max_pixels: int = DEFAULT_MAX_PIXELS
-    max_file_bytes: int = 512 * 1024 * 1024
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     config_file: Path | None = None
     """The config file these settings were read from (``load_settings``); not itself a file setting."""
 

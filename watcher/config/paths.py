@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 PATH_LIST_FIELDS = frozenset({"roots", "poll_roots", "protect"})
+#: The default of ``max_file_bytes``: here, without pydantic, for thin clients (``config.client``).
+DEFAULT_MAX_FILE_BYTES = 512 * 1024 * 1024
 _VARIABLE = re.compile(r"\$(?:(\w+)|\{(\w+)\})")
 
 
@@ -46,6 +48,18 @@ def absolute(text: str, base: Path, environ: Mapping[str, str]) -> str:
     text = _VARIABLE.sub(variable, text)
     # normpath, as the CLI's roots get (os.path.abspath): `poll_roots` must compare equal to them.
     return os.path.normpath(os.path.join(base, text))
+
+
+def default_data_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("imgwatch", appauthor=False))
+
+
+def default_config_file() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("imgwatch", appauthor=False)) / "config.toml"
 
 
 def _is_weights_file(value: str) -> bool:

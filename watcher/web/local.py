@@ -82,6 +82,9 @@ class LocalSurface:
     """None: this socket cleans nothing up (its routes answer 404)."""
     check_with: Callable[[list[tuple[str, bytes | str]], float, SearchFilter], Reply] | None = None
     """``(queries, threshold, filter)``: :attr:`check` among the files the filter admits."""
+    report: Callable[[bool], Reply] | None = None
+    """``imgwatch status``'s whole report, from the daemon's own catalog (with the failed files when
+    asked), so that the command is a thin client; None where the daemon does not offer it (404)."""
     duplicates_with: Callable[[float, bool, SearchFilter], Reply] | None = None
     """``(threshold, exact, filter)``: :attr:`duplicates` among the files the filter admits; None
     where the daemon does not offer it (filtered requests are refused, 400)."""
@@ -218,6 +221,14 @@ def local_router(surface: LocalSurface) -> APIRouter:
     @router.get("/status", summary="The daemon's state: roots, queues, jobs, reindex")
     async def status() -> Reply:
         return await call(surface.status)
+
+    @router.get(
+        "/status/report", summary="`imgwatch status`'s report: the catalog's counts and the daemon's state"
+    )
+    async def report(failures: bool = False) -> Reply:
+        if surface.report is None:
+            raise RequestError(404, "this daemon does not report its catalog")
+        return await call(surface.report, failures)
 
     @router.post("/search", summary="Search with images, or with indexed files' stored vectors")
     async def search(request: SearchRequest) -> Reply:
