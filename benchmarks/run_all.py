@@ -46,6 +46,9 @@ def plan(quick: bool) -> list[list[Command]]:
             ["mirror_recall.py", *(["--images", "6"] if quick else [])],
             ["exact_duplicates.py", *(["--rows", "2000"] if quick else [])],
         ],
+        # The GPU path's script: measured by hand on a CUDA machine (its figures are in the README);
+        # here only its CPU smoke run, so that it stays runnable.
+        *([[["gpu.py", "--quick", "--device", "cpu"]]] if quick else []),
     ]
 
 
