@@ -28,6 +28,7 @@ from imgwatch.commands.exits import (
 )
 from imgwatch.commands.indexing import add_compact, add_forget, add_index, add_reindex
 from imgwatch.commands.logs import configure_logging
+from imgwatch.commands.migrating import add_migrate
 from imgwatch.commands.options import command_settings, common_options
 from imgwatch.commands.searching import add_search
 from imgwatch.commands.status import add_status
@@ -62,6 +63,7 @@ _COMMANDS = (
     add_invoke,
     add_compact,
     add_reindex,
+    add_migrate,
     add_forget,
     add_status,
 )

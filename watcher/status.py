@@ -10,10 +10,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from imgwatch.config import Settings
-from imgwatch.errors import DataDirBusyError
+from imgwatch.errors import ConfigError, DataDirBusyError
 from imgwatch.lock import DataDirLock, lock_holder
 from imgwatch.services.abc import FileState
-from imgwatch.services.build import REINDEX_META_KEY, active_collection, stored_index, stored_signature
+from imgwatch.services.build import (
+    REINDEX_META_KEY,
+    active_collection,
+    moved_store,
+    stored_index,
+    stored_signature,
+)
 from imgwatch.services.catalog import SQLiteCatalog, create_sqlite_engine
 
 
@@ -57,6 +63,14 @@ def gather_status(
     try:
         if not _has_schema(catalog):
             return report
+        try:
+            settings = moved_store(settings, catalog)
+        except ConfigError as e:
+            # Reported, not raised: status is where a user looks to find out what is wrong.
+            report["store_error"] = e.problem
+            report["vectors"] = None
+            vectors = False
+        report["milvus_uri"] = settings.vectors_uri
         report["files"] = {state.value: n for state, n in catalog.counts().items()}
         if "job_runs" in sa.inspect(catalog.engine).get_table_names():
             report["jobs"] = {name: {"last_run": run} for name, run in catalog.last_job_runs().items()}

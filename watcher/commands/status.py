@@ -89,6 +89,8 @@ def _lines(report: dict[str, Any]) -> list[str]:
         f"files:      {files['indexed']} indexed, {files['pending']} pending, {files['failed']} failed",
         f"in Milvus:  {vectors if vectors is not None else unknown}",
     ]
+    if report.get("store_error"):
+        lines.append(f"problem:    {report['store_error']}")
     if report["busy"] and not daemon["running"]:
         lines.append(f"in use by:  PID {report['busy']['pid']} (imgwatch {report['busy']['command']})")
     if extractor:

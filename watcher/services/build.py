@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from imgwatch.config import Settings
 from imgwatch.context import Context
-from imgwatch.errors import ExtractorMismatchError, ImgwatchError
+from imgwatch.errors import ConfigError, ExtractorMismatchError, ImgwatchError
 from imgwatch.lock import DataDirLock
 from imgwatch.services.abc import Extractor, ExtractorSignature
 from imgwatch.services.catalog import SQLiteCatalog, open_catalog
@@ -43,6 +43,11 @@ INDEX_META_KEY = "ann_index"
 REINDEX_META_KEY = "reindex"
 GENERATION_META_KEY = "collection_generation"
 NODE_META_KEY = "node_id"
+STORE_META_KEY = "vector_store"
+"""Where ``imgwatch migrate`` moved the index: ``{"uri": server URI or None for the data dir's Milvus
+Lite file, "collection", "moved_at", "from"}``. Absent: where the settings say."""
+MIGRATION_META_KEY = "migration"
+"""An unfinished ``imgwatch migrate``: ``{"to", "collection", "through": last catalog id copied}``."""
 
 #: Commands that write the configured extractor's vectors, so refuse an index made by another one.
 WRITING_COMMANDS = frozenset({"index"})
@@ -67,6 +72,32 @@ def stored_index(catalog: SQLiteCatalog, settings: Settings) -> dict[str, Any]:
 
     text = catalog.get_meta(INDEX_META_KEY)
     return dict(json.loads(text)) if text else default_index_spec(settings.index_type, settings.index_params)
+
+
+def moved_store(settings: Settings, catalog: SQLiteCatalog) -> Settings:
+    """``settings`` pointing at the store ``imgwatch migrate`` moved the index to, if it did.
+
+    The data dir remembers it, so that after a migration nothing else needs changing. Settings that
+    name another store are refused rather than obeyed: that store does not hold this index, and
+    serving from it would look like an empty (or stale) library.
+    """
+    text = catalog.get_meta(STORE_META_KEY)
+    if not text:
+        return settings
+    moved = json.loads(text)
+    uri = moved["uri"]
+    if settings.milvus_uri == uri:
+        return settings
+    if settings.milvus_uri is not None:
+        where = uri or f"Milvus Lite in the data dir ({settings.data_dir / 'vectors.db'})"
+        raise ConfigError(
+            "milvus_uri",
+            f"{settings.milvus_uri} does not hold this data dir's index: `imgwatch migrate` moved it to "
+            f"{where} on {moved['moved_at']}. Remove milvus_uri from the settings"
+            + (f", or set it to {uri}" if uri else "")
+            + ", or migrate the index there (`imgwatch migrate --to URI`).",
+        )
+    return settings.replace(milvus_uri=uri)
 
 
 def stored_dimension(catalog: SQLiteCatalog) -> int:
@@ -309,6 +340,7 @@ def open_services(
         stack.callback(lock.release)
         catalog = open_catalog(settings.catalog_path)
         stack.callback(catalog.close)
+        settings = moved_store(settings, catalog)
         cache = ExtractorCache(
             settings,
             [*([extractor] if extractor else []), *extractors],
