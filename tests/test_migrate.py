@@ -65,7 +65,8 @@ class Library:
         return json.loads(done.stdout.splitlines()[-1])
 
     def search(self, query: Path) -> list[tuple[str, float]]:
-        result = self.json("search", str(query), "-k", "10")
+        """More like an indexed file, by its stored vector: the store's answer, without a model run."""
+        result = self.json("search", "--like", str(query), "-k", "10")
         return [(m["path"], round(m["score"], 4)) for m in result["results"]]
 
 
