@@ -106,9 +106,9 @@ def start_search_page(parts: DaemonParts) -> tuple[HttpServer, str]:
     # indexed into the same data dir by `imgwatch index`, nor of anything else on the disk.
     thumbnails = Thumbnails(lambda: serving.current.catalog, parts.roots, settings.max_file_bytes)
 
-    def search_image(data: bytes, k: int, flip: bool = False) -> QueryResult:
+    def search_image(data: bytes, k: int, flip: bool = False, crops: bool = False) -> QueryResult:
         with serving.use() as ctx:
-            return search_images([("upload", data)], ctx, k=k, flip=flip)[0]
+            return search_images([("upload", data)], ctx, k=k, flip=flip, crops=crops)[0]
 
     def search_like_path(path: str, k: int) -> QueryResult:
         with serving.use() as ctx:
@@ -219,6 +219,7 @@ def start_search_page(parts: DaemonParts) -> tuple[HttpServer, str]:
         path_of,
         check=serving_check(serving),
         search_image_flipped=lambda data, k: search_image(data, k, True),
+        search_image_cropped=lambda data, k, flip: search_image(data, k, flip, True),
         review=review,
     )
     app = create_app(page=PageSurface(config, backend))
@@ -248,9 +249,11 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
         with serving.use() as ctx:
             return _results(search_like(paths, ctx, k=k))
 
-    def search_with(queries: list[tuple[str, bytes | str]], k: int, flip: bool, where: SearchFilter) -> Reply:
+    def search_with(
+        queries: list[tuple[str, bytes | str]], k: int, flip: bool, crops: bool, where: SearchFilter
+    ) -> Reply:
         with serving.use() as ctx:
-            return _results(search_images(queries, ctx, k=k, flip=flip, where=where))
+            return _results(search_images(queries, ctx, k=k, flip=flip, crops=crops, where=where))
 
     def search_like_with(paths: list[str], k: int, where: SearchFilter) -> Reply:
         with serving.use() as ctx:
