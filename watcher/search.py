@@ -170,7 +170,7 @@ def search_images(
             vector = ctx.extractor.embed(data)
             # Only after the extractor accepted the image (its max_pixels included), so decoding
             # it again here is safe: no limit of our own to keep in step.
-            return vector, _extra_views(data, flip=flip, crops=crops)
+            return vector, extra_views(data, flip=flip, crops=crops)
         except ImageError as e:
             return e.reason
 
@@ -197,8 +197,9 @@ def search_images(
     return results
 
 
-def _extra_views(data: bytes, *, flip: bool, crops: bool) -> list[bytes]:
-    """The encoded views a query adds to itself (none for a plain search)."""
+def extra_views(data: bytes, *, flip: bool, crops: bool) -> list[bytes]:
+    """The encoded views :func:`search_images` adds to a query image it has embedded (none for a
+    plain search); ``data`` must be one the extractor accepted (no pixel limit is applied here)."""
     if not flip and not crops:
         return []
     # Here, not at the top: thin clients import this module and must not load numpy.
