@@ -88,7 +88,7 @@ def run_check(args: argparse.Namespace, settings: Settings) -> int:
     where = SearchFilter.parse(args.under, args.since, args.until)
     queries = read_queries(list(args.images), LocalFileReader(settings.max_file_bytes))
     daemon = running_daemon(settings)
-    if daemon is not None and where.active:
+    if daemon is not None and (where.active or args.crops):
         # DaemonClient.check (imgwatch.ipc, not this module's) sends no filter: the same request with one.
         from imgwatch.ipc import _encoded
 
@@ -97,11 +97,13 @@ def run_check(args: argparse.Namespace, settings: Settings) -> int:
             body["crops"] = True
         reply = daemon.request("POST", "/check", body)
         if not reply.get("filtered"):
-            # A daemon from before the filters ignored them (its request model took any field).
-            raise ImgwatchError("the running daemon is older than --under/--since/--until: restart it")
+            # A daemon from before the filters ignored them, and crops (its request model took any field).
+            raise ImgwatchError(
+                "the running daemon is older than --under/--since/--until/--crops: restart it"
+            )
         results = [CheckResult.from_dict(raw) for raw in reply["results"]]
     elif daemon is not None:
-        results = [CheckResult.from_dict(raw) for raw in daemon.check(queries, threshold, crops=args.crops)]
+        results = [CheckResult.from_dict(raw) for raw in daemon.check(queries, threshold)]
     else:
         from imgwatch.check import check_images
         from imgwatch.services.build import open_context
