@@ -57,7 +57,7 @@ def add_search(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also search with the query's centre and four corners at 80%% of each side: each result "
         "scores the best of the six views, so cropped copies rank nearer where whole ones do (6 model "
-        "runs per query instead of 1, 12 with --flip: about 4-5 times as long)",
+        "runs per query instead of 1, 12 with --flip; measured at 3-4.5x the time of a plain query)",
     )
     search.add_argument(
         "--under",
