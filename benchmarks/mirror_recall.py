@@ -9,11 +9,14 @@ each index, no near-duplicate distractors:
   options must not lose it).
 
 recall@1 is the share of queries whose own copy ranks first among the index's entries (exact cosine,
-as a FLAT index ranks). The modes are what ``search`` does for one query:
+as a FLAT index ranks). The modes are what ``search`` does for one query, with the views it makes
+(:func:`imgwatch.search.extra_views`), each file scored by its best view:
 
 - ``plain``: the query's one view;
-- ``flip``: the query and its mirror image (:func:`imgwatch.services.images.mirrored`), best score;
-- ``crops``: the query and five 80 % crops of it (centre and four corners), best score.
+- ``flip`` (``--flip``): the query and its mirror image (:func:`imgwatch.services.images.mirrored`);
+- ``crops`` (``--crops``): the query and its centre and four corners at 80 % of each side
+  (:func:`imgwatch.services.images.crop_views`);
+- ``crops+flip`` (``--crops --flip``): those six and the mirror image of each.
 
 Each mode's cost is timed per query (decode, the views' preparation and one model batch of them).
 
@@ -40,14 +43,13 @@ import numpy.typing as npt
 from PIL import Image, ImageOps
 
 from imgwatch.samples import photo
+from imgwatch.search import extra_views
 from imgwatch.services.extractor import VGG16Extractor, WeightsSpec, imagenet_weights_file
-from imgwatch.services.images import mirrored, prepare
+from imgwatch.services.images import CROP_SHARE, prepare
 
 HERE = Path(__file__).resolve().parent
 SIZE = (320, 240)
 MAX_PIXELS = 10**8
-CROP_SHARE = 0.8
-"""Each side of a multi-crop view, as a share of the query's."""
 
 Views = Callable[[bytes], list[bytes]]
 
@@ -55,12 +57,6 @@ Views = Callable[[bytes], list[bytes]]
 def _jpeg(image: Image.Image, quality: int = 90) -> bytes:
     out = io.BytesIO()
     image.save(out, "JPEG", quality=quality)
-    return out.getvalue()
-
-
-def _png(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, "PNG", compress_level=1)
     return out.getvalue()
 
 
@@ -72,20 +68,15 @@ def _cropped_copy(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return image.crop((left, top, left + w, top + h))
 
 
-def crop_views(data: bytes) -> list[bytes]:
-    """The query and its centre and four corner crops at :data:`CROP_SHARE` of each side."""
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    width, height = image.size
-    w, h = int(width * CROP_SHARE), int(height * CROP_SHARE)
-    corners = [(0, 0), (width - w, 0), (0, height - h), (width - w, height - h)]
-    corners.append(((width - w) // 2, (height - h) // 2))
-    return [data, *(_png(image.crop((x, y, x + w, y + h))) for x, y in corners)]
+def _views(*, flip: bool, crops: bool) -> Views:
+    return lambda data: [data, *extra_views(data, flip=flip, crops=crops)]
 
 
 MODES: dict[str, Views] = {
-    "plain": lambda data: [data],
-    "flip": lambda data: [data, mirrored(data, MAX_PIXELS)],
-    "crops": crop_views,
+    "plain": _views(flip=False, crops=False),
+    "flip": _views(flip=True, crops=False),
+    "crops": _views(flip=False, crops=True),
+    "crops+flip": _views(flip=True, crops=True),
 }
 
 

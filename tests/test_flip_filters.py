@@ -1,4 +1,5 @@
-"""``search --flip`` finds mirrored copies; ``--under`` and ``--since/--until`` still give k results.
+"""``search --flip`` finds mirrored copies, ``--crops`` cropped ones; ``--under`` and ``--since/--until``
+still give k results.
 
 Real files, the real catalog and Milvus Lite in tmp_path, VGG16 with random:0 weights. The filter
 tests share one indexed library (indexing is the expensive part), built so that many files score
@@ -11,7 +12,10 @@ from __future__ import annotations
 import http.client
 import json
 import os
-from collections.abc import Iterator
+import socket
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -19,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+from imgwatch.check import DEFAULT_THRESHOLD, check_images, check_reply
 from imgwatch.config import Settings
 from imgwatch.context import Context
 from imgwatch.ipc import DaemonClient, DaemonUnavailableError
@@ -39,7 +44,7 @@ from imgwatch.web.local import LocalSurface
 from imgwatch.web.page import PageSurface, SearchImage, SearchPageBackend, SearchPageConfig
 from imgwatch.web.server import HttpServer, bind_unix
 from tests.conftest import WEIGHTS, index, jpeg_bytes, serve
-from tests.harness import imgwatch_cli
+from tests.harness import RunningDaemon, imgwatch_cli
 
 # One worker for the module: its module-scoped daemon (or model) is then started once.
 pytestmark = pytest.mark.xdist_group("flip-filters")
@@ -54,6 +59,12 @@ FLIP_SEED = 18
 """A photo whose mirrored copy plain search does not rank first among the distractors (random:0)."""
 FLIP_DISTRACTORS = tuple(range(1, 12))
 FLIP_SIZE = (160, 120)
+CROP_SEEDS = (300, 301, 302, 304)
+"""Photos whose cropped copies the crop tests index; plain search ranks some of them first, not all."""
+RESIZED_SEED = 320
+"""A photo whose copy in the crop library is only resized: ``--crops`` must still find it first."""
+CROP_DISTRACTORS = (900, 901, 902, 903)
+CROP_SIZE = (96, 72)
 
 
 def _ns(text: str) -> int:
@@ -192,12 +203,18 @@ def test_the_control_socket_carries_flip_and_filters(library: tuple[Path, Contex
         invoke=lambda _p: {},
         run_job=lambda _j: {},
         forget_root=lambda _r: {},
-        search_with=lambda q, k, flip, where: results(search_images(q, ctx, k=k, flip=flip, where=where)),
+        search_with=lambda q, k, flip, crops, where: results(
+            search_images(q, ctx, k=k, flip=flip, crops=crops, where=where)
+        ),
         search_like_with=lambda p, k, where: results(search_like(p, ctx, k=k, where=where)),
+        check=lambda q, t: check_reply(check_images(q, ctx, threshold=t)),
+        check_cropped=lambda q, t, where: check_reply(
+            check_images(q, ctx, threshold=t, where=where, crops=True)
+        ),
     )
     # Its own BlockingWork: a stopped server's is not used again.
     kept = {name: value for name, value in surface.__dict__.items() if name != "work"}
-    plain = LocalSurface(**{**kept, "search_with": None, "search_like_with": None})
+    plain = LocalSurface(**{**kept, "search_with": None, "search_like_with": None, "check_cropped": None})
     where = SearchFilter.parse([str(root / "keep")], since=SINCE, until=UNTIL)
     for number, (served, options) in enumerate([(surface, True), (plain, False)]):
         data_dir = tmp_path / f"data{number}"
@@ -208,12 +225,24 @@ def test_the_control_socket_carries_flip_and_filters(library: tuple[Path, Contex
         server.start()
         try:
             client = DaemonClient(data_dir)
+            # Crops need query images: refused with `like` before anything runs.
+            like = {"k": K, "like": [str(root / "keep" / "kept4200.jpg")], "crops": True}
+            with pytest.raises(DaemonUnavailableError, match="crops needs query images"):
+                client.request("POST", "/search", like)
             if not options:
-                with pytest.raises(DaemonUnavailableError, match="does not search mirrored images or filter"):
-                    client.search(_query(), K, flip=True)
+                for option in ("flip", "crops"):
+                    with pytest.raises(
+                        DaemonUnavailableError, match="does not search mirrored images or crops"
+                    ):
+                        client.search(_query(), K, **{option: True})
                 with pytest.raises(DaemonUnavailableError, match="does not filter searches"):
                     client.search_like([str(root / "keep" / "kept4200.jpg")], K, where=where)
+                with pytest.raises(DaemonUnavailableError, match="does not check with crops"):
+                    client.check(_query(), DEFAULT_THRESHOLD, crops=True)
                 continue
+            [checked] = client.check(_query(), DEFAULT_THRESHOLD, crops=True)
+            [expected_check] = check_images(_query(), ctx, threshold=DEFAULT_THRESHOLD, crops=True)
+            assert checked == expected_check.as_dict() and checked["match"] is not None
             [answer] = client.search(_query(), K, flip=True, where=where)
             [expected] = search_images(_query(), ctx, k=K, flip=True, where=where)
             assert [(r["path"], r["score"]) for r in answer["results"]] == [
@@ -255,9 +284,14 @@ def test_the_search_page_searches_with_the_mirror_too_when_asked(library: tuple[
             connection.request("POST", "/api/search?k=5&flip=true", body=data)
             response = connection.getresponse()
             body = json.loads(response.read())
+            # Neither backend searches with crops: refused, never answered as a plain search.
+            connection.request("POST", "/api/search?k=5&crops=true", body=data)
+            cropped = connection.getresponse()
+            refusal = json.loads(cropped.read())
             connection.close()
         finally:
             server.stop()
+        assert cropped.status == 400 and "crops" in refusal["error"]
         if name == "plain":
             assert response.status == 400 and "mirror" in body["error"]
             continue
@@ -298,3 +332,145 @@ def test_cli_flip_ranks_the_mirrored_copy_first_where_plain_search_does_not(
     found = json.loads(line)["results"]
     assert found[0]["path"] == str(copy)
     assert found[0]["score"] > plain.matches[0].score  # its mirror matches it better than anything did
+
+
+@dataclass(frozen=True)
+class CropLibrary:
+    root: Path
+    data_dir: Path
+    cropped: dict[str, str]
+    """Query file -> its cropped copy in the index."""
+    resized: tuple[str, str]
+    """A query and its resized (uncropped) copy."""
+    plain_first: int
+    """How many of :attr:`cropped`'s queries plain search ranks their own copy first for."""
+    plain_checked: int
+    """How many of them plain ``check`` (default threshold) answers with their own copy."""
+
+
+def _cropped_copy(seed: int) -> bytes:
+    """70-85 % of each side of the photo, at a random place (the seed's own)."""
+    image = photo(seed, CROP_SIZE)
+    rng = np.random.default_rng(seed)
+    share = rng.uniform(0.70, 0.85)
+    w, h = int(image.width * share), int(image.height * share)
+    left, top = int(rng.integers(0, image.width - w + 1)), int(rng.integers(0, image.height - h + 1))
+    return jpeg_bytes(image.crop((left, top, left + w, top + h)))
+
+
+@pytest.fixture(scope="module")
+def crop_library(tmp_path_factory: pytest.TempPathFactory, extractor: VGG16Extractor) -> CropLibrary:
+    """Cropped copies of :data:`CROP_SEEDS`, a resized copy of :data:`RESIZED_SEED` and distinct
+    photos, indexed (then closed, for the CLI); plain search's score measured in-process."""
+    base = tmp_path_factory.mktemp("crops")
+    root, queries = base / "library", base / "queries"
+    root.mkdir()
+    queries.mkdir()
+    cropped = {}
+    for seed in CROP_SEEDS:
+        (root / f"crop{seed}.jpg").write_bytes(_cropped_copy(seed))
+        (queries / f"query{seed}.jpg").write_bytes(jpeg_bytes(photo(seed, CROP_SIZE)))
+        cropped[str(queries / f"query{seed}.jpg")] = str(root / f"crop{seed}.jpg")
+    small = photo(RESIZED_SEED, CROP_SIZE).resize((58, 43), Image.Resampling.BICUBIC)
+    (root / "resized.jpg").write_bytes(jpeg_bytes(small, quality=70))
+    (queries / "whole.jpg").write_bytes(jpeg_bytes(photo(RESIZED_SEED, CROP_SIZE)))
+    for seed in CROP_DISTRACTORS:
+        (root / f"scene{seed}.jpg").write_bytes(jpeg_bytes(photo(seed, CROP_SIZE)))
+    data_dir = base / "data"
+    settings = Settings(data_dir=data_dir, weights=WEIGHTS, batch_size=8)
+    with open_context(settings, command="test", extractor=extractor) as ctx:
+        assert index(ctx, root).failed == 0
+        given = [(q, Path(q).read_bytes()) for q in cropped]
+        plain = search_images(given, ctx, k=1)
+        checked = check_images(given, ctx, threshold=DEFAULT_THRESHOLD)
+    plain_first = sum(r.matches[0].path == cropped[r.query] for r in plain)
+    assert plain_first < len(CROP_SEEDS), "plain search already ranks every cropped copy first"
+    plain_checked = sum(r.match is not None and r.match.path == cropped[r.query] for r in checked)
+    return CropLibrary(
+        root,
+        data_dir,
+        cropped,
+        (str(queries / "whole.jpg"), str(root / "resized.jpg")),
+        plain_first,
+        plain_checked,
+    )
+
+
+def _search_with_crops(library: CropLibrary) -> dict[str, dict[str, object]]:
+    """``imgwatch search --crops`` for every query of the library: its best match, by query."""
+    queries = [*library.cropped, library.resized[0]]
+    done = imgwatch_cli(library.data_dir, "search", *queries, "--crops", "-k", "1", "--json")
+    assert done.returncode == 0, done.stderr.decode()
+    lines = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    return {line["query"]: line["results"][0] for line in lines}
+
+
+def _assert_crops_gain(library: CropLibrary, best: dict[str, dict[str, object]]) -> None:
+    crops_first = sum(best[query]["path"] == copy for query, copy in library.cropped.items())
+    assert crops_first > library.plain_first, f"--crops: {crops_first}, plain: {library.plain_first}"
+    query, copy = library.resized
+    assert best[query]["path"] == copy  # an uncropped copy is not lost to the crops' scores
+
+
+@pytest.mark.slow
+def test_cli_crops_ranks_more_cropped_copies_first_than_plain_search(crop_library: CropLibrary) -> None:
+    """No daemon: the command opens the index itself."""
+    _assert_crops_gain(crop_library, _search_with_crops(crop_library))
+    query = next(iter(crop_library.cropped.values()))
+    done = imgwatch_cli(crop_library.data_dir, "search", "--like", query, "--crops")
+    assert done.returncode != 0 and b"--crops needs query images" in done.stderr
+    # check --crops: "do I already have this?" answers yes for more of the cropped copies.
+    done = imgwatch_cli(crop_library.data_dir, "check", *crop_library.cropped, "--crops", "--json")
+    assert done.returncode in (0, 1), done.stderr.decode()
+    matches = {line["query"]: line["match"] for line in map(json.loads, done.stdout.decode().splitlines())}
+    found = sum(m is not None and m["path"] == crop_library.cropped[q] for q, m in matches.items())
+    assert found > crop_library.plain_checked, f"check --crops: {found}, plain: {crop_library.plain_checked}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_the_daemon_searches_with_crops_for_the_cli_and_the_page(
+    crop_library: CropLibrary, daemon_factory: Callable[..., RunningDaemon]
+) -> None:
+    """A thin client's --crops reaches the daemon's warm model (six model runs a query there); the
+    page's ``crops=true`` gives the same answer over real HTTP."""
+    port = _free_port()
+    daemon = daemon_factory(
+        crop_library.root, data_dir=crop_library.data_dir, extra=("--search-page", f"127.0.0.1:{port}")
+    )
+    daemon.idle()
+    before = daemon.model_runs()
+    best = _search_with_crops(crop_library)
+    assert daemon.model_runs() - before == 6 * len(best)
+    _assert_crops_gain(crop_library, best)
+    query = next(q for q, copy in crop_library.cropped.items() if best[q]["path"] == copy)
+    # check --crops through the daemon too: more of the cropped copies are "already had".
+    done = imgwatch_cli(crop_library.data_dir, "check", *crop_library.cropped, "--crops", "--json")
+    assert done.returncode in (0, 1), done.stderr.decode()
+    matches = {line["query"]: line["match"] for line in map(json.loads, done.stdout.decode().splitlines())}
+    found_first = sum(m is not None and m["path"] == crop_library.cropped[q] for q, m in matches.items())
+    assert found_first > crop_library.plain_checked
+    page = urllib.parse.urlsplit(daemon.status()["search_page"])  # the address with the page's token
+    token = urllib.parse.parse_qs(page.query)["token"][0]
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        connection.request(
+            "POST",
+            "/api/search?k=1&crops=true",
+            body=Path(query).read_bytes(),
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        response = connection.getresponse()
+        body = json.loads(response.read())
+    finally:
+        connection.close()
+    assert response.status == 200, body
+    [found] = body["results"]
+    assert found["path"] == best[query]["path"]
+    assert found["score"] == pytest.approx(best[query]["score"], abs=1e-4)
+    assert daemon.stop() == 0

@@ -122,20 +122,26 @@ class DaemonClient:
         k: int,
         *,
         flip: bool = False,
+        crops: bool = False,
         where: SearchFilter | None = None,
     ) -> list[dict[str, Any]]:
-        """``queries``: ``(name, image bytes)``, or ``(name, error text)`` for unreadable ones; ``flip``
-        and ``where`` as :func:`imgwatch.search.search_images` takes them."""
+        """``queries``: ``(name, image bytes)``, or ``(name, error text)`` for unreadable ones; ``flip``,
+        ``crops`` and ``where`` as :func:`imgwatch.search.search_images` takes them."""
         body: dict[str, Any] = {
-            **_options(flip, where),
+            **_options(flip, where, crops),
             "k": k,
             "queries": _encoded(queries),
         }
         return list(self.request("POST", "/search", body)["results"])
 
-    def check(self, queries: list[tuple[str, bytes | str]], threshold: float) -> list[dict[str, Any]]:
-        """ "Do I already have these?": per query ``{"query", "match": {...} | None}`` (and ``error``)."""
-        body = {"threshold": threshold, "queries": _encoded(queries)}
+    def check(
+        self, queries: list[tuple[str, bytes | str]], threshold: float, *, crops: bool = False
+    ) -> list[dict[str, Any]]:
+        """ "Do I already have these?": per query ``{"query", "match": {...} | None}`` (and ``error``);
+        ``crops`` as :func:`imgwatch.check.check_images` takes it."""
+        body: dict[str, Any] = {"threshold": threshold, "queries": _encoded(queries)}
+        if crops:
+            body["crops"] = True
         return list(self.request("POST", "/check", body)["results"])
 
     def search_like(
@@ -178,10 +184,12 @@ def _encoded(queries: list[tuple[str, bytes | str]]) -> list[dict[str, str]]:
     ]
 
 
-def _options(flip: bool, where: SearchFilter | None) -> dict[str, Any]:
+def _options(flip: bool, where: SearchFilter | None, crops: bool = False) -> dict[str, Any]:
     """The search options a request carries; none at all for a plain search, which every daemon
-    version answers."""
+    version answers (and a daemon older than an option refuses a request that carries it)."""
     options: dict[str, Any] = {"flip": True} if flip else {}
+    if crops:
+        options["crops"] = True
     if where is not None and where.active:
         options |= where.as_dict()
     return options

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -131,9 +131,15 @@ def read_queries(queries: Sequence[str], files: FileReader) -> list[tuple[str, b
 
 
 def search_files(
-    queries: Sequence[str], ctx: Context, *, k: int, flip: bool = False, where: SearchFilter = EVERYTHING
+    queries: Sequence[str],
+    ctx: Context,
+    *,
+    k: int,
+    flip: bool = False,
+    crops: bool = False,
+    where: SearchFilter = EVERYTHING,
 ) -> list[QueryResult]:
-    return search_images(read_queries(queries, ctx.files), ctx, k=k, flip=flip, where=where)
+    return search_images(read_queries(queries, ctx.files), ctx, k=k, flip=flip, crops=crops, where=where)
 
 
 def search_images(
@@ -142,44 +148,66 @@ def search_images(
     *,
     k: int,
     flip: bool = False,
+    crops: bool = False,
     where: SearchFilter = EVERYTHING,
 ) -> list[QueryResult]:
     """Embed each query image (in parallel threads, so they share model batches) and search.
 
     ``queries`` holds ``(name, encoded image)`` pairs, or ``(name, error)`` for queries that could
-    not be read; those are answered with their error. With ``flip``, each result's score is the
-    better of its similarity to the query and to the query's mirror image (left to right), so a
-    mirrored copy ranks as its unmirrored original would. Only files ``where`` admits are answered.
+    not be read; those are answered with their error. Each result's score is the best of the
+    query's views: with ``flip``, the query and its mirror image (left to right), so a mirrored copy
+    ranks as its unmirrored original would; with ``crops``, the query and its centre and four
+    corners at 80 % of each side (:func:`imgwatch.services.images.crop_views`), so a cropped copy
+    ranks nearer where the uncropped one would; with both, the mirror image of each of those six
+    too. Only files ``where`` admits are answered.
     """
 
-    def embed(item: tuple[str, bytes | str]) -> list[Vector] | str:
+    def embed(item: tuple[str, bytes | str]) -> tuple[Vector, list[bytes]] | str:
         data = item[1]
         if isinstance(data, str):
             return data
         try:
-            views = [ctx.extractor.embed(data)]
-            if flip:
-                # Here, not at the top: thin clients import this module and must not load numpy.
-                from imgwatch.services.images import mirrored
-
-                # Only after the extractor accepted the image (its max_pixels included), so
-                # decoding it again here is safe: no limit of our own to keep in step.
-                views.append(ctx.extractor.embed(mirrored(data, max_pixels=_ACCEPTED)))
+            vector = ctx.extractor.embed(data)
+            # Only after the extractor accepted the image (its max_pixels included), so decoding
+            # it again here is safe: no limit of our own to keep in step.
+            return vector, extra_views(data, flip=flip, crops=crops)
         except ImageError as e:
             return e.reason
-        return views
 
     with ThreadPoolExecutor(max_workers=max(1, min(len(queries), 16))) as pool:
         embedded = list(pool.map(embed, queries))
-    views = [v for vs in embedded if not isinstance(vs, str) for v in vs]
-    hits = iter(search_vectors(views, ctx, k=k, where=where))
+    # Every query's other views in one round of threads of their own, so that they share batches.
+    extra = [view for found in embedded if not isinstance(found, str) for view in found[1]]
+    extra_vectors: Iterator[Vector] = iter(())
+    if extra:
+        with ThreadPoolExecutor(max_workers=min(len(extra), 16)) as pool:
+            extra_vectors = iter(list(pool.map(ctx.extractor.embed, extra)))
+    views = {
+        number: [found[0], *(next(extra_vectors) for _ in found[1])]
+        for number, found in enumerate(embedded)
+        if not isinstance(found, str)
+    }
+    hits = iter(search_vectors([v for vs in views.values() for v in vs], ctx, k=k, where=where))
     results = []
-    for (query, _), found in zip(queries, embedded, strict=True):
+    for number, ((query, _), found) in enumerate(zip(queries, embedded, strict=True)):
         if isinstance(found, str):
             results.append(QueryResult(query, [], error=found))
         else:
-            results.append(QueryResult(query, best_of([next(hits) for _ in found], k)))
+            results.append(QueryResult(query, best_of([next(hits) for _ in views[number]], k)))
     return results
+
+
+def extra_views(data: bytes, *, flip: bool, crops: bool) -> list[bytes]:
+    """The encoded views :func:`search_images` adds to a query image it has embedded (none for a
+    plain search); ``data`` must be one the extractor accepted (no pixel limit is applied here)."""
+    if not flip and not crops:
+        return []
+    # Here, not at the top: thin clients import this module and must not load numpy.
+    from imgwatch.services.images import crop_views, mirrored
+
+    if crops:
+        return crop_views(data, max_pixels=_ACCEPTED, mirror=flip)
+    return [mirrored(data, max_pixels=_ACCEPTED)]
 
 
 #: Stands for "no limit" when decoding an image the extractor has already decoded within its own.

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgwatch.check import check_reply, serving_check
+from imgwatch.check import check_reply, serving_check, serving_check_cropped
 from imgwatch.config import Settings
 from imgwatch.duplicates import find_duplicates, find_exact_duplicates
 from imgwatch.events import ImageEvent, Source
@@ -111,9 +111,9 @@ def start_search_page(parts: DaemonParts) -> tuple[HttpServer, str]:
     # indexed into the same data dir by `imgwatch index`, nor of anything else on the disk.
     thumbnails = Thumbnails(lambda: serving.current.catalog, parts.roots, settings.max_file_bytes)
 
-    def search_image(data: bytes, k: int, flip: bool = False) -> QueryResult:
+    def search_image(data: bytes, k: int, flip: bool = False, crops: bool = False) -> QueryResult:
         with serving.use() as ctx:
-            return search_images([("upload", data)], ctx, k=k, flip=flip)[0]
+            return search_images([("upload", data)], ctx, k=k, flip=flip, crops=crops)[0]
 
     def search_like_path(path: str, k: int) -> QueryResult:
         with serving.use() as ctx:
@@ -224,6 +224,7 @@ def start_search_page(parts: DaemonParts) -> tuple[HttpServer, str]:
         path_of,
         check=serving_check(serving),
         search_image_flipped=lambda data, k: search_image(data, k, True),
+        search_image_cropped=lambda data, k, flip: search_image(data, k, flip, True),
         review=review,
     )
     app = create_app(page=PageSurface(config, backend))
@@ -257,9 +258,11 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
         with serving.use() as ctx:
             return _results(search_like(paths, ctx, k=k))
 
-    def search_with(queries: list[tuple[str, bytes | str]], k: int, flip: bool, where: SearchFilter) -> Reply:
+    def search_with(
+        queries: list[tuple[str, bytes | str]], k: int, flip: bool, crops: bool, where: SearchFilter
+    ) -> Reply:
         with serving.use() as ctx:
-            return _results(search_images(queries, ctx, k=k, flip=flip, where=where))
+            return _results(search_images(queries, ctx, k=k, flip=flip, crops=crops, where=where))
 
     def search_like_with(paths: list[str], k: int, where: SearchFilter) -> Reply:
         with serving.use() as ctx:
@@ -358,6 +361,7 @@ def start_control_socket(parts: DaemonParts) -> HttpServer:
         dedupe=DedupeCalls(plan=dedupe_plan, discard=discard),
         duplicates_with=duplicates_with,
         check_with=check_with,
+        check_cropped=serving_check_cropped(serving),
     )
     path: Path = socket_path(parts.settings.data_dir)
     server = HttpServer(create_app(local=surface), bind_unix(path), "imgwatch-endpoint", work=surface.work)

@@ -59,6 +59,13 @@ def add_check(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         "--until", metavar="WHEN", help="only matches modified before WHEN (same forms as --since)"
     )
     check.add_argument(
+        "--crops",
+        action="store_true",
+        help="also check with each image's centre and four corners at 80%% of each side, so a cropped "
+        "copy can count as a match (6 model runs per image instead of 1); an exact match still needs "
+        "none",
+    )
+    check.add_argument(
         "--json",
         action="store_true",
         help='one JSON object per image and line: {"query": ..., "match": {"path", "score", "kind"} or '
@@ -81,15 +88,19 @@ def run_check(args: argparse.Namespace, settings: Settings) -> int:
     where = SearchFilter.parse(args.under, args.since, args.until)
     queries = read_queries(list(args.images), LocalFileReader(settings.max_file_bytes))
     daemon = running_daemon(settings)
-    if daemon is not None and where.active:
+    if daemon is not None and (where.active or args.crops):
         # DaemonClient.check (imgwatch.ipc, not this module's) sends no filter: the same request with one.
         from imgwatch.ipc import _encoded
 
         body = {"threshold": threshold, "queries": _encoded(queries), **where.as_dict()}
+        if args.crops:
+            body["crops"] = True
         reply = daemon.request("POST", "/check", body)
         if not reply.get("filtered"):
-            # A daemon from before the filters ignored them (its request model took any field).
-            raise ImgwatchError("the running daemon is older than --under/--since/--until: restart it")
+            # A daemon from before the filters ignored them, and crops (its request model took any field).
+            raise ImgwatchError(
+                "the running daemon is older than --under/--since/--until/--crops: restart it"
+            )
         results = [CheckResult.from_dict(raw) for raw in reply["results"]]
     elif daemon is not None:
         results = [CheckResult.from_dict(raw) for raw in daemon.check(queries, threshold)]
@@ -98,7 +109,7 @@ def run_check(args: argparse.Namespace, settings: Settings) -> int:
         from imgwatch.services.build import open_context
 
         with open_context(settings, command="check") as ctx:
-            results = check_images(queries, ctx, threshold=threshold, where=where)
+            results = check_images(queries, ctx, threshold=threshold, where=where, crops=args.crops)
     for result in results:
         print(json.dumps(result.as_dict()) if args.json else _line(result, threshold), flush=True)
     failed = [r for r in results if r.error is not None]

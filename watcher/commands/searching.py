@@ -54,6 +54,13 @@ def add_search(commands: Subcommands, common: argparse.ArgumentParser) -> None:
         "of the two, so mirrored copies rank as unmirrored ones do (a second model run per query)",
     )
     search.add_argument(
+        "--crops",
+        action="store_true",
+        help="also search with the query's centre and four corners at 80%% of each side: each result "
+        "scores the best of the six views, so cropped copies rank nearer where whole ones do (6 model "
+        "runs per query instead of 1, 12 with --flip; measured at 3-4.5x the time of a plain query)",
+    )
+    search.add_argument(
         "--under",
         action="append",
         default=[],
@@ -112,6 +119,8 @@ def run_search(args: argparse.Namespace, settings: Settings | ClientSettings) ->
         raise ImgwatchError("-k must be at least 1")
     if args.flip and args.like:
         raise ImgwatchError("--flip needs query images: --like searches with stored vectors")
+    if args.crops and args.like:
+        raise ImgwatchError("--crops needs query images: --like searches with stored vectors")
     where = SearchFilter.parse(args.under, args.since, args.until)
     if args.min_score is not None and not -1.0 <= args.min_score <= 1.0:
         raise ImgwatchError("--min-score must be between -1 and 1 (a cosine similarity)")
@@ -136,14 +145,14 @@ def run_search(args: argparse.Namespace, settings: Settings | ClientSettings) ->
     else:
         queries = read_queries(list(args.queries), files)
         if daemon is not None:
-            raw = daemon.search(queries, args.k, flip=args.flip, where=where)
+            raw = daemon.search(queries, args.k, flip=args.flip, crops=args.crops, where=where)
             results = [_query_result(r, r["query"]) for r in raw]
         else:
             from imgwatch.search import search_images
             from imgwatch.services.build import open_context
 
             with open_context(full_settings(settings), command="search") as ctx:
-                results = search_images(queries, ctx, k=args.k, flip=args.flip, where=where)
+                results = search_images(queries, ctx, k=args.k, flip=args.flip, crops=args.crops, where=where)
     if args.min_score is not None:
         floor = args.min_score
         results = [QueryResult(r.query, [m for m in r.matches if m.score >= floor], r.error) for r in results]

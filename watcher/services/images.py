@@ -116,9 +116,49 @@ def mirrored(data: bytes, max_pixels: int) -> bytes:
     :func:`prepare`'s own resize leaves it as it is; PNG, so nothing is lost to a second encoding.
     Raises :class:`ImageError` as :func:`prepare` does.
     """
+    image = _shrunk(data, max_pixels, RESIZE)
+    return _png(ImageOps.mirror(image))
+
+
+#: Each side of a multi-crop view (:func:`crop_views`), as a share of the query's.
+CROP_SHARE = 0.8
+
+
+def crop_views(data: bytes, max_pixels: int, *, mirror: bool = False) -> list[bytes]:
+    """The centre and four corners of ``data``, each :data:`CROP_SHARE` of each side, as PNG bytes:
+    the views a multi-crop query adds to the image itself, so that a cropped copy meets a view that
+    shows about what it shows. With ``mirror``, then the mirror image of ``data`` and of each crop
+    (in that order): 11 views, which score mirrored crops too.
+
+    Decoded once and shrunk first (to the short side that makes each crop's :data:`RESIZE`; never
+    enlarged, so no view has more pixels than ``data``), so a 24-megapixel photo costs one decode,
+    not one per view, and :func:`prepare` barely resizes the crops again. Raises
+    :class:`ImageError` as :func:`prepare` does.
+    """
+    image = _shrunk(data, max_pixels, round(RESIZE / CROP_SHARE), enlarge=False)
+    width, height = image.size
+    w, h = max(1, round(width * CROP_SHARE)), max(1, round(height * CROP_SHARE))
+    corners = [((width - w) // 2, (height - h) // 2), (0, 0), (width - w, 0), (0, height - h)]
+    corners.append((width - w, height - h))
+    crops = [image.crop((x, y, x + w, y + h)) for x, y in corners]
+    if mirror:
+        crops += [ImageOps.mirror(view) for view in (image, *crops)]
+    return [_png(view) for view in crops]
+
+
+def _shrunk(data: bytes, max_pixels: int, short_side: int, *, enlarge: bool = True) -> Image.Image:
+    """``data`` decoded as :func:`prepare` decodes it, resized to ``short_side`` (bilinear); left as
+    it is when it is smaller and not ``enlarge``."""
     if not data:
         raise ImageError("empty file (0 bytes)")
-    image = tvf.resize(_decode(data, max_pixels), [RESIZE], interpolation=tvf.InterpolationMode.BILINEAR)
+    image = _decode(data, max_pixels)
+    if not enlarge and min(image.size) <= short_side:
+        return image
+    resized: Image.Image = tvf.resize(image, [short_side], interpolation=tvf.InterpolationMode.BILINEAR)
+    return resized
+
+
+def _png(image: Image.Image) -> bytes:
     out = io.BytesIO()
-    ImageOps.mirror(image).save(out, "PNG", compress_level=1)
+    image.save(out, "PNG", compress_level=1)
     return out.getvalue()

@@ -9,8 +9,9 @@ const drop = document.getElementById("drop");
 const fileInput = document.getElementById("file");
 const kSelect = document.getElementById("k");
 const flipBox = document.getElementById("flip");
+const cropsBox = document.getElementById("crops");
 let queryPreview = null;  // the blob: URL of the uploaded image, revoked when replaced
-let lastFile = null;  // searched again when the "mirrored too" toggle changes
+let lastFile = null;  // searched again when the "mirrored too" or "crops too" toggle changes
 
 function say(text, isError) {
   statusLine.textContent = text;
@@ -81,7 +82,8 @@ async function search(file) {
   say("Searching…", false);
   try {
     const flip = flipBox.checked ? "&flip=true" : "";
-    const answer = await call(`/api/search?k=${kSelect.value}${flip}`, {
+    const crops = cropsBox.checked ? "&crops=true" : "";
+    const answer = await call(`/api/search?k=${kSelect.value}${flip}${crops}`, {
       method: "POST",
       headers: { "Content-Type": file.type || "application/octet-stream" },
       body: file,
@@ -106,6 +108,7 @@ async function moreLike(result) {
 }
 
 flipBox.addEventListener("change", () => search(lastFile));
+cropsBox.addEventListener("change", () => search(lastFile));
 fileInput.addEventListener("change", () => {
   search(fileInput.files[0]);
   fileInput.value = "";  // choosing the same file again must search again

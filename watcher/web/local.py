@@ -68,8 +68,9 @@ class LocalSurface:
     forget_root: Callable[[str], Reply]
     verdicts: VerdictCalls | None = None
     """None: this socket records no verdicts (its routes answer 404)."""
-    search_with: Callable[[list[tuple[str, bytes | str]], int, bool, SearchFilter], Reply] | None = None
-    """``(queries, k, flip, filter)``: :attr:`search` with the mirror image (``flip``) and filters.
+    search_with: Callable[[list[tuple[str, bytes | str]], int, bool, bool, SearchFilter], Reply] | None = None
+    """``(queries, k, flip, crops, filter)``: :attr:`search` with the mirror image (``flip``), the
+    centre and corner crops (``crops``) and filters.
     None where the daemon does not offer them: such requests are refused (400), never answered as
     plain searches."""
     search_like_with: Callable[[list[str], int, SearchFilter], Reply] | None = None
@@ -85,6 +86,9 @@ class LocalSurface:
     report: Callable[[bool], Reply] | None = None
     """``imgwatch status``'s whole report, from the daemon's own catalog (with the failed files when
     asked), so that the command is a thin client; None where the daemon does not offer it (404)."""
+    check_cropped: Callable[[list[tuple[str, bytes | str]], float, SearchFilter], Reply] | None = None
+    """``(queries, threshold, filter)``: :attr:`check_with`, each file scored by the best of the query
+    and its centre and four corners (``check --crops``); None: such requests are refused (400)."""
     duplicates_with: Callable[[float, bool, SearchFilter], Reply] | None = None
     """``(threshold, exact, filter)``: :attr:`duplicates` among the files the filter admits; None
     where the daemon does not offer it (filtered requests are refused, 400)."""
@@ -128,6 +132,11 @@ class SearchRequest(FilterFields):
         default=False,
         description="Score each file by the better of the query and its mirror image (not with `like`).",
     )
+    crops: bool = Field(
+        default=False,
+        description="Score each file by the best of the query and its centre and four corners at 80 % "
+        "of each side (6 model runs per query, 12 with `flip`; not with `like`).",
+    )
 
 
 class CheckRequest(FilterFields):
@@ -136,6 +145,11 @@ class CheckRequest(FilterFields):
 
     threshold: float = Field(gt=0, le=1, description="The score from which a match counts.")
     queries: list[QueryImage] = Field(description="Images to check.")
+    crops: bool = Field(
+        default=False,
+        description="Score each file by the best of the query and its centre and four corners at 80 % "
+        "(6 model runs per query).",
+    )
 
 
 class DuplicatesRequest(FilterFields):
@@ -234,8 +248,9 @@ def local_router(surface: LocalSurface) -> APIRouter:
     async def search(request: SearchRequest) -> Reply:
         where = request.search_filter()
         if request.like is not None:
-            if request.flip:
-                raise RequestError(400, "flip needs query images: a like search uses stored vectors")
+            if request.flip or request.crops:
+                option = "flip" if request.flip else "crops"
+                raise RequestError(400, f"{option} needs query images: a like search uses stored vectors")
             if not where.active:
                 return await call(surface.search_like, request.like, request.k)
             if surface.search_like_with is None:
@@ -250,11 +265,11 @@ def local_router(surface: LocalSurface) -> APIRouter:
                 queries.append((query.query, base64.b64decode(query.data, validate=True)))
             except binascii.Error as e:
                 raise RequestError(400, f"{query.query}: data is not base64: {e}") from None
-        if not request.flip and not where.active:
+        if not request.flip and not request.crops and not where.active:
             return await call(surface.search, queries, request.k)
         if surface.search_with is None:
-            raise RequestError(400, "this daemon does not search mirrored images or filter searches")
-        return await call(surface.search_with, queries, request.k, request.flip, where)
+            raise RequestError(400, "this daemon does not search mirrored images or crops or filter searches")
+        return await call(surface.search_with, queries, request.k, request.flip, request.crops, where)
 
     if surface.check is not None:
         check = surface.check
@@ -262,6 +277,10 @@ def local_router(surface: LocalSurface) -> APIRouter:
         @router.post("/check", summary="Whether each image is already indexed: its best match or none")
         async def check_images(request: CheckRequest) -> Reply:
             where = request.search_filter()
+            if request.crops:
+                if surface.check_cropped is None:
+                    raise RequestError(400, "this daemon does not check with crops")
+                return await call(surface.check_cropped, _decoded(request.queries), request.threshold, where)
             if not where.active:
                 return await call(check, _decoded(request.queries), request.threshold)
             if surface.check_with is None:

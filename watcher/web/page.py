@@ -3,8 +3,9 @@
 Not an event source: it answers searches with the daemon's warm model. Routes:
 
 - ``GET /`` and ``GET /static/search.{css,js}``: the page, plain files from ``imgwatch/static/``;
-- ``POST /api/search?k=N[&flip=true]``: the body is an encoded image; its ``k`` most similar indexed
-  files (with ``flip``, each scored by the better of the image and its mirror image);
+- ``POST /api/search?k=N[&flip=true][&crops=true]``: the body is an encoded image; its ``k`` most
+  similar indexed files (with ``flip``, each scored by the better of the image and its mirror image;
+  with ``crops``, by the best of the image and its centre and four corners at 80 %);
 - ``GET /api/like?path=REF&k=N`` (or ``id=ID``): "more like this" by the stored vector;
 - ``GET /thumb?path=REF`` (or ``id=ID``): a JPEG thumbnail of an indexed file inside the roots;
 - ``POST /api/check?threshold=T``: multipart image uploads; for each, its best indexed match or
@@ -116,6 +117,10 @@ class SearchPageBackend:
     search_image_flipped: SearchImage | None = None
     """:attr:`search_image` scoring each file by the better of the image and its mirror image; None
     where the daemon does not offer it (the page then refuses ``flip``)."""
+    search_image_cropped: Callable[[bytes, int, bool], QueryResult] | None = None
+    """``(data, k, flip)``: :attr:`search_image` scoring each file by the best of the image and its
+    centre and four corners at 80 % (with ``flip``, and the mirror image of each); None where the
+    daemon does not offer it (the page then refuses ``crops``)."""
     review: ReviewBackend | None = None
     """The Duplicates view's routes, when set."""
 
@@ -216,6 +221,13 @@ PATH_REF = Annotated[
     str | None, Query(alias="path", description="An indexed file: its path's bytes, percent-encoded.")
 ]
 FLIP = Annotated[bool, Query(description="Score each file by the better of the image and its mirror image.")]
+CROPS = Annotated[
+    bool,
+    Query(
+        description="Score each file by the best of the image and its centre and four corners at 80 % "
+        "(6 model runs instead of 1, 12 with flip)."
+    ),
+]
 FILE_ID = Annotated[int | None, Query(alias="id", ge=1, le=10**18, description="An indexed file's id.")]
 
 
@@ -270,10 +282,15 @@ def page_router(surface: PageSurface) -> APIRouter:
         # Only reads, but runs the model: another site's form must not make a visitor's browser do it.
         dependencies=[Depends(same_site)],
     )
-    async def search(request: Request, k: K = DEFAULT_K, flip: FLIP = False) -> Results:
+    async def search(request: Request, k: K = DEFAULT_K, flip: FLIP = False, crops: CROPS = False) -> Results:
         searcher = backend.search_image_flipped if flip else backend.search_image
+        if crops:
+            cropped = backend.search_image_cropped
+            searcher = None if cropped is None else lambda image, n: cropped(image, n, flip)
         if searcher is None:
-            raise RequestError(400, "this daemon does not search with mirror images")
+            raise RequestError(
+                400, f"this daemon does not search with {'crops' if crops else 'mirror images'}"
+            )
         data = await read_body(request)
         if not data:
             raise RequestError(400, "the body is empty: send the image's bytes")
