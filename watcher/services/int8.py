@@ -126,17 +126,17 @@ def quantize(features: nn.Module, calibration: torch.Tensor) -> nn.Module:
     # reduce_range keeps activations in 7 bits: VNNI's u8 x s8 products then cannot saturate.
     quantizer.set_global(x86.get_default_x86_inductor_quantization_config(reduce_range=True))
     with torch.no_grad():
-        graph = torch.export.export(features, (calibration[:2],), dynamic_shapes=_dynamic_batch()).module()
+        graph = torch.export.export(features, _example(), dynamic_shapes=_dynamic_batch()).module()
         prepared = prepare_pt2e(graph, quantizer)
         for start in range(0, len(calibration), _BATCH):
             prepared(calibration[start : start + _BATCH])
         return cast(nn.Module, convert_pt2e(prepared))
 
 
-def compile_package(quantized: nn.Module, example: torch.Tensor, path: Path) -> Path:
+def compile_package(quantized: nn.Module, path: Path) -> Path:
     """Compile ``quantized`` ahead of time into an AOTInductor package at ``path`` (atomically)."""
     with torch.no_grad():
-        program = torch.export.export(quantized, (example[:2],), dynamic_shapes=_dynamic_batch())
+        program = torch.export.export(quantized, _example(), dynamic_shapes=_dynamic_batch())
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".pt2")
         os.close(fd)
@@ -153,6 +153,11 @@ def compile_package(quantized: nn.Module, example: torch.Tensor, path: Path) -> 
 
 def load_package(path: Path) -> Features:
     return cast(Features, torch._inductor.aoti_load_package(str(path)))
+
+
+def _example() -> tuple[torch.Tensor]:
+    """An input to trace with: two images, since export takes a batch of one for a constant."""
+    return (torch.zeros(2, 3, 224, 224).contiguous(memory_format=torch.channels_last),)
 
 
 def _dynamic_batch() -> tuple[dict[int, Any]]:
@@ -209,9 +214,10 @@ def load_or_build(
             ]
         return torch.cat(rows).float().numpy()
 
-    def gate(measured: Fidelity, what: str) -> Fidelity:
+    def gate(measured: Fidelity, what: str, *, recorded: bool = False) -> Fidelity:
         if not measured.passes(min_cosine, min_agreement):
-            _write_record(record, key, measured, refused=True)
+            if not recorded:
+                _write_record(record, key, measured, refused=True)
             raise Int8UnavailableError(
                 f"{what} is not faithful enough: {measured.describe()}; the bar is cosine >= {min_cosine} "
                 f"and agreement >= {min_agreement}"
@@ -220,7 +226,7 @@ def load_or_build(
 
     saved = _read_record(record, key)
     if saved is not None:
-        gate(saved, f"int8 (verdict recorded in {record})")
+        gate(saved, f"int8 (verdict recorded in {record})", recorded=True)
         if package.is_file():
             log.info("int8: reusing the compiled model %s (%s)", package, saved.describe())
             return Int8Model(load_package(package), saved, package, reused=True)
@@ -236,7 +242,7 @@ def load_or_build(
     gate(fidelity(reference, vectors(quantized, held_out)), "int8 (quantized, before compiling)")
     log.info("int8: compiling the quantized model into %s (once per weights, CPU and torch)", package)
     try:
-        compile_package(quantized, inputs, package)
+        compile_package(quantized, package)
         compiled = load_package(package)
     except Exception as e:  # a missing compiler or an Inductor failure: the caller stays in float
         reason = f"{type(e).__name__}: {_first_line(e)}"
