@@ -28,7 +28,7 @@ from imgwatch.errors import ImgwatchError
 from imgwatch.services.abc import ExtractorSignature, Vector
 from imgwatch.services.cpu import cpus_we_may_run_on
 from imgwatch.services.images import prepare
-from imgwatch.services.int8 import Features, Int8UnavailableError, load_or_build
+from imgwatch.services.int8 import Features, Fidelity, Int8UnavailableError, load_or_build
 
 # The model's description lives where commands that never run it can import it without torch; its
 # names stay importable from here too.
@@ -168,6 +168,7 @@ class VGG16Extractor:
         self._std = torch.tensor(_STD, device=self._device).view(1, 3, 1, 1) * 255.0
         self._dtype = torch.float32
         self._int8: Features | None = None
+        self._int8_fidelity: Fidelity | None = None
         """The compiled int8 convolutions, when int8 is used; fc6/fc7 stay in ``self._model``."""
         identity = weights_identity or weights.identity()
         wanted = choose_precision(precision, self._device, self._bf16_speedup)
@@ -203,6 +204,11 @@ class VGG16Extractor:
     @property
     def images_embedded(self) -> int:
         return self._embedded
+
+    @property
+    def int8_fidelity(self) -> Fidelity | None:
+        """The int8 gate's numbers when the model computes in int8, else None."""
+        return self._int8_fidelity
 
     @property
     def batch_sizes(self) -> dict[int, int]:
@@ -306,10 +312,12 @@ class VGG16Extractor:
             log.warning("staying in float on %s: int8 is implemented for CPUs only", self._device)
             return None
         try:
-            return load_or_build(self._model, self._prepared, weights_identity, cache).features
+            built = load_or_build(self._model, self._prepared, weights_identity, cache)
         except Int8UnavailableError as e:
             log.warning("staying in float on this CPU: %s", e)
             return None
+        self._int8_fidelity = built.fidelity
+        return built.features
 
     def _switch_precision(self, name: str, weights_identity: str, *, required: bool) -> None:
         """Move the model to ``name`` precision if its vectors stay within cosine 0.999 of fp32.

@@ -230,6 +230,7 @@ def load_or_build(
         if package.is_file():
             log.info("int8: reusing the compiled model %s (%s)", package, saved.describe())
             return Int8Model(load_package(package), saved, package, reused=True)
+    _find_compiler()  # before a minute of quantizing that could not be compiled
     held_out = photo_crops(HELD_OUT_SEEDS)
     reference = vectors(model.features, held_out)
     started = time.monotonic()
@@ -245,12 +246,26 @@ def load_or_build(
         compile_package(quantized, package)
         compiled = load_package(package)
     except Exception as e:  # a missing compiler or an Inductor failure: the caller stays in float
-        reason = f"{type(e).__name__}: {_first_line(e)}"
-        raise Int8UnavailableError(f"compiling the int8 model failed ({reason})") from e
+        raise Int8UnavailableError(
+            f"cannot compile the int8 model ({type(e).__name__}: {_first_line(e)})"
+        ) from e
     measured = gate(fidelity(reference, vectors(compiled, held_out)), "int8 (compiled)")
     _write_record(record, key, measured, refused=False)
     log.info("int8: quantized and compiled in %.1f s (%s)", time.monotonic() - started, measured.describe())
     return Int8Model(compiled, measured, package, reused=False)
+
+
+def _find_compiler() -> None:
+    """Raise :class:`Int8UnavailableError` unless Inductor finds the C++ compiler it would use
+    (``$CXX``, else g++)."""
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as e:  # Inductor's own error for "none of these compilers runs"
+        raise Int8UnavailableError(
+            f"cannot compile the int8 model: no C++ compiler ({type(e).__name__}: {_first_line(e)})"
+        ) from e
 
 
 def _first_line(error: BaseException) -> str:
