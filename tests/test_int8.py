@@ -8,6 +8,7 @@ Quantizing and compiling cost about a minute on 2 cores: the module quantizes an
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -58,6 +59,13 @@ def int8_model(compile_cache: Path) -> Iterator[VGG16Extractor]:
     model = VGG16Extractor(
         WeightsSpec.parse(WEIGHTS), precision="int8", batch_size=8, compile_cache=compile_cache
     )
+    if model.signature.dtype != "int8":
+        model.close()
+        # Its warning (in the log) says why: no C++ compiler, or the gate refused.
+        reason = "int8 is not available on this machine (see the warning logged above)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
     yield model
     model.close()
 

@@ -36,7 +36,7 @@ from torch import nn
 
 from imgwatch.samples import photo
 from imgwatch.services.images import prepare
-from imgwatch.services.precision import _cpuinfo_field
+from imgwatch.services.precision import cpuinfo_field
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ def artefact_key(weights_identity: str, calibration: npt.NDArray[np.uint8]) -> d
         "weights": weights_identity,
         "calibration": hashlib.sha256(calibration.tobytes()).hexdigest()[:16],
         "held_out": [HELD_OUT_SEEDS.start, HELD_OUT_SEEDS.stop],
-        "cpu": _cpuinfo_field("model name"),
-        "flags": sorted(_cpuinfo_field("flags").split()),
+        "cpu": cpuinfo_field("model name"),
+        "flags": sorted(cpuinfo_field("flags").split()),
         "torch": torch.__version__,
         "torchao": version("torchao"),
     }
