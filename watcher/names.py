@@ -46,7 +46,7 @@ ENV_VARS: Mapping[str, str] = {
 }
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ", "AUTOINDEX")
 
 #: The settings' names, which are the config file's keys (``Settings``' fields but ``config_file``):

@@ -51,7 +51,10 @@ class Settings(BaseModel):
     and its reconcile touches only its own. None: alone in its collection."""
     device: str = "auto"
     precision: str = "auto"
-    """``auto`` picks bf16 on CPUs with AMX/avx512-bf16 (after a cosine check), fp16 on CUDA, else fp32."""
+    """``auto`` picks bf16 on CPUs with AMX/avx512-bf16 (after a cosine check), fp16 on CUDA, else fp32.
+    ``int8`` (CPUs, opt-in) quantizes the convolutions and compiles them once (a C++ compiler is
+    needed); it falls back to ``auto``'s choice where its fidelity gate or the compile fails. int8
+    vectors never mix with float ones: switching to or from it reindexes in the background."""
     batch_size: int = 16
     pca: int | None = None
     """Project vectors to this many dimensions with PCA fitted on the index (256 or 512 are typical);

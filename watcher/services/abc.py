@@ -36,19 +36,31 @@ class ExtractorSignature:
     """Version tag of the decode/resize/normalise pipeline; bumped whenever its output changes."""
     dimension: int
     dtype: str
-    """Compute precision (fp32/bf16/fp16). Recorded, but not part of :attr:`key`: the extractor only
-    uses a reduced precision when its vectors stay within cosine 0.999 of fp32."""
+    """Compute precision (fp32/bf16/fp16/int8). Only its :attr:`precision_class` is part of :attr:`key`:
+    the extractor uses bf16/fp16 only while their vectors stay within cosine 0.999 of fp32, so those
+    mix with fp32's; int8 vectors are further away (cosine >= 0.99), so an index never mixes them."""
     pca: str = ""
     """``""`` for the model's own vectors, else ``"SOURCE->DIM:VERSION"``: projected by the fitted PCA
     transform ``VERSION`` from SOURCE to DIM dimensions (:mod:`imgwatch.services.pca`)."""
 
-    COMPARED = ("model", "weights", "layer", "preprocessing", "dimension", "pca")
+    COMPARED = ("model", "weights", "layer", "preprocessing", "dimension", "pca", "precision_class")
+
+    @property
+    def precision_class(self) -> str:
+        """``int8`` for int8 vectors, ``float`` for the rest (fp32/bf16/fp16, and the settings' ``auto``,
+        which never picks int8). A signature recorded before classes existed reads as ``float``."""
+        return "int8" if self.dtype == "int8" else "float"
 
     @property
     def key(self) -> str:
         """Short stable id of the fields that change what a vector means."""
-        # An empty pca is left out, so keys of indexes made before PCA existed stay valid.
-        compared = {f: getattr(self, f) for f in self.COMPARED if f != "pca" or self.pca}
+        # An empty pca and the float class are left out, so keys of indexes made before PCA or
+        # precision classes existed stay valid: no reindex for them.
+        compared = {
+            f: getattr(self, f)
+            for f in self.COMPARED
+            if (f != "pca" or self.pca) and (f != "precision_class" or self.precision_class != "float")
+        }
         text = json.dumps(compared, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

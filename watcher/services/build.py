@@ -239,6 +239,8 @@ def _build_extractor(settings: Settings, weights: WeightsSpec, identity: str) ->
         precision=settings.precision,
         batch_size=settings.batch_size,
         max_pixels=settings.max_pixels,
+        # The compiled int8 model belongs with the index it makes vectors for.
+        compile_cache=settings.data_dir / "compile-cache",
     )
 
 

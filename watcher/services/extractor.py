@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -27,6 +28,7 @@ from imgwatch.errors import ImgwatchError
 from imgwatch.services.abc import ExtractorSignature, Vector
 from imgwatch.services.cpu import cpus_we_may_run_on
 from imgwatch.services.images import prepare
+from imgwatch.services.int8 import Features, Fidelity, Int8UnavailableError, load_or_build
 
 # The model's description lives where commands that never run it can import it without torch; its
 # names stay importable from here too.
@@ -46,6 +48,7 @@ from imgwatch.services.precision import (
     record_fidelity,
 )
 from imgwatch.services.weights import (
+    cache_dir,
     imagenet_state_dict,
     imagenet_weights_file,
     load_into,
@@ -128,7 +131,11 @@ class FC7(nn.Module):
         self.head = cast(nn.Sequential, vgg.classifier)[:5]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return cast(torch.Tensor, self.head(torch.flatten(self.avgpool(self.features(x)), 1)))
+        return self.from_features(self.features(x))
+
+    def from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """fc6 and fc7 on the convolutions' output (which int8 computes by other means)."""
+        return cast(torch.Tensor, self.head(torch.flatten(self.avgpool(features), 1)))
 
 
 class VGG16Extractor:
@@ -144,7 +151,9 @@ class VGG16Extractor:
         batch_size: int = 16,
         max_pixels: int = 89_478_485,
         max_wait: float = 0.01,
+        compile_cache: Path | None = None,
     ) -> None:
+        """``compile_cache`` keeps the compiled int8 model (default: the user's cache dir)."""
         # max_pixels is enforced per file in images.prepare, before decoding; Pillow's own global
         # limit would otherwise warn (or fail) first with a message that names no file.
         Image.MAX_IMAGE_PIXELS = None
@@ -158,11 +167,21 @@ class VGG16Extractor:
         self._mean = torch.tensor(_MEAN, device=self._device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(_STD, device=self._device).view(1, 3, 1, 1) * 255.0
         self._dtype = torch.float32
+        self._int8: Features | None = None
+        self._int8_fidelity: Fidelity | None = None
+        """The compiled int8 convolutions, when int8 is used; fc6/fc7 stay in ``self._model``."""
         identity = weights_identity or weights.identity()
         wanted = choose_precision(precision, self._device, self._bf16_speedup)
-        if wanted != "fp32":
-            self._switch_precision(wanted, identity, required=precision != "auto")
-        self._signature = signature_for(weights, identity, _name_of(self._dtype))
+        required = precision != "auto"
+        if wanted == "int8":
+            self._int8 = self._int8_features(identity, compile_cache or cache_dir() / "compile-cache")
+            if self._int8 is None:
+                # int8 is an optimisation that may be unavailable here (no compiler, a failed gate):
+                # the float precision auto would pick instead, never an error.
+                wanted, required = choose_precision("auto", self._device, self._bf16_speedup), False
+        if wanted not in ("fp32", "int8"):
+            self._switch_precision(wanted, identity, required=required)
+        self._signature = signature_for(weights, identity, "int8" if self._int8 else _name_of(self._dtype))
         self._embedded = 0
         self._batch_sizes: collections.Counter[int] = collections.Counter()
         self._busy = False
@@ -185,6 +204,11 @@ class VGG16Extractor:
     @property
     def images_embedded(self) -> int:
         return self._embedded
+
+    @property
+    def int8_fidelity(self) -> Fidelity | None:
+        """The int8 gate's numbers when the model computes in int8, else None."""
+        return self._int8_fidelity
 
     @property
     def batch_sizes(self) -> dict[int, int]:
@@ -212,7 +236,8 @@ class VGG16Extractor:
 
     def _infer(self, batch: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         with torch.inference_mode():
-            features = self._model(self._prepared(batch)).float()
+            x = self._prepared(batch)
+            features = (self._model.from_features(self._int8(x)) if self._int8 else self._model(x)).float()
             features = nn.functional.normalize(features, dim=1)
         return features.cpu().numpy()
 
@@ -279,6 +304,20 @@ class VGG16Extractor:
 
     def _bf16_speedup(self) -> float:
         return measure_bf16_speedup(self._model, self._prepared(_probe_batch()))
+
+    def _int8_features(self, weights_identity: str, cache: Path) -> Features | None:
+        """The int8 convolutions (from ``cache``, or quantized, gated and compiled into it), or None
+        with one warning saying why not."""
+        if self._device.type != "cpu":
+            log.warning("staying in float on %s: int8 is implemented for CPUs only", self._device)
+            return None
+        try:
+            built = load_or_build(self._model, self._prepared, weights_identity, cache)
+        except Int8UnavailableError as e:
+            log.warning("staying in float on this CPU: %s", e)
+            return None
+        self._int8_fidelity = built.fidelity
+        return built.features
 
     def _switch_precision(self, name: str, weights_identity: str, *, required: bool) -> None:
         """Move the model to ``name`` precision if its vectors stay within cosine 0.999 of fp32.

@@ -103,6 +103,15 @@ class LazyExtractor:
                 raise ModelUnavailableError(e) from e
             if model.signature.key != self._signature.key:
                 model.close()
+                if model.signature.precision_class != self._signature.precision_class:
+                    # int8 asked for, but it fell back here (no C++ compiler, the fidelity gate):
+                    # its float vectors must not go into an int8 index, nor int8 ones into a float one.
+                    raise ImgwatchError(
+                        f"the index holds {self._signature.precision_class} vectors, but the model "
+                        f"loaded here makes {model.signature.precision_class} ones ({model.signature.dtype}; "
+                        "the log says why int8 is not available): set precision to match the index, "
+                        "or let `imgwatch reindex` move it"
+                    )
                 raise ImgwatchError(
                     f"the loaded model makes {model.signature.weights} vectors, not the expected "
                     f"{self._signature.weights}"

@@ -37,7 +37,8 @@ FIDELITY_FORMAT = 1
 _CHOICES = ("fp32", "bf16")
 
 
-def _cpuinfo_field(name: str) -> str:
+def cpuinfo_field(name: str) -> str:
+    """The first value of ``name`` in /proc/cpuinfo (``model name``, ``flags``), or ``""``."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -51,15 +52,15 @@ def _cpuinfo_field(name: str) -> str:
 
 def cpu_supports_bf16() -> bool:
     """True on CPUs with native bf16 matrix instructions (AMX or AVX512-BF16)."""
-    flags = _cpuinfo_field("flags").split()
+    flags = cpuinfo_field("flags").split()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def decision_key() -> dict[str, Any]:
     """What bf16's speed relative to fp32 depends on here."""
     return {
-        "cpu": _cpuinfo_field("model name"),
-        "flags": sorted(_cpuinfo_field("flags").split()),
+        "cpu": cpuinfo_field("model name"),
+        "flags": sorted(cpuinfo_field("flags").split()),
         "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch": torch.__version__,
     }
