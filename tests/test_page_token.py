@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from imgwatch.errors import ConfigError
 from imgwatch.web.page_token import TOKEN_FILE, page_token
 
 
@@ -79,3 +80,21 @@ def test_a_file_another_user_owns_is_replaced(tmp_path: Path) -> None:
     os.chown(planted, 65534, 65534)
     token = page_token(tmp_path)
     assert token != "planted" and planted.stat().st_uid == 0
+
+
+def test_a_fifo_or_an_empty_directory_is_replaced_without_hanging(tmp_path: Path) -> None:
+    """A FIFO would block a plain open for ever: the daemon would never start."""
+    os.mkfifo(tmp_path / TOKEN_FILE, 0o600)
+    token = page_token(tmp_path)
+    assert (tmp_path / TOKEN_FILE).is_file() and (tmp_path / TOKEN_FILE).read_text().strip() == token
+    (tmp_path / TOKEN_FILE).unlink()
+    (tmp_path / TOKEN_FILE).mkdir(mode=0o700)
+    assert page_token(tmp_path) == (tmp_path / TOKEN_FILE).read_text().strip()
+
+
+def test_what_cannot_be_replaced_is_a_configuration_error_that_says_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / TOKEN_FILE).mkdir()
+    (tmp_path / TOKEN_FILE / "something").write_text("not ours to delete")
+    with pytest.raises(ConfigError, match="webhook_token"):
+        page_token(tmp_path)
+    assert (tmp_path / TOKEN_FILE / "something").exists()

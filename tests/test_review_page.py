@@ -373,6 +373,13 @@ def test_in_a_browser_mark_distinct_and_trash_then_reload(browser: Any, library:
     )
     assert off and all(off), off
     wait.until(lambda _d: shown() == [library.c])
+    # One request went: the discard log has the two copies once each.
+    log = [
+        json.loads(line) for line in (library.daemon.data_dir / "dedupe-log.jsonl").read_text().splitlines()
+    ]
+    assert sorted(entry["path"] for entry in log) == sorted(
+        p for p in library.a if not p.endswith("/scene1.jpg")
+    )
     assert "2 file(s) moved to the trash" in browser.find_element(By.ID, "status").text
 
     # After a reload (a fresh computation of the changed index): still only the exact group.

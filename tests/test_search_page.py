@@ -100,7 +100,7 @@ def test_a_token_is_required_when_set(tokened: HttpServer) -> None:
     assert refused.headers["WWW-Authenticate"].startswith("Bearer")
     assert get("/", Authorization="Bearer wrong").status == 401
     assert get("/?token=wrong").status == 401
-    assert get("/", Cookie="imgwatch_token=wrong").status == 401
+    assert get("/", Cookie=f"imgwatch_token_{tokened.port}=wrong").status == 401
     bearer = f"Bearer {TOKEN}".encode().decode("latin-1")  # http.client sends header values as latin-1
     assert get("/", Authorization=bearer).status == 200
     upload = request(
@@ -117,6 +117,11 @@ def test_a_token_is_required_when_set(tokened: HttpServer) -> None:
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
     assert get("/", Cookie=cookie.split(";")[0]).status == 200
     assert get("/static/search.js", Cookie="other=1; " + cookie.split(";")[0]).status == 200
+    # Named for this port: a browser keeps cookies by host, not port, so two daemons' pages on one
+    # host would otherwise overwrite each other's token.
+    name, value = cookie.split(";")[0].split("=", 1)
+    assert name == f"imgwatch_token_{tokened.port}"
+    assert get("/", Cookie=f"imgwatch_token={value}").status == 401
 
 
 def test_off_loopback_without_a_token_is_refused() -> None:

@@ -93,23 +93,44 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream.reconfigure(errors="surrogateescape")
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level or ("info" if args.command == "watch" else "warning"))
+    status = EXIT_BROKEN_PIPE
+    try:
+        status = _run(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at the interpreter's exit
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise  # another pipe (a child's, a socket's): a real error, with its traceback
+        # The reader went away (`imgwatch duplicates | head`): stop quietly, as `ls | head` does,
+        # keeping an error's own status if the command had one. Point stdout at /dev/null, so that
+        # the interpreter's own flush at exit cannot fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return status if status != EXIT_OK else EXIT_BROKEN_PIPE
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args)
         command: Command = args.run
-        status = command(args, settings)
-        sys.stdout.flush()  # here, where a closed pipe is caught below, not at the interpreter's exit
-        return status
+        return command(args, settings)
     except ImgwatchError as e:
         print(f"imgwatch: error: {e}", file=sys.stderr)
         return exit_status(e)
     except KeyboardInterrupt:
         print("imgwatch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        # The reader went away (`imgwatch duplicates | head`): stop quietly, as `ls | head` does.
-        # Python would print a traceback, then another when it flushes stdout at exit: point
-        # stdout at /dev/null so that the flush has nowhere to fail.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return EXIT_BROKEN_PIPE
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe (or socket) whose reader has closed it."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # replaced by an object without a descriptor
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))

@@ -32,6 +32,13 @@ SUN_PATH_MAX = 100
 class DaemonUnavailableError(ImgwatchError):
     """No daemon answers on the data dir's socket, or it refused the request."""
 
+    def __init__(self, message: str, *, status: int | None = None, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        """The HTTP status of a refusal; None when nothing answered."""
+        self.timed_out = timed_out
+        """A daemon accepted the connection but did not answer in time (busy, not absent)."""
+
 
 def socket_path(data_dir: Path) -> Path:
     return data_dir / SOCKET_NAME
@@ -93,7 +100,9 @@ class DaemonClient:
             response = connection.getresponse()
             data = response.read()
         except (http.client.HTTPException, OSError) as e:
-            raise DaemonUnavailableError(f"no daemon answers on {self._path}: {e}") from e
+            raise DaemonUnavailableError(
+                f"no daemon answers on {self._path}: {e}", timed_out=isinstance(e, TimeoutError)
+            ) from e
         finally:
             connection.close()
             if fd is not None:
@@ -106,7 +115,7 @@ class DaemonClient:
             why = (reply.get("error") if isinstance(reply, dict) else None) or (
                 f"HTTP {response.status} {response.reason}"
             )
-            raise DaemonUnavailableError(f"the daemon refused {endpoint}: {why}")
+            raise DaemonUnavailableError(f"the daemon refused {endpoint}: {why}", status=response.status)
         return reply
 
     def status(self) -> dict[str, Any]:

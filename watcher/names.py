@@ -51,7 +51,7 @@ INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ", "AUTOINDEX")
 
 #: The settings' names, which are the config file's keys (``Settings``' fields but ``config_file``):
 #: for thin clients, which check a config file's keys without loading pydantic (``config.client``).
-#: tests/test_config.py keeps it equal to the model's fields.
+#: tests/test_client_settings.py keeps it equal to the model's fields.
 SETTING_NAMES = frozenset(
     {
         "data_dir", "weights", "milvus_uri", "milvus_token", "collection", "node", "device",

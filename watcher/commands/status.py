@@ -30,13 +30,16 @@ def add_status(commands: Subcommands, common: argparse.ArgumentParser) -> None:
 
 
 def run_status(args: argparse.Namespace, settings: Settings | ClientSettings) -> int:
-    report = _from_daemon(settings, failures=args.failed)
+    report, answered = _from_daemon(settings, failures=args.failed)
     if report is None:
         from imgwatch.commands.options import full_settings
         from imgwatch.status import gather_status, with_live
 
         report = gather_status(full_settings(settings), include_failures=args.failed)
-        if report["daemon"]["running"]:
+        if report["daemon"]["running"] and answered == "busy":
+            # It took the connection but did not answer: asking again would cost the same wait.
+            report["daemon"]["state"] = "not answering"
+        elif report["daemon"]["running"]:
             from imgwatch.ipc import DaemonClient, DaemonUnavailableError
 
             try:
@@ -58,20 +61,27 @@ def run_status(args: argparse.Namespace, settings: Settings | ClientSettings) ->
     return EXIT_OK
 
 
-def _from_daemon(settings: Settings | ClientSettings, *, failures: bool) -> dict[str, Any] | None:
-    """The report from the daemon serving the data dir, if one answers at once: then this command
-    loads neither SQLAlchemy nor the settings machinery. None when no daemon runs, it is still
-    starting (its socket does not answer yet), or it is older than the report route."""
+def _from_daemon(settings: Settings | ClientSettings, *, failures: bool) -> tuple[dict[str, Any] | None, str]:
+    """The report from the daemon serving the data dir, if it gives one: then this command loads
+    neither SQLAlchemy nor the settings machinery. Else ``(None, why)``: ``absent`` (no daemon),
+    ``starting`` (its socket does not answer yet), ``old`` (a daemon from before the report route),
+    ``busy`` (it took the connection but did not answer in time)."""
     from imgwatch.ipc import DaemonClient, DaemonUnavailableError
     from imgwatch.lock import lock_holder
 
     holder = lock_holder(settings.data_dir)
     if holder is None or holder.command != "watch":
-        return None
+        return None, "absent"
     try:
-        return DaemonClient(settings.data_dir, timeout=10).report(failures=failures)
-    except DaemonUnavailableError:
-        return None
+        return DaemonClient(settings.data_dir, timeout=10).report(failures=failures), "report"
+    except DaemonUnavailableError as e:
+        if e.timed_out:
+            return None, "busy"
+        if e.status is None:
+            return None, "starting"
+        if e.status == 404:
+            return None, "old"
+        raise
 
 
 def _lines(report: dict[str, Any]) -> list[str]:

@@ -7,7 +7,7 @@ daemon's socket; loading the whole ``Settings`` (pydantic and pydantic-settings)
 as ``load_settings`` (flag > environment > config file > default; paths made absolute by
 ``imgwatch.config.paths``), and gives up, returning None, on anything that is not plain: an
 unreadable or invalid config file, an unknown key, a value of an odd type. The caller then loads
-the full settings, whose errors name their source. ``tests/test_config.py`` checks that both
+the full settings, whose errors name their source. ``tests/test_client_settings.py`` checks that both
 agree wherever this one answers.
 
 The other settings are the daemon's: a thin client does not read them, so a bad value of one of

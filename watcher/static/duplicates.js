@@ -98,8 +98,9 @@ function confirmKeep(group, kept) {
   box.hidden = false;
 }
 
-// One request at a time per group: its buttons are off until the answer comes, so a second click
-// cannot send "keep this one" twice, or "not duplicates" for files already on their way out.
+// One request at a time per group: its buttons are off from the click on. After an error they come
+// back; after a success they stay off (and the question closes) until the group is redrawn, which
+// may wait for a recomputation: its files may be in the trash already.
 async function act(node, send, describe) {
   const buttons = [node, ...node.querySelectorAll("button")].filter((b) => b.tagName === "BUTTON" && !b.disabled);
   for (const b of buttons) b.disabled = true;
@@ -107,11 +108,13 @@ async function act(node, send, describe) {
     const { body } = await send();
     say(describe(body), false);
   } catch (e) {
+    for (const b of buttons) b.disabled = false;
     say(e.message, true);
     return;
-  } finally {
-    for (const b of buttons) b.disabled = false;
   }
+  const box = node.querySelector(".confirm");
+  if (box) box.hidden = true;
+  if (node.id === "unhide") node.disabled = false;  // the page's own button, not a group's
   loadGroups("action");
   loadHistogram();
 }

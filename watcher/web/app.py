@@ -131,8 +131,8 @@ def _security(schema: dict[str, Any], *, with_webhook: bool, with_page: bool) ->
         schemes["cookie"] = {
             "type": "apiKey",
             "in": "cookie",
-            "name": COOKIE_NAME,
-            "description": "Set by opening /?token=TOKEN once in a browser.",
+            "name": f"{COOKIE_NAME}_PORT",
+            "description": "Set by opening /?token=TOKEN once in a browser; PORT is the server's port.",
         }
     if with_webhook:
         schemes["signature"] = {

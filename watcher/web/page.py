@@ -60,6 +60,8 @@ from imgwatch.web.review import ReviewBackend, review_router
 DEFAULT_K = 20
 MAX_K = 200
 COOKIE_NAME = "imgwatch_token"
+"""The cookie's name is this and the server's port (``imgwatch_token_8766``): a browser keeps cookies
+by host, not by port, so two daemons' pages on one host would otherwise overwrite each other's."""
 #: The page's files, by URL path: a fixed table, so no request path ever reaches the filesystem.
 STATIC_FILES = {
     "/": ("search.html", "text/html; charset=utf-8"),
@@ -170,14 +172,15 @@ def page_access(config: SearchPageConfig) -> Callable[[Request], None]:
         if header.startswith(b"Bearer ") and same_secret(header.removeprefix(b"Bearer "), expected):
             return
         # The cookie and the query string are percent-encoded UTF-8.
-        cookie = urllib.parse.unquote(request.cookies.get(COOKIE_NAME, ""))
+        name = cookie_name(request)
+        cookie = urllib.parse.unquote(request.cookies.get(name, ""))
         if same_secret(cookie.encode("utf-8", "replace"), expected):
             return
         given = urllib.parse.unquote_to_bytes(_raw_query(request, "token") or "")
         if given and same_secret(given, expected):
             # The browser keeps it from now on; HttpOnly keeps it from scripts, Strict from other sites.
             request.state.set_cookie = (
-                f"{COOKIE_NAME}={urllib.parse.quote(token, safe='')}; Path=/; HttpOnly; SameSite=Strict"
+                f"{name}={urllib.parse.quote(token, safe='')}; Path=/; HttpOnly; SameSite=Strict"
             )
             return
         raise RequestError(
@@ -185,6 +188,11 @@ def page_access(config: SearchPageConfig) -> Callable[[Request], None]:
         )
 
     return check
+
+
+def cookie_name(request: Request) -> str:
+    server = request.scope.get("server")
+    return f"{COOKIE_NAME}_{server[1]}" if server and server[1] else COOKIE_NAME
 
 
 class PageHeaders:
