@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from imgwatch.batches import batch_catalog
 from imgwatch.context import Context
 from imgwatch.events import DirectoryMoved, Outcome
 
@@ -24,13 +25,13 @@ def handle(event: DirectoryMoved, ctx: Context) -> Outcome:
     for start in range(0, len(records), BATCH):
         batch = records[start : start + BATCH]
         renamed = {r.id: dest + r.path[len(src) :] for r in batch}
-        for new_path in renamed.values():
-            # Something already indexed at the new path (a scan got there first, or a file that the
-            # move replaced): the moved file wins, as it would on disk.
-            overwritten = ctx.catalog.get(new_path)
-            if overwritten is not None and overwritten.id not in renamed:
-                ctx.vectors.delete([overwritten.id])
-                ctx.catalog.delete(overwritten.id)
+        # Something already indexed at a new path (a scan got there first, or a file that the move
+        # replaced): the moved file wins, as it would on disk.
+        targets = batch_catalog(ctx).get_by_paths(renamed.values())
+        overwritten = [r.id for r in targets.values() if r.id not in renamed]
+        if overwritten:
+            ctx.vectors.delete(overwritten)
+            ctx.catalog.delete_many(overwritten)
         vectors = ctx.vectors.get_vectors(r.id for r in batch if r.has_vector)
         ctx.vectors.upsert([(key, renamed[key], vector) for key, vector in vectors.items()])
         ctx.catalog.move_many(renamed.items())
