@@ -153,11 +153,26 @@ def _move_all(files: list[Path], where: Path) -> list[Path]:
 
 
 def _rate(n: int, seconds: float) -> dict[str, float]:
-    return {"files": n, "seconds": round(seconds, 3), "files_per_s": round(n / seconds, 1) if seconds else 0.0}
+    return {
+        "files": n,
+        "seconds": round(seconds, 3),
+        "files_per_s": round(n / seconds, 1) if seconds else 0.0,
+    }
 
 
-def run(n: int, dir_files: int) -> dict[str, Any]:
-    results: dict[str, Any] = {}
+class Results(dict[str, Any]):
+    """Each result is saved as it comes (``save``): a run stopped part-way still reports its phases."""
+
+    def __init__(self, save: Any) -> None:
+        super().__init__()
+        self._save = save
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._save(self)
+
+
+def run(n: int, dir_files: int, results: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="imgwatch-batches-") as scratch:
         root, data = Path(scratch) / "photos", Path(scratch) / "data"
         distinct = []
@@ -221,7 +236,7 @@ def _markdown(runs: dict[str, Any]) -> str:
         )
     lines += ["", "| operation | " + " | ".join(f"{tag} files/s (s)" for tag in runs) + " |"]
     lines.append("| --- |" + " --- |" * len(runs))
-    names = list(next(iter(runs.values()))["results"])
+    names = list(dict.fromkeys(name for run in runs.values() for name in run["results"]))
     for name in names:
         cells = []
         for run in runs.values():
@@ -243,16 +258,24 @@ def main() -> None:
     parser.add_argument("--dir-files", type=int, default=10_000)
     parser.add_argument("--tag", default="latest", help="the name of this run in the results (before/after)")
     args = parser.parse_args()
-    results = run(args.files, args.dir_files)
-    machine = f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}"
+    cpu = platform.processor() or platform.machine()
+    machine = f"{os.cpu_count()} CPU cores, {cpu}, Python {platform.python_version()}"
     out = HERE / "results" / "batched_writes.json"
     runs: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
-    runs[args.tag] = {"files": args.files, "dir_files": args.dir_files, "machine": machine, "results": results}
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(runs, indent=1) + "\n")
-    markdown = _markdown(runs)
-    (HERE / "results" / "batched_writes.md").write_text(markdown)
-    print(markdown)  # noqa: T201 - a benchmark's report
+
+    def save(results: dict[str, Any]) -> None:
+        runs[args.tag] = {
+            "files": args.files,
+            "dir_files": args.dir_files,
+            "machine": machine,
+            "results": results,
+        }
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(runs, indent=1) + "\n")
+        (HERE / "results" / "batched_writes.md").write_text(_markdown(runs))
+
+    run(args.files, args.dir_files, Results(save))
+    print(_markdown(runs))
 
 
 if __name__ == "__main__":

@@ -65,6 +65,15 @@ class BatchCatalog(Protocol):
     def delete_many(self, record_ids: Iterable[int]) -> None: ...
 
 
+class BatchVectors(Protocol):
+    """What chunks use of the vector store beyond :class:`imgwatch.services.abc.VectorStore` (the real
+    one, ``MilvusVectorStore``, has them)."""
+
+    def present(self, ids: Iterable[int]) -> set[int]: ...
+
+    def rename(self, items: Sequence[tuple[int, str]]) -> None: ...
+
+
 @dataclass
 class Applied:
     done: list[tuple[ImageEvent, Outcome]] = field(default_factory=list)
@@ -123,6 +132,11 @@ def apply(events: Sequence[ImageEvent], ctx: Context) -> Applied:
 Result = tuple[list[tuple[ImageEvent, Outcome]], list[ImageEvent]]
 
 
+def batch_vectors(ctx: Context) -> BatchVectors:
+    """``ctx.vectors`` as a :class:`BatchVectors` (which the real one is)."""
+    return cast("BatchVectors", ctx.vectors)
+
+
 def batch_catalog(ctx: Context) -> BatchCatalog:
     """``ctx.catalog`` as a :class:`BatchCatalog` (which the real one is)."""
     return cast("BatchCatalog", ctx.catalog)
@@ -130,25 +144,24 @@ def batch_catalog(ctx: Context) -> BatchCatalog:
 
 def _moves(group: list[ImageEvent], ctx: Context) -> Result:
     moves = cast("list[ImageMoved]", group)
-    catalog = batch_catalog(ctx)
+    catalog, vectors = batch_catalog(ctx), batch_vectors(ctx)
     sources = catalog.get_by_paths(m.src_path for m in moves)
-    carried = [(m, sources[m.src_path]) for m in moves if m.src_path in sources]
-    vectors = ctx.vectors.get_vectors(r.id for _, r in carried if r.has_vector)
+    stored = vectors.present(r.id for r in sources.values() if r.has_vector)
     # Moved from a path never indexed, or with no vector to carry: image_moved decides (as new).
+    carried = [(m, r) for m in moves if (r := sources.get(m.src_path)) is not None and r.id in stored]
+    moved_ids = {r.id for _, r in carried}
     left: list[ImageEvent] = [
-        m for m in moves if m.src_path not in sources or sources[m.src_path].id not in vectors
+        m for m in moves if (r := sources.get(m.src_path)) is None or r.id not in stored
     ]
-    carried = [(m, r) for m, r in carried if r.id in vectors]
     if not carried:
         return [], left
-    moved_ids = {r.id for _, r in carried}
     # Something already indexed at a new path (a file the move replaced): the moved file wins, as on disk.
     targets = catalog.get_by_paths(m.dest_path for m, _ in carried)
     overwritten = [r.id for r in targets.values() if r.id not in moved_ids]
     if overwritten:
         ctx.vectors.delete(overwritten)
         catalog.delete_many(overwritten)
-    ctx.vectors.upsert([(r.id, m.dest_path, vectors[r.id]) for m, r in carried])
+    vectors.rename([(r.id, m.dest_path) for m, r in carried])
     catalog.move_many((r.id, m.dest_path) for m, r in carried)
     return [(m, Outcome.MOVED) for m, _ in carried], left
 

@@ -3,15 +3,17 @@ their own. Each piece of work is handled by one thread at a time and reported ba
 main loop, which alone decides what happens next (done, retried, rescanned).
 
 Copies, moves and deletions that become due together are applied together (:mod:`imgwatch.batches`):
-the first one opens a batch, which one pool thread takes a few milliseconds later with everything
-that joined it meanwhile (or while every thread was busy). Each piece of work keeps its own future,
-so the main loop sees them one by one as before; what a batch cannot take (new content for the
-model, a move from an unknown path) goes back to the pool, one event per thread."""
+they join an open batch, which one of two lanes (pool threads that apply batches one after another)
+takes a few milliseconds later, or once the batch before it is written: batches grow with the load.
+Each piece of work keeps its own future, so the main loop sees them one by one as before; what a
+batch cannot take (new content for the model, a move from an unknown path) goes back to the pool,
+one event per thread."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
@@ -29,10 +31,10 @@ from imgwatch.serving import Serving
 
 Scan = Callable[[str, Context], Plan]
 
-#: A batch waits for more work while it keeps growing, this long between looks, at most
-#: BATCH_WINDOW_S in all: the main loop hands over a tick's due work one piece at a time.
-BATCH_LOOK_S = 0.003
-BATCH_WINDOW_S = 0.05
+#: Threads that apply batches (Milvus writes go one at a time: while one lane writes, the other
+#: reads and hashes its files) and how long a lane waits for a tick's work before taking a batch.
+BATCH_LANES = 2
+BATCH_LOOK_S = 0.005
 
 
 class _Batch:
@@ -65,7 +67,10 @@ class Workers:
         self._scans: dict[str, tuple[Future[Plan], Pending]] = {}
         self._batch_lock = threading.Lock()
         self._open: _Batch | None = None
-        """The batch that work joins, until a pool thread takes it."""
+        """The batch that work joins, until a lane takes it."""
+        self._full: deque[_Batch] = deque()
+        """Batches closed because full (or holding a path again), waiting for a lane."""
+        self._lanes = 0
 
     # ---- starting work -----------------------------------------------------------------------
 
@@ -83,23 +88,33 @@ class Workers:
         with self._batch_lock:
             batch = self._open
             if batch is None or len(batch.items) >= batches.BATCH or batch.paths.intersection(paths):
+                if batch is not None:
+                    self._full.append(batch)
                 batch = self._open = _Batch()
-                self._pool.submit(self._run_batch, batch)
             batch.items.append((event, future))
             batch.paths.update(paths)
+            if self._lanes < BATCH_LANES:
+                self._lanes += 1
+                self._pool.submit(self._lane)
         return future
 
-    def _run_batch(self, batch: _Batch) -> None:
-        """Take ``batch`` once it stops growing, apply it, settle each future (or hand its event to
-        the pool when the batch left it)."""
-        deadline = time.monotonic() + BATCH_WINDOW_S
-        size = -1
-        while size != len(batch.items) and len(batch.items) < batches.BATCH and time.monotonic() < deadline:
-            size = len(batch.items)
-            time.sleep(BATCH_LOOK_S)
-        with self._batch_lock:
-            if self._open is batch:
-                self._open = None
+    def _lane(self) -> None:
+        """Apply batches one after another while there are any. The Milvus writes of a batch take a
+        while: what becomes due meanwhile joins the next batch, so batches grow with the load."""
+        while True:
+            time.sleep(BATCH_LOOK_S)  # the main loop hands over a tick's due work one piece at a time
+            with self._batch_lock:
+                if self._full:
+                    batch = self._full.popleft()
+                elif self._open is not None:
+                    batch, self._open = self._open, None
+                else:
+                    self._lanes -= 1
+                    return
+            self._apply_batch(batch)
+
+    def _apply_batch(self, batch: _Batch) -> None:
+        """Apply ``batch``, settle each future (or hand its event to the pool when the batch left it)."""
         # Work cancelled at shutdown before this thread took it is not applied: it stays journalled.
         items = [(event, future) for event, future in batch.items if future.set_running_or_notify_cancel()]
         futures = {id(event): future for event, future in items}
