@@ -69,13 +69,15 @@ def _index(data: Path, root: Path) -> dict[str, Any]:
     return summary
 
 
-def _catalog_paths(data: Path) -> set[str] | None:
+def _catalog_paths(data: Path, *, pending_too: bool = False) -> set[str] | None:
+    """The catalog's paths; ``None`` if it cannot be read or (unless ``pending_too``) a row is not
+    indexed."""
     try:
         with sqlite3.connect(f"file:{data / 'catalog.sqlite3'}?mode=ro", uri=True, timeout=30) as db:
             rows = db.execute("SELECT path, state FROM files").fetchall()
     except sqlite3.OperationalError:
         return None
-    if any(state != "indexed" for _, state in rows):
+    if not pending_too and any(state != "indexed" for _, state in rows):
         return None
     return {os.fsdecode(path) for path, _ in rows}
 
@@ -109,18 +111,22 @@ class Daemon:
         except DaemonUnavailableError:
             return None
 
-    def settled(self, stall_s: float = 120.0) -> float:
+    def settled(self, stall_s: float = 300.0) -> float:
         """Wait until idle (nothing queued, running or journalled) and the catalog names exactly the
-        files on disk; fails only after ``stall_s`` without progress. Returns the monotonic time."""
+        files on disk; fails only after ``stall_s`` without progress (outcomes, journal, or catalog
+        rows that match the disk: one directory move reports no outcome until it is done). Returns
+        the monotonic time."""
         last: object = None
         progress_at = time.monotonic()
         while True:
             status = self._status()
             if status is not None:
+                catalog, disk = _catalog_paths(self.data, pending_too=True), _disk(self.root)
                 busy = any(status["queue"].values()) or status["journal"]["pending"]
-                if not busy and _agrees(self.data, self.root):
+                if not busy and _catalog_paths(self.data) == disk:
                     return time.monotonic()
-                mark = (sorted(status["outcomes"].items()), status["journal"]["pending"])
+                matched = len(catalog & disk) if catalog is not None else 0
+                mark = (sorted(status["outcomes"].items()), status["journal"]["pending"], matched)
                 if mark != last:
                     last, progress_at = mark, time.monotonic()
             if time.monotonic() - progress_at > stall_s:

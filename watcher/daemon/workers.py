@@ -111,7 +111,17 @@ class Workers:
                 else:
                     self._lanes -= 1
                     return
-            self._apply_batch(batch)
+            try:
+                self._apply_batch(batch)
+            except BaseException as e:
+                # Never expected (apply_batch settles every future), but a lane that died uncounted
+                # would leave every later batch waiting for it, and an unsettled future its work.
+                for _, future in batch.items:
+                    if not future.done():
+                        future.set_exception(e)
+                with self._batch_lock:
+                    self._lanes -= 1
+                raise
 
     def _apply_batch(self, batch: _Batch) -> None:
         """Apply ``batch``, settle each future (or hand its event to the pool when the batch left it)."""
