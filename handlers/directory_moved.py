@@ -1,6 +1,6 @@
 """A directory was renamed or moved within the roots: every file below it keeps its vector.
 
-For each batch: vectors re-upserted with their new paths, then the rows renamed. After a crash in
+For each batch: entities given their new paths (vectors kept), then the rows renamed. After a crash in
 between, the rows still carry the old paths, and a replay of this event writes the same entities.
 Files below the new location that the catalog never knew are left to the scan that follows.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from imgwatch.batches import batch_catalog, batch_vectors
 from imgwatch.context import Context
 from imgwatch.events import DirectoryMoved, Outcome
 
@@ -24,14 +25,14 @@ def handle(event: DirectoryMoved, ctx: Context) -> Outcome:
     for start in range(0, len(records), BATCH):
         batch = records[start : start + BATCH]
         renamed = {r.id: dest + r.path[len(src) :] for r in batch}
-        for new_path in renamed.values():
-            # Something already indexed at the new path (a scan got there first, or a file that the
-            # move replaced): the moved file wins, as it would on disk.
-            overwritten = ctx.catalog.get(new_path)
-            if overwritten is not None and overwritten.id not in renamed:
-                ctx.vectors.delete([overwritten.id])
-                ctx.catalog.delete(overwritten.id)
-        vectors = ctx.vectors.get_vectors(r.id for r in batch if r.has_vector)
-        ctx.vectors.upsert([(key, renamed[key], vector) for key, vector in vectors.items()])
+        # Something already indexed at a new path (a scan got there first, or a file that the move
+        # replaced): the moved file wins, as it would on disk.
+        targets = batch_catalog(ctx).get_by_paths(renamed.values())
+        overwritten = [r.id for r in targets.values() if r.id not in renamed]
+        if overwritten:
+            ctx.vectors.delete(overwritten)
+            ctx.catalog.delete_many(overwritten)
+        stored = batch_vectors(ctx).present(r.id for r in batch if r.has_vector)
+        batch_vectors(ctx).rename([(key, renamed[key]) for key in sorted(stored)])
         ctx.catalog.move_many(renamed.items())
     return Outcome.MOVED

@@ -11,7 +11,10 @@ import json
 import logging
 import os
 import random
+import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +35,7 @@ from imgwatch.services.catalog import open_catalog
 from imgwatch.services.extractor import VGG16Extractor
 from imgwatch.services.ledger import ReindexLedger
 from tests.conftest import index, write_photo
-from tests.harness import RunningDaemon, assert_agree, wait_progressing, wait_until
+from tests.harness import RunningDaemon, assert_agree, cli_env, imgwatch_cli, wait_progressing, wait_until
 
 pytestmark = pytest.mark.slow
 # What to replay a failure with: shown under "Captured log call" when a test fails.
@@ -438,3 +441,118 @@ def test_a_reindex_killed_mid_build_resumes_and_switches_without_redoing_work(
     assert not _same(new_answer, old_answer)  # the two collections can be told apart by their answers
     assert _same(after_switch, new_answer)
     assert all(_same(answer, new_answer) for answer in by_new)
+
+
+# ---- kill -9 in the middle of a batch of copies, moves or deletions --------------------------------
+
+BIG = 2000
+"""Files in the big change: eight chunks of imgwatch.batches.BATCH, so a kill can land between them."""
+
+
+def _rows(catalog: Path, below: Path) -> tuple[int, int]:
+    """(rows at or below ``below``, of which pending), read from outside as the process writes."""
+    prefix = os.fsencode(str(below))
+    with sqlite3.connect(f"file:{catalog}?mode=ro", uri=True, timeout=30) as db:
+        rows = db.execute(
+            "SELECT count(*), coalesce(sum(state = 'pending'), 0) FROM files WHERE path >= ? AND path < ?",
+            (prefix + b"/", prefix + b"0"),
+        ).fetchone()
+    return int(rows[0]), int(rows[1])
+
+
+def _kill_part_way(process: Any, catalog: Path, below: Path) -> tuple[int, int]:
+    """SIGKILL ``process`` as soon as the catalog below ``below`` shows a batch part-way: pending rows
+    (a chunk of copies whose vectors are being stored), or some of the BIG files done and not all."""
+    while process.poll() is None:
+        try:
+            seen = _rows(catalog, below)
+        except sqlite3.OperationalError:  # not made yet, or busy for a moment
+            continue
+        rows, pending = seen
+        if pending > 0 or 0 < rows < BIG:
+            process.kill()
+            process.wait()
+            return seen
+        time.sleep(0.002)
+    raise AssertionError(f"the process ended (rc {process.returncode}) before the batch was seen part-way")
+
+
+@pytest.mark.parametrize("operation", ["copies", "moves", "deletions"])
+def test_kill_9_of_index_in_the_middle_of_a_batch_loses_and_doubles_nothing(
+    operation: str, tmp_path: Path
+) -> None:
+    """``imgwatch index`` applies BIG copies (or moves, or deletions) a chunk at a time; it is killed
+    with SIGKILL while the catalog shows them part-way (pending rows of a chunk whose vectors are being
+    stored, or some chunks done and others not); the next ``index`` leaves every file once, in the
+    catalog and in Milvus, and runs the model for none of them."""
+    root, data = tmp_path / "photos", tmp_path / "data"
+    catalog = data / "catalog.sqlite3"
+    sources = [write_photo(root / "originals" / f"p{i}.jpg", i, SIZE) for i in range(4)]
+    copies = [root / "copies" / f"c{i:05d}.jpg" for i in range(BIG)]
+    if operation != "copies":
+        for i, path in enumerate(copies):
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(sources[i % 4].read_bytes())
+    assert imgwatch_cli(data, "index", str(root)).returncode == 0
+
+    sub = root / "copies" / "sub"
+    if operation == "copies":
+        for i, path in enumerate(copies):
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(sources[i % 4].read_bytes())
+        watched = root / "copies"
+    elif operation == "moves":
+        sub.mkdir()
+        for path in copies:
+            path.rename(sub / path.name)
+        watched = sub
+    else:
+        for path in copies:
+            path.unlink()
+        watched = root / "copies"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imgwatch", "index", str(root)],
+        env=cli_env(data),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        rows, pending = _kill_part_way(process, catalog, watched)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log.info("%s: killed with %d rows below %s, %d pending", operation, rows, watched, pending)
+    assert process.returncode == -signal.SIGKILL
+
+    again = imgwatch_cli(data, "index", str(root), "--json")
+    assert again.returncode == 0, again.stderr.decode()
+    summary = json.loads(again.stdout)
+    assert summary["model_runs"] == 0, summary
+    assert summary["failed"] == 0, summary
+    assert_agree(data, root)
+
+
+def test_kill_9_of_the_daemon_in_the_middle_of_a_batch_of_copies_loses_and_doubles_nothing(
+    daemon_factory: Factory, tmp_path: Path
+) -> None:
+    """BIG copies of indexed content land under a running daemon, which stores them in batches; it is
+    killed with SIGKILL while the catalog shows them part-way; the next start (journal replay and
+    catch-up scan) leaves every file once, in the catalog and in Milvus, with no model run."""
+    root, data = tmp_path / "photos", tmp_path / "data"
+    sources = [write_photo(root / "originals" / f"p{i}.jpg", i, SIZE) for i in range(4)]
+    daemon = daemon_factory(root)
+    daemon.idle()
+    (root / "copies").mkdir()
+    for i in range(BIG):
+        (root / "copies" / f"c{i:05d}.jpg").write_bytes(sources[i % 4].read_bytes())
+
+    rows, pending = _kill_part_way(daemon.process, data / "catalog.sqlite3", root / "copies")
+    log.info("daemon killed with %d rows below copies/, %d pending", rows, pending)
+
+    again = daemon_factory(root)
+    status = again.idle()
+    assert status["model_runs"] == 0, status
+    assert status["outcomes"].get("failed", 0) == 0, status
+    assert again.stop() == 0
+    assert_agree(data, root)

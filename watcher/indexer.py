@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from imgwatch import batches
 from imgwatch.context import Context
 from imgwatch.errors import ImageError, ImgwatchError
 from imgwatch.events import ImageCreated, ImageDeleted, ImageEvent, ImageModified, ImageMoved, Outcome
@@ -175,8 +176,9 @@ def run_plan(
     workers: int,
     on_handled: Callable[[ImageEvent, Outcome], None] | None = None,
 ) -> IndexSummary:
-    """Handle the planned events: moves and deletions first (cheap, and they free paths), then the
-    rest concurrently so decoding overlaps the model.
+    """Handle the planned events: moves and deletions first (cheap, and they free paths), then copies
+    of indexed content, all in chunks (:mod:`imgwatch.batches`), then the rest concurrently so that
+    decoding overlaps the model.
 
     A model that cannot be loaded when the first image needs it stops the run with its error
     (:class:`~imgwatch.services.lazy_extractor.ModelUnavailableError`), as it stopped a run that
@@ -196,12 +198,24 @@ def run_plan(
         if on_handled is not None:
             on_handled(event, outcome)
 
-    for event in [*work.moves, *work.deletions]:
-        record(event, dispatch(event, ctx))
+    for chunk in batches.chunks([*work.moves, *work.deletions]):
+        applied = batches.apply(chunk, ctx)
+        for event, outcome in applied.done:
+            record(event, outcome)
+        for event in applied.left:
+            record(event, dispatch(event, ctx))
+    # Copies of indexed content a chunk at a time; what is left (new content, changed files) needs the
+    # handlers, concurrently so that decoding overlaps the model.
+    left: list[ImageEvent] = []
+    for chunk in batches.chunks(work.changes):
+        applied = batches.apply(chunk, ctx)
+        for event, outcome in applied.done:
+            record(event, outcome)
+        left += applied.left
     quiet = _RepeatedLoadFailures()
     runtime_log.addFilter(quiet)
     try:
-        dispatch_all(work.changes, ctx, workers=workers, on_handled=record)
+        dispatch_all(left, ctx, workers=workers, on_handled=record)
     finally:
         runtime_log.removeFilter(quiet)
     summary.seconds = time.monotonic() - started

@@ -1,17 +1,26 @@
 """Work in flight: settled files and ordered ops in a pool of handler threads, scans in threads of
 their own. Each piece of work is handled by one thread at a time and reported back once, to the
-main loop, which alone decides what happens next (done, retried, rescanned)."""
+main loop, which alone decides what happens next (done, retried, rescanned).
+
+Copies, moves and deletions that become due together are applied together (:mod:`imgwatch.batches`):
+they join an open batch, which one of two lanes (pool threads that apply batches one after another)
+takes a few milliseconds later, or once the batch before it is written: batches grow with the load.
+Each piece of work keeps its own future, so the main loop sees them one by one as before; what a
+batch cannot take (new content for the model, a move from an unknown path) goes back to the pool,
+one event per thread."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
+from imgwatch import batches
 from imgwatch.context import Context
 from imgwatch.daemon.coalesce import Pending
 from imgwatch.daemon.ordering import Op
@@ -21,6 +30,19 @@ from imgwatch.runtime import handle
 from imgwatch.serving import Serving
 
 Scan = Callable[[str, Context], Plan]
+
+#: Threads that apply batches (Milvus writes go one at a time: while one lane writes, the other
+#: reads and hashes its files) and how long a lane waits for a tick's work before taking a batch.
+BATCH_LANES = 2
+BATCH_LOOK_S = 0.005
+
+
+class _Batch:
+    """Events that one pool thread applies together, each with the future its submitter holds."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[ImageEvent, Future[Outcome]]] = []
+        self.paths: set[str] = set()
 
 
 @dataclass
@@ -43,14 +65,90 @@ class Workers:
         self._files: dict[str, tuple[Future[Outcome], Pending]] = {}
         self._ops: dict[Op, Future[Outcome]] = {}
         self._scans: dict[str, tuple[Future[Plan], Pending]] = {}
+        self._batch_lock = threading.Lock()
+        self._open: _Batch | None = None
+        """The batch that work joins, until a lane takes it."""
+        self._full: deque[_Batch] = deque()
+        """Batches closed because full (or holding a path again), waiting for a lane."""
+        self._lanes = 0
 
     # ---- starting work -----------------------------------------------------------------------
 
     def read(self, key: str, waiting: Pending) -> None:
-        self._files[key] = (self._pool.submit(self._handle, waiting.event), waiting)
+        self._files[key] = (self._submit(waiting.event), waiting)
 
     def apply(self, op: Op) -> None:
-        self._ops[op] = self._pool.submit(self._handle, op.event)
+        self._ops[op] = self._submit(op.event)
+
+    def _submit(self, event: ImageEvent) -> Future[Outcome]:
+        if not isinstance(event, batches.BATCHED):
+            return self._pool.submit(self._handle, event)
+        future: Future[Outcome] = Future()
+        paths = paths_of(event)
+        with self._batch_lock:
+            batch = self._open
+            if batch is None or len(batch.items) >= batches.BATCH or batch.paths.intersection(paths):
+                if batch is not None:
+                    self._full.append(batch)
+                batch = self._open = _Batch()
+            batch.items.append((event, future))
+            batch.paths.update(paths)
+            if self._lanes < BATCH_LANES:
+                self._lanes += 1
+                self._pool.submit(self._lane)
+        return future
+
+    def _lane(self) -> None:
+        """Apply batches one after another while there are any. The Milvus writes of a batch take a
+        while: what becomes due meanwhile joins the next batch, so batches grow with the load."""
+        while True:
+            time.sleep(BATCH_LOOK_S)  # the main loop hands over a tick's due work one piece at a time
+            with self._batch_lock:
+                if self._full:
+                    batch = self._full.popleft()
+                elif self._open is not None:
+                    batch, self._open = self._open, None
+                else:
+                    self._lanes -= 1
+                    return
+            try:
+                self._apply_batch(batch)
+            except BaseException as e:
+                # Never expected (apply_batch settles every future), but a lane that died uncounted
+                # would leave every later batch waiting for it, and an unsettled future its work.
+                for _, future in batch.items:
+                    if not future.done():
+                        future.set_exception(e)
+                with self._batch_lock:
+                    self._lanes -= 1
+                raise
+
+    def _apply_batch(self, batch: _Batch) -> None:
+        """Apply ``batch``, settle each future (or hand its event to the pool when the batch left it)."""
+        # Work cancelled at shutdown before this thread took it is not applied: it stays journalled.
+        items = [(event, future) for event, future in batch.items if future.set_running_or_notify_cancel()]
+        futures = {id(event): future for event, future in items}
+        try:
+            with self._serving.use() as ctx:
+                applied = batches.apply([event for event, _ in items], ctx)
+        except Exception:  # noqa: BLE001 - a bug or a switch that failed: the handlers, one by one
+            applied = batches.Applied(left=[event for event, _ in items])
+        for event, outcome in applied.done:
+            futures[id(event)].set_result(outcome)
+        for event in applied.left:
+            self._handle_later(event, futures[id(event)])
+
+    def _handle_later(self, event: ImageEvent, future: Future[Outcome]) -> None:
+        def run() -> None:
+            try:
+                future.set_result(self._handle(event))
+            except BaseException as e:  # noqa: BLE001 - handed to the main loop
+                future.set_exception(e)
+
+        try:
+            self._pool.submit(run)
+        except RuntimeError:  # the pool is shutting down: this thread, which still runs, does it
+            run()
 
     def scan(self, key: str, waiting: Pending, scan: Scan) -> None:
         """Compare a directory with the catalog in a thread of its own: a big root takes a while, and

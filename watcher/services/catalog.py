@@ -11,7 +11,7 @@ user's verdicts are in ``catalog_verdicts``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -162,51 +162,120 @@ class SQLiteCatalog(CatalogJournal, CatalogJobRuns, CatalogRoots, CatalogVerdict
             return int(count.scalar_one())
 
     def mark_pending(self, path: str, size: int, mtime_ns: int) -> FileRecord:
-        raw = os.fsencode(path)
+        return self.mark_pending_many([(path, size, mtime_ns)])[path]
+
+    def mark_pending_many(self, files: Sequence[tuple[str, int, int]]) -> dict[str, FileRecord]:
+        """Insert or reset ``(path, size, mtime_ns)`` rows as ``pending``, in one transaction; the
+        rows by path."""
         now = db_now()
+        rows = [
+            {
+                "path": os.fsencode(path),
+                "size": size,
+                "mtime_ns": mtime_ns,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for path, size, mtime_ns in files
+        ]
+        if not rows:
+            return {}
+        statement = sqlite_insert(FILES).values(state=FileState.PENDING.value, has_vector=False)
+        # has_vector is cleared until the work is done: after a crash mid-way the row must not vouch
+        # for a vector that may be stale (the redo writes it again).
+        statement = statement.on_conflict_do_update(
+            index_elements=[FILES.c.path],
+            set_={
+                "size": statement.excluded.size,
+                "mtime_ns": statement.excluded.mtime_ns,
+                "state": FileState.PENDING.value,
+                "error": None,
+                "has_vector": False,
+                "updated_at": now,
+            },
+        )
         with self._engine.begin() as conn:
-            conn.execute(
-                sqlite_insert(FILES)
-                .values(
-                    path=raw,
-                    size=size,
-                    mtime_ns=mtime_ns,
-                    state=FileState.PENDING.value,
-                    has_vector=False,
-                    created_at=now,
-                    updated_at=now,
+            conn.execute(statement, rows)
+            return self._by_paths(conn, [os.fsencode(path) for path, _, _ in files])
+
+    def get_by_paths(self, paths: Iterable[str]) -> dict[str, FileRecord]:
+        """The rows of those of ``paths`` the catalog knows, by path."""
+        with self._engine.connect() as conn:
+            return self._by_paths(conn, [os.fsencode(path) for path in paths])
+
+    @staticmethod
+    def _by_paths(conn: sa.Connection, raw: list[bytes]) -> dict[str, FileRecord]:
+        found: dict[str, FileRecord] = {}
+        for start in range(0, len(raw), 500):
+            rows = conn.execute(sa.select(FILES).where(FILES.c.path.in_(raw[start : start + 500])))
+            found.update((record.path, record) for record in map(row_to_record, rows))
+        return found
+
+    def twins_by_hash(self, hashes: Iterable[str], signature: str) -> dict[str, FileRecord]:
+        """For each content hash, the first indexed row with a vector made by ``signature``."""
+        keys = list(dict.fromkeys(hashes))
+        first: list[int] = []
+        current = (
+            FILES.c.state == FileState.INDEXED.value,
+            FILES.c.has_vector.is_(True),
+            FILES.c.signature == signature,
+        )
+        with self._engine.connect() as conn:
+            for start in range(0, len(keys), 500):
+                query = sa.select(sa.func.min(FILES.c.id)).where(
+                    FILES.c.content_hash.in_(keys[start : start + 500]), *current
                 )
-                .on_conflict_do_update(
-                    index_elements=[FILES.c.path],
-                    # has_vector is cleared until the work is done: after a crash mid-way the row must
-                    # not vouch for a vector that may be stale (the redo writes it again).
-                    set_={
-                        "size": size,
-                        "mtime_ns": mtime_ns,
-                        "state": FileState.PENDING.value,
-                        "error": None,
-                        "has_vector": False,
-                        "updated_at": now,
-                    },
+                first.extend(conn.execute(query.group_by(FILES.c.content_hash)).scalars())
+        return {r.content_hash: r for r in self.get_many(first).values() if r.content_hash}
+
+    def sizes_with_vectors(self, sizes: Iterable[int], signature: str) -> set[int]:
+        """Which of ``sizes`` some indexed file with a current vector has (only those can be copies)."""
+        keys = list(set(sizes))
+        found: set[int] = set()
+        with self._engine.connect() as conn:
+            for start in range(0, len(keys), 500):
+                query = (
+                    sa.select(FILES.c.size)
+                    .distinct()
+                    .where(
+                        FILES.c.size.in_(keys[start : start + 500]),
+                        FILES.c.state == FileState.INDEXED.value,
+                        FILES.c.has_vector.is_(True),
+                        FILES.c.signature == signature,
+                    )
                 )
-            )
-            row = conn.execute(sa.select(FILES).where(FILES.c.path == raw)).one()
-        return row_to_record(row)
+                found.update(conn.execute(query).scalars())
+        return found
 
     def mark_indexed(self, record_id: int, blob: FileBlob, signature: str) -> None:
+        self.mark_indexed_many([(record_id, blob)], signature)
+
+    def mark_indexed_many(self, done: Sequence[tuple[int, FileBlob]], signature: str) -> None:
+        """Mark ``(record_id, blob)`` rows indexed (their vectors are stored), in one transaction."""
+        if not done:
+            return
         now = db_now()
-        self._update(
-            record_id,
-            size=blob.size,
-            mtime_ns=blob.mtime_ns,
-            content_hash=blob.content_hash,
-            state=FileState.INDEXED.value,
-            error=None,
-            has_vector=True,
-            signature=signature,
-            updated_at=now,
-            indexed_at=now,
+        statement = (
+            sa.update(FILES)
+            .where(FILES.c.id == sa.bindparam("key"))
+            .values(
+                size=sa.bindparam("new_size"),
+                mtime_ns=sa.bindparam("new_mtime_ns"),
+                content_hash=sa.bindparam("new_hash"),
+                state=FileState.INDEXED.value,
+                error=None,
+                has_vector=True,
+                signature=signature,
+                updated_at=now,
+                indexed_at=now,
+            )
         )
+        rows = [
+            {"key": key, "new_size": b.size, "new_mtime_ns": b.mtime_ns, "new_hash": b.content_hash}
+            for key, b in done
+        ]
+        with self._engine.begin() as conn:
+            conn.execute(statement, rows)
 
     def mark_failed(
         self, record_id: int, size: int, mtime_ns: int, content_hash: str | None, error: str

@@ -174,6 +174,30 @@ class MilvusVectorStore(MilvusCollection):
         with self._write_lock:
             self._client.upsert(self._collection, rows)
 
+    def rename(self, items: Sequence[tuple[int, str]]) -> None:
+        """Give existing entities new paths, keeping their vectors (files moved): ``(key, path)`` pairs.
+
+        Milvus Lite takes a partial upsert (the path alone), a quarter of the time of writing each
+        4096-d vector back (measured: 256 entities in 0.43 s against 1.72 s on 2 cores), since it
+        checks every element of every vector it receives in Python. A Milvus server before 2.6 has no
+        partial update: the vectors are read and written back. Raises, writing nothing, if an entity is
+        missing (Milvus Lite refuses the whole batch: a new entity would have no vector)."""
+        if not items:
+            return
+        if not self._lite:
+            vectors = self.get_vectors(key for key, _ in items)
+            self.upsert([(key, path, vectors[key]) for key, path in items])
+            return
+        rows: list[dict[str, Any]] = [
+            {"id": self._key(key), "path": stored_path(path)} for key, path in items
+        ]
+        with self._write_lock:
+            self._client.upsert(self._collection, rows, partial_update=True)
+
+    @property
+    def _lite(self) -> bool:
+        return not self._uri.startswith(("http://", "https://", "tcp://", "unix:"))
+
     def get_vectors(self, ids: Iterable[int]) -> dict[int, Vector]:
         keys = list(ids)
         if not keys:
