@@ -87,6 +87,7 @@ def test_every_command_has_help_text() -> None:
         "check",
         "forget",
         "dedupe",
+        "migrate",
     }
     for name, command in commands.items():
         assert command.description, name
