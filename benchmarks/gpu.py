@@ -23,8 +23,8 @@ of distinct ones, each written several times to make the file count (decoding co
 ImageNet weights when torchvision's cache has them, else ``random:0`` (said in the results; the
 throughput does not depend on the weights, the fidelity figure somewhat does).
 
-Writes ``results/gpu.json`` and ``results/gpu.md`` (``--quick``: under ``results/quick/``), or under
-``$IMGWATCH_BENCH_RESULTS``.
+Writes ``results/gpu.json`` and ``results/gpu.md`` (``--quick``: under ``results/quick/``), or in
+``$IMGWATCH_BENCH_RESULTS`` when set.
 """
 
 from __future__ import annotations
@@ -58,8 +58,10 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _results_dir(quick: bool) -> Path:
-    base = Path(os.environ.get("IMGWATCH_BENCH_RESULTS", HERE / "results"))
-    return base / "quick" if quick else base
+    # run_all.py names the folder itself (results/quick/ for its --quick runs), as for every script.
+    if os.environ.get("IMGWATCH_BENCH_RESULTS"):
+        return Path(os.environ["IMGWATCH_BENCH_RESULTS"])
+    return HERE / "results" / "quick" if quick else HERE / "results"
 
 
 def _weights() -> str:
