@@ -16,10 +16,13 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import sqlalchemy as sa
 from PIL import Image
 from starlette.types import ASGIApp
 
@@ -28,7 +31,9 @@ from imgwatch.context import Context
 from imgwatch.indexer import IndexSummary, normalise_root, plan, run_plan
 from imgwatch.samples import photo
 from imgwatch.scan import ScanRules
+from imgwatch.services.abc import FileState
 from imgwatch.services.build import open_context
+from imgwatch.services.catalog import FILES, SQLiteCatalog
 from imgwatch.services.extractor import VGG16Extractor, WeightsSpec
 from imgwatch.services.vectors import MilvusVectorStore
 from imgwatch.web.server import HttpServer, bind_tcp
@@ -380,3 +385,44 @@ def milvus_ctx(milvus_settings: Settings, extractor: VGG16Extractor) -> Iterator
     """``ctx`` on Lite and on a server."""
     with open_context(milvus_settings, command="test", extractor=extractor) as context:
         yield context
+
+
+def fill_synthetic(
+    catalog: SQLiteCatalog,
+    store: MilvusVectorStore,
+    vectors: np.ndarray,
+    paths: list[str] | None = None,
+    hashes: list[str] | None = None,
+    *,
+    first_id: int = 1,
+    signature: str = "synthetic",
+) -> list[str]:
+    """Indexed rows with these vectors, written straight into the catalog and the store (as
+    ``imgwatch index`` leaves them): row ``i`` is file id ``first_id + i``, modified ``i`` days
+    after the epoch."""
+    keys = range(first_id, first_id + len(vectors))
+    paths = paths or [f"/synthetic/{key:05d}.jpg" for key in keys]
+    hashes = hashes or [f"{key:032x}" for key in keys]
+    items = list(zip(keys, paths, vectors, strict=True))
+    for start in range(0, len(items), 500):
+        store.upsert(items[start : start + 500])
+    now = datetime.now(UTC).replace(tzinfo=None)
+    rows = [
+        {
+            "id": key,
+            "path": path.encode(),
+            "size": 1,
+            "mtime_ns": (key - first_id) * 86_400 * 10**9,
+            "content_hash": hashes[key - first_id],
+            "state": FileState.INDEXED.value,
+            "has_vector": True,
+            "signature": signature,
+            "created_at": now,
+            "updated_at": now,
+            "indexed_at": now,
+        }
+        for key, path in zip(keys, paths, strict=True)
+    ]
+    with catalog.engine.begin() as conn:
+        conn.execute(sa.insert(FILES), rows)
+    return paths

@@ -7,12 +7,10 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from imgwatch import duplicates, pairs
@@ -21,12 +19,12 @@ from imgwatch.duplicates import DuplicatePass, duplicate_pass, find_exact_duplic
 from imgwatch.search import SearchFilter
 from imgwatch.services.abc import ExtractorSignature, FileState, Vector
 from imgwatch.services.build import NoModel
-from imgwatch.services.catalog import FILES, SQLiteCatalog, open_catalog
+from imgwatch.services.catalog import SQLiteCatalog, open_catalog
 from imgwatch.services.cpu import cpus_we_may_run_on
 from imgwatch.services.files import LocalFileReader
 from imgwatch.services.vectors import MilvusVectorStore
 from imgwatch.verdicts import kept_apart, mark_distinct
-from tests.conftest import MilvusTarget
+from tests.conftest import MilvusTarget, fill_synthetic
 
 DIMENSION = 128
 THRESHOLD = 0.9
@@ -60,40 +58,6 @@ def _arc(start: np.ndarray, rng: np.random.Generator, degrees: tuple[float, floa
     ortho = _unit(other - (other @ start) * start)
     angles = np.radians(np.asarray(degrees))[:, None]
     return _unit(np.cos(angles) * start + np.sin(angles) * ortho)
-
-
-def _fill(
-    catalog: SQLiteCatalog,
-    store: MilvusVectorStore,
-    vectors: np.ndarray,
-    paths: list[str] | None = None,
-    hashes: list[str] | None = None,
-) -> list[str]:
-    """Row ``i`` is file id ``i + 1``, modified ``i`` days after the epoch."""
-    keys = range(1, len(vectors) + 1)
-    paths = paths or [f"/synthetic/{key:05d}.jpg" for key in keys]
-    hashes = hashes or [f"{key:032x}" for key in keys]
-    store.upsert(list(zip(keys, paths, vectors, strict=True)))
-    now = datetime.now(UTC).replace(tzinfo=None)
-    rows = [
-        {
-            "id": key,
-            "path": path.encode(),
-            "size": 1,
-            "mtime_ns": (key - 1) * DAY_NS,
-            "content_hash": hashes[key - 1],
-            "state": FileState.INDEXED.value,
-            "has_vector": True,
-            "signature": "synthetic",
-            "created_at": now,
-            "updated_at": now,
-            "indexed_at": now,
-        }
-        for key, path in zip(keys, paths, strict=True)
-    ]
-    with catalog.engine.begin() as conn:
-        conn.execute(sa.insert(FILES), rows)
-    return paths
 
 
 def _context(catalog: SQLiteCatalog, store: MilvusVectorStore) -> Context:
@@ -174,7 +138,7 @@ def test_the_blocked_pass_finds_what_the_search_pass_found(
     vectors[401], vectors[402] = _arc(vectors[400], np.random.default_rng(1), (16.0, 36.0))
     store = milvus.open(DIMENSION)
     try:
-        paths = _fill(catalog, store, vectors)
+        paths = fill_synthetic(catalog, store, vectors)
         mark_distinct(catalog, [paths[400], paths[402]])
         ctx = _context(catalog, store)
         old = _search_pass(ctx, THRESHOLD, batch_size=50)
@@ -261,7 +225,7 @@ def test_the_pass_uses_every_cpu_for_blas_and_scratch_space_where_it_is_told(
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     try:
-        _fill(catalog, store, _collection(120, seed=1))
+        fill_synthetic(catalog, store, _collection(120, seed=1))
         # As in a process that runs the model: one BLAS thread (extractor._use_the_cpus_we_may_run_on).
         with threadpool_limits(limits=1, user_api="blas"):
             result = duplicate_pass(
@@ -293,7 +257,7 @@ def test_a_filter_groups_only_the_files_it_admits(catalog: SQLiteCatalog, tmp_pa
     hashes = [f"{max(row, 1):032x}" for row in range(len(vectors))]
     store = MilvusVectorStore(str(tmp_path / "vectors.db"), dimension=DIMENSION)
     try:
-        _fill(catalog, store, vectors, paths, hashes)
+        fill_synthetic(catalog, store, vectors, paths, hashes)
         ctx = _context(catalog, store)
 
         def groups(where: SearchFilter | None) -> list[tuple[str, list[str]]]:

@@ -15,21 +15,17 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 
-from imgwatch.services.abc import FileState
 from imgwatch.services.build import MIGRATION_META_KEY
 from imgwatch.services.catalog import open_catalog
-from imgwatch.services.catalog_tables import FILES
 from imgwatch.services.vectors import MilvusVectorStore
 from tests import forkserver
-from tests.conftest import MilvusServer, write_photo
+from tests.conftest import MilvusServer, fill_synthetic, write_photo
 from tests.harness import cli_env, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.milvus_server]
@@ -128,49 +124,16 @@ def test_to_the_server_and_back_without_a_model_run(library: Library, tmp_path: 
 
 
 def _add_synthetic_rows(data_dir: Path, collection: str, n: int) -> None:
-    """``n`` more indexed files with random vectors, written straight into the catalog and the Lite
-    store (as ``imgwatch index`` would leave them): enough to make a copy take several batches."""
+    """``n`` more indexed files with random vectors, made as the real photo's rows are: enough to
+    make a copy take several batches."""
     catalog = open_catalog(data_dir / "catalog.sqlite3")
     store = MilvusVectorStore(str(data_dir / "vectors.db"), dimension=4096, collection=collection)
     try:
-        rng = np.random.default_rng(0)
-        first = 1000
-        keys = range(first, first + n)
-        vectors = rng.standard_normal((n, 4096)).astype(np.float32)
+        vectors = np.random.default_rng(0).standard_normal((n, 4096)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        paths = [f"/synthetic/{key}.jpg" for key in keys]
-        for start in range(0, n, 500):
-            store.upsert(
-                list(
-                    zip(
-                        keys[start : start + 500],
-                        paths[start : start + 500],
-                        vectors[start : start + 500],
-                        strict=True,
-                    )
-                )
-            )
-        now = datetime.now(UTC).replace(tzinfo=None)
-        signature = catalog.get(str(data_dir.parent / "photos" / "p0.jpg"))
-        assert signature is not None
-        rows = [
-            {
-                "id": key,
-                "path": path.encode(),
-                "size": 1,
-                "mtime_ns": 0,
-                "content_hash": f"{key:032x}",
-                "state": FileState.INDEXED.value,
-                "has_vector": True,
-                "signature": signature.signature,
-                "created_at": now,
-                "updated_at": now,
-                "indexed_at": now,
-            }
-            for key, path in zip(keys, paths, strict=True)
-        ]
-        with catalog.engine.begin() as conn:
-            conn.execute(sa.insert(FILES), rows)
+        real = catalog.get(str(data_dir.parent / "photos" / "p0.jpg"))
+        assert real is not None and real.signature is not None
+        fill_synthetic(catalog, store, vectors, first_id=1000, signature=real.signature)
     finally:
         store.close()
         catalog.close()
