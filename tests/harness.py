@@ -126,17 +126,18 @@ class RunningDaemon:
         return self.process.wait(timeout=SHUTDOWN_TIMEOUT_S + 10)
 
 
-SUITE_PRECISION = os.environ.get("IMGWATCH_PRECISION", "auto")
-"""The model's precision in every process the suite starts and in its own extractor:
-``IMGWATCH_PRECISION=bf16`` runs the whole suite in bf16 (e.g. to see how long it takes where VGG16 runs
-at an AVX2-only CPU's pace). Every other ``IMGWATCH_`` variable of the caller is left out."""
+SUITE_PRECISION = os.environ.get("IMGWATCH_PRECISION", "float")
+"""The model's precision in every process the suite starts and in its own extractor: ``float`` (the
+fastest float precision here) unless ``IMGWATCH_PRECISION`` says otherwise, e.g. ``bf16`` to see how long
+the suite takes where VGG16 runs at an AVX2-only CPU's pace. Not ``auto``: it would quantize and compile
+int8 (a minute) in each test's new data dir; the int8 tests (tests/test_int8.py) build int8 once and run
+``auto`` against that package. Every other ``IMGWATCH_`` variable of the caller is left out."""
 
 
 def clean_env() -> dict[str, str]:
     """This process's environment without the caller's ``IMGWATCH_`` settings (but the suite's precision)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMGWATCH_")}
-    if SUITE_PRECISION != "auto":
-        env["IMGWATCH_PRECISION"] = SUITE_PRECISION
+    env["IMGWATCH_PRECISION"] = SUITE_PRECISION
     return env
 
 

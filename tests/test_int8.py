@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,12 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from imgwatch.config import Settings
 from imgwatch.errors import ExtractorMismatchError
 from imgwatch.reindex import Mode, Reindexer
-from imgwatch.services.abc import ExtractorSignature
+from imgwatch.services.abc import ExtractorSignature, FileState
 from imgwatch.services.build import open_services, stored_signature
+from imgwatch.services.catalog import open_catalog
 from imgwatch.services.extractor import VGG16Extractor, WeightsSpec, signature_for
 from imgwatch.services.int8 import (
     MIN_AGREEMENT,
@@ -31,8 +34,10 @@ from imgwatch.services.int8 import (
     load_or_build,
     photo_crops,
 )
+from imgwatch.services.model_spec import following_index, model_precision
+from imgwatch.services.precision import choose_precision, int8_may_pay
 from tests.conftest import REPO, WEIGHTS, index, write_photo
-from tests.harness import clean_env
+from tests.harness import clean_env, cli_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("int8")]
 
@@ -232,3 +237,93 @@ def test_switching_an_index_to_int8_is_a_shadow_reindex_never_a_mix(
         assert {r.signature for r in records.values()} == {int8_model.signature.key}
         assert int8_model.images_embedded - before >= len(records)
         assert reindexer.pending() is None
+
+
+# ---- precision = auto: int8 for a new index, an existing index keeps its class ----------------------
+
+
+def _index_with(data_dir: Path, photos: Path, precision: str, env: dict[str, str] | None = None) -> str:
+    """``imgwatch index photos`` as a real process with ``precision``; its stderr."""
+    full = cli_env(data_dir) | {"IMGWATCH_PRECISION": precision} | (env or {})
+    done = subprocess.run(
+        [sys.executable, "-m", "imgwatch", "index", str(photos), "--log-level", "info"],
+        env=full,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def _stored(data_dir: Path) -> ExtractorSignature:
+    catalog = open_catalog(data_dir / "catalog.sqlite3")
+    try:
+        signature = stored_signature(catalog)
+        assert signature is not None
+        assert catalog.counts()[FileState.INDEXED] == len(catalog.ids_with_vectors())
+        return signature
+    finally:
+        catalog.close()
+
+
+def test_auto_makes_a_new_index_int8_and_keeps_an_existing_float_index_float(
+    int8_model: VGG16Extractor, compile_cache: Path, tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos"
+    for seed in range(3):
+        write_photo(photos / f"{seed}.jpg", seed, size=(64, 48))
+    # A new data dir whose compile cache holds this module's package: the CLI must find it reusable
+    # (same weights, calibration, CPU and torch), so this run does not quantize or compile again.
+    new = tmp_path / "new"
+    shutil.copytree(compile_cache, new / "compile-cache")
+    stderr = _index_with(new, photos, "auto")
+    assert "reusing the compiled model" in stderr, stderr
+    made = _stored(new)
+    assert made.dtype == "int8" and made.key == int8_model.signature.key
+
+    # An index made in float stays float under auto: no int8 package is built, no reindex is due.
+    old = tmp_path / "old"
+    _index_with(old, photos, "float")
+    write_photo(photos / "3.jpg", 3, size=(64, 48))
+    stderr = _index_with(old, photos, "auto")
+    kept = _stored(old)
+    assert kept.precision_class == "float" and kept.key == KEY_BEFORE_CLASSES
+    assert "int8" not in stderr, stderr
+    assert not (old / "compile-cache").exists() or not list((old / "compile-cache").glob("*.pt2"))
+    settings = Settings(data_dir=old, weights=WEIGHTS, precision="auto")
+    with open_services(settings, command="test", model=False) as services:
+        assert len(services.catalog.ids_with_vectors()) == 4
+        assert Reindexer(services).pending() is None
+
+
+def test_auto_without_a_cxx_compiler_makes_a_float_index(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    write_photo(photos / "a.jpg", 1, size=(64, 48))
+    no_compiler = {"CXX": str(tmp_path / "no-such-c++"), "CC": str(tmp_path / "no-such-cc")}
+    stderr = _index_with(tmp_path / "data", photos, "auto", no_compiler)
+    assert "staying in float on this CPU: cannot compile the int8 model: no C++ compiler" in stderr, stderr
+    assert _stored(tmp_path / "data").precision_class == "float"
+
+
+def test_auto_follows_the_index_class_and_the_model_is_built_for_the_index() -> None:
+    spec = WeightsSpec.parse(WEIGHTS)
+    auto, fp32_sig, int8_sig = (signature_for(spec, WEIGHTS, d) for d in ("auto", "fp32", "int8"))
+    assert following_index(auto, None) == auto
+    assert following_index(auto, fp32_sig) == fp32_sig
+    assert following_index(auto, int8_sig) == int8_sig
+    # An explicit precision is not bent to the index: a mismatch is the reindex's business.
+    assert following_index(fp32_sig, int8_sig) == fp32_sig
+    assert model_precision("auto", auto) == "auto"
+    assert model_precision("auto", fp32_sig) == "float"
+    assert model_precision("auto", int8_sig) == "int8"
+    assert model_precision("int8", fp32_sig) == "float"  # serving a float index while moving to int8
+    assert model_precision("bf16", fp32_sig) == "bf16"
+    assert model_precision("fp32", int8_sig) == "int8"  # serving an int8 index while moving to float
+    not_measured = lambda: pytest.fail("auto on an int8 CPU, or on CUDA, measures nothing")  # noqa: E731
+    if int8_may_pay():
+        assert choose_precision("auto", torch.device("cpu"), not_measured) == "int8"
+    assert choose_precision("auto", torch.device("cuda"), not_measured) == "fp16"
+    assert choose_precision("float", torch.device("cuda"), not_measured) == "fp16"

@@ -1,4 +1,5 @@
-"""``precision = auto`` on a CPU: decided by measuring bf16 against fp32 once, then read from the cache."""
+"""``precision = float`` (and ``auto`` where int8 is out) on a CPU: decided by measuring bf16 against fp32
+once, then read from the cache."""
 
 from __future__ import annotations
 
@@ -32,11 +33,11 @@ extractor = VGG16Extractor(WeightsSpec.parse("random:0"), precision=sys.argv[1],
 print(extractor.signature.dtype)
 extractor.close()
 """
-MEASURED = "INFO imgwatch.services.precision precision auto: "
-FROM_CACHE = "DEBUG imgwatch.services.precision precision auto: "
+MEASURED = "INFO imgwatch.services.precision precision float: "
+FROM_CACHE = "DEBUG imgwatch.services.precision precision float: "
 
 needs_bf16 = pytest.mark.skipif(
-    not cpu_supports_bf16(), reason="auto measures only on CPUs with native bf16; others use fp32 unmeasured"
+    not cpu_supports_bf16(), reason="float measures only on CPUs with native bf16; others use fp32 unmeasured"
 )
 
 
@@ -50,7 +51,7 @@ def cache_with_the_random_init(home: Path) -> Path:
     return home
 
 
-def start_extractor(home: Path, precision: str = "auto") -> subprocess.CompletedProcess[str]:
+def start_extractor(home: Path, precision: str = "float") -> subprocess.CompletedProcess[str]:
     """An extractor with ``precision`` in a fresh process, with ``home`` as its user cache dir."""
     result = subprocess.run(
         [sys.executable, "-c", START, precision],
@@ -113,25 +114,25 @@ def test_a_damaged_decision_is_measured_again(
     assert MEASURED not in start_extractor(home).stderr
 
 
-def test_an_explicit_precision_and_auto_ignore_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_explicit_precision_and_float_ignore_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     # IMGWATCH_PRECISION feeds the CLI's settings; an extractor made in-process obeys only its argument.
     def not_measured() -> float:
         raise AssertionError("the decision should be cached by now")
 
-    auto = VGG16Extractor(WeightsSpec.parse("random:0"), precision="auto", batch_size=2)
+    chosen = VGG16Extractor(WeightsSpec.parse("random:0"), precision="float", batch_size=2)
     try:
-        decided = choose_precision("auto", torch.device("cpu"), not_measured)
+        decided = choose_precision("float", torch.device("cpu"), not_measured)
     finally:
-        auto.close()
+        chosen.close()
     monkeypatch.setenv("IMGWATCH_PRECISION", "fp32" if decided == "bf16" else "bf16")
     explicit = VGG16Extractor(WeightsSpec.parse("random:0"), precision="fp32", batch_size=2)
-    auto = VGG16Extractor(WeightsSpec.parse("random:0"), precision="auto", batch_size=2)
+    chosen = VGG16Extractor(WeightsSpec.parse("random:0"), precision="float", batch_size=2)
     try:
         assert explicit.signature.dtype == "fp32"
-        assert auto.signature.dtype == decided
+        assert chosen.signature.dtype == decided
     finally:
         explicit.close()
-        auto.close()
+        chosen.close()
 
 
 @needs_bf16

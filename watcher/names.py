@@ -46,7 +46,10 @@ ENV_VARS: Mapping[str, str] = {
 }
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+PRECISIONS = ("auto", "float", "fp32", "bf16", "fp16", "int8")
+"""``auto``: int8 for a new index where the CPU runs it faithfully, else the fastest float precision;
+an existing index keeps its precision class. ``float``: the fastest float precision measured here
+(fp32 or bf16 on a CPU, fp16 on CUDA), never int8. The rest are obeyed as given."""
 INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ", "AUTOINDEX")
 
 #: The settings' names, which are the config file's keys (``Settings``' fields but ``config_file``):

@@ -53,6 +53,7 @@ from imgwatch.services.build import (
     stored_signature,
 )
 from imgwatch.services.ledger import ReindexLedger
+from imgwatch.services.model_spec import following_index
 from imgwatch.services.pca import PCATransform, ProjectedExtractor
 
 __all__ = [
@@ -106,7 +107,7 @@ class Reindexer:
         if self._configured is None:
             # Once per process: for a weights file this hashes ~500 MB.
             self._configured = configured_signature(settings)
-        configured = self._configured
+        configured = following_index(self._configured, stored)
         wanted = wanted_index(self._services, active, self._services.ctx.vectors.count())
         return next_step(stored, configured, settings.pca, active, wanted)
 

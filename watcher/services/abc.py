@@ -47,8 +47,9 @@ class ExtractorSignature:
 
     @property
     def precision_class(self) -> str:
-        """``int8`` for int8 vectors, ``float`` for the rest (fp32/bf16/fp16, and the settings' ``auto``,
-        which never picks int8). A signature recorded before classes existed reads as ``float``."""
+        """``int8`` for int8 vectors, ``float`` for the rest (fp32/bf16/fp16, and ``auto``: a new index
+        whose model has not loaded yet, which may still settle on int8; see ``LazyExtractor``). A
+        signature recorded before classes existed reads as ``float``."""
         return "int8" if self.dtype == "int8" else "float"
 
     @property

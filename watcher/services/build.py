@@ -53,12 +53,13 @@ MIGRATION_META_KEY = "migration"
 WRITING_COMMANDS = frozenset({"index"})
 
 
-def configured_signature(settings: Settings) -> ExtractorSignature:
-    """The signature the configured model will have (before any PCA), without loading it."""
-    from imgwatch.services.model_spec import WeightsSpec, signature_for
+def configured_signature(settings: Settings, stored: ExtractorSignature | None = None) -> ExtractorSignature:
+    """The signature the configured model will have (before any PCA), without loading it; with
+    ``precision = auto``, in the precision class of the ``stored`` index (see ``following_index``)."""
+    from imgwatch.services.model_spec import WeightsSpec, following_index, signature_for
 
     spec = WeightsSpec.parse(settings.weights)
-    return signature_for(spec, spec.identity(), settings.precision)
+    return following_index(signature_for(spec, spec.identity(), settings.precision), stored)
 
 
 def stored_signature(catalog: SQLiteCatalog) -> ExtractorSignature | None:
@@ -168,7 +169,7 @@ class ExtractorCache:
 
     def base(self, signature: ExtractorSignature, weights_setting: str | None) -> Extractor:
         """The model that makes ``signature.base`` vectors (loaded when it first embeds)."""
-        from imgwatch.services.model_spec import WeightsSpec, signature_for
+        from imgwatch.services.model_spec import WeightsSpec, model_precision, signature_for
 
         key = signature.base.key
         if key not in self._models:
@@ -181,13 +182,21 @@ class ExtractorCache:
                     f"weights {setting!r} no longer make the vectors this index was built with "
                     f"({signature.weights}); restore them or rebuild: imgwatch index --rebuild ROOT..."
                 )
+            precision = model_precision(self._settings.precision, signature.base)
             self._models[key] = LazyExtractor(
                 signature.base,
-                lambda: _build_extractor(self._settings, spec, identity),
-                on_loaded=self._on_loaded,
+                lambda: _build_extractor(self._settings, spec, identity, precision),
+                on_loaded=lambda loaded: self._loaded(key, loaded),
             )
             self._owned.add(key)
         return self._models[key]
+
+    def _loaded(self, key: str, loaded: Extractor) -> None:
+        if self._on_loaded is not None:
+            self._on_loaded(loaded)
+        # A new index's model (``auto``) may settle on another precision class than its placeholder
+        # signature's: later lookups by the class it chose must find it, not load a second VGG16.
+        self._models.setdefault(loaded.signature.base.key, self._models[key])
 
     def for_signature(self, signature: ExtractorSignature, weights_setting: str | None) -> Extractor:
         """An extractor making exactly ``signature`` vectors: the model, then its PCA transform."""
@@ -202,10 +211,13 @@ class ExtractorCache:
 
     def release_except(self, keep: Extractor) -> None:
         """Close the models this cache loaded other than ``keep``'s (after a switch away from them)."""
-        wanted = keep.signature.base.key
-        for key in [k for k in self._owned if k != wanted]:
+        wanted = self._models.get(keep.signature.base.key)
+        for key in [k for k in self._owned if self._models[k] is not wanted]:
             self._owned.discard(key)
-            self._models.pop(key).close()
+            gone = self._models.pop(key)
+            for alias in [k for k, m in self._models.items() if m is gone]:
+                del self._models[alias]
+            gone.close()
 
     def close(self) -> None:
         for key in list(self._owned):
@@ -215,7 +227,7 @@ class ExtractorCache:
     def _weights_setting(self, base: ExtractorSignature, recorded: str | None) -> str:
         from imgwatch.services.model_spec import IMAGENET_IDENTITY
 
-        if base.key == configured_signature(self._settings).base.key:
+        if base.key == configured_signature(self._settings, base).base.key:
             return self._settings.weights
         if base.weights.startswith("random:"):
             return base.weights
@@ -229,14 +241,14 @@ class ExtractorCache:
         )
 
 
-def _build_extractor(settings: Settings, weights: WeightsSpec, identity: str) -> Extractor:
+def _build_extractor(settings: Settings, weights: WeightsSpec, identity: str, precision: str) -> Extractor:
     from imgwatch.services.extractor import VGG16Extractor
 
     return VGG16Extractor(
         weights,
         weights_identity=identity,
         device=settings.device,
-        precision=settings.precision,
+        precision=precision,
         batch_size=settings.batch_size,
         max_pixels=settings.max_pixels,
         # The compiled int8 model belongs with the index it makes vectors for.
@@ -350,8 +362,8 @@ def open_services(
         )
         stack.callback(cache.close)
 
-        configured = extractor.signature if extractor else configured_signature(settings)
         stored = stored_signature(catalog)
+        configured = extractor.signature if extractor else configured_signature(settings, stored)
         if rebuild and stored is not None:
             log.warning("rebuilding: dropping every vector made by %s", stored.weights)
             _drop_every_collection(settings, catalog)

@@ -172,13 +172,13 @@ class VGG16Extractor:
         """The compiled int8 convolutions, when int8 is used; fc6/fc7 stay in ``self._model``."""
         identity = weights_identity or weights.identity()
         wanted = choose_precision(precision, self._device, self._bf16_speedup)
-        required = precision != "auto"
+        required = precision not in ("auto", "float")
         if wanted == "int8":
             self._int8 = self._int8_features(identity, compile_cache or cache_dir() / "compile-cache")
             if self._int8 is None:
                 # int8 is an optimisation that may be unavailable here (no compiler, a failed gate):
-                # the float precision auto would pick instead, never an error.
-                wanted, required = choose_precision("auto", self._device, self._bf16_speedup), False
+                # the float precision ``float`` would pick instead, never an error.
+                wanted, required = choose_precision("float", self._device, self._bf16_speedup), False
         if wanted not in ("fp32", "int8"):
             self._switch_precision(wanted, identity, required=required)
         self._signature = signature_for(weights, identity, "int8" if self._int8 else _name_of(self._dtype))

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from imgwatch.errors import ImgwatchError
 from imgwatch.services.abc import Extractor, ExtractorSignature, Vector
@@ -39,8 +40,9 @@ class LazyExtractor:
     """:class:`~imgwatch.services.abc.Extractor` that builds its model with ``load`` on first use.
 
     ``signature`` is the one the model will have; after the load it is the model's own (the same
-    key; its ``dtype`` is what the precision choice settled on). ``on_loaded`` runs after the load,
-    in the thread that loaded it, before any caller gets the model.
+    key; its ``dtype`` is what the precision choice settled on). A ``signature`` whose ``dtype`` is
+    ``auto`` (a new index) takes the precision class of the model that loads. ``on_loaded`` runs after
+    the load, in the thread that loaded it, before any caller gets the model.
     """
 
     def __init__(
@@ -101,7 +103,12 @@ class LazyExtractor:
                 # Info only: every caller gets it raised, and the command or the daemon reports it.
                 log.info("loading the model failed: %s", ModelUnavailableError(e))
                 raise ModelUnavailableError(e) from e
-            if model.signature.key != self._signature.key:
+            expected = self._signature
+            if expected.dtype == "auto":
+                # A new index under ``precision = auto``: its class is what the model settled on
+                # (int8, or float where int8 is unavailable here); it is recorded as the model loads.
+                expected = replace(expected, dtype=model.signature.dtype)
+            if model.signature.key != expected.key:
                 model.close()
                 if model.signature.precision_class != self._signature.precision_class:
                     # int8 asked for, but it fell back here (no C++ compiler, the fidelity gate):

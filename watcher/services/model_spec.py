@@ -5,7 +5,7 @@ vectors it makes. Torch-free, so commands that only read the index (``status``, 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from imgwatch.errors import ImgwatchError, WeightsFileError
@@ -65,3 +65,29 @@ def signature_for(weights: WeightsSpec, weights_identity: str, dtype: str) -> Ex
         dimension=DIMENSION,
         dtype=dtype,
     )
+
+
+#: What a float setting may be (``auto``'s float fallback and ``int8``'s are ``float``).
+_FLOAT_SETTINGS = ("float", "fp32", "bf16", "fp16")
+
+
+def following_index(configured: ExtractorSignature, stored: ExtractorSignature | None) -> ExtractorSignature:
+    """``configured``, made with ``precision = auto``, in the precision class of the index it serves.
+
+    ``auto`` settles an index's class once, when the index is made: moving an index made in float
+    into int8 (or back) is a full re-extraction, so it happens only when the user sets a precision.
+    """
+    if configured.dtype != "auto" or stored is None:
+        return configured
+    return replace(configured, dtype=stored.dtype)
+
+
+def model_precision(setting: str, signature: ExtractorSignature) -> str:
+    """The precision to build the model that makes ``signature``'s vectors in, given the ``precision``
+    setting: int8 for an int8 index, a float one (the setting's, if it names one) for a float index,
+    and the setting itself for a new index (``signature.dtype`` still ``auto``)."""
+    if signature.dtype == "auto":
+        return setting
+    if signature.precision_class == "int8":
+        return "int8"
+    return setting if setting in _FLOAT_SETTINGS else "float"
