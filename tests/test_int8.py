@@ -283,6 +283,22 @@ def test_auto_makes_a_new_index_int8_and_keeps_an_existing_float_index_float(
     assert "reusing the compiled model" in stderr, stderr
     made = _stored(new)
     assert made.dtype == "int8" and made.key == int8_model.signature.key
+    # A one-shot search of the int8 index computes its query in float: with the package gone (as
+    # after a torch upgrade), it neither quantizes nor compiles, and still finds the image first.
+    shutil.rmtree(new / "compile-cache")
+    found = subprocess.run(
+        [sys.executable, "-m", "imgwatch", "search", str(photos / "1.jpg"), "-k", "1", "--json"],
+        env=cli_env(new) | {"IMGWATCH_PRECISION": "auto"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert found.returncode == 0, found.stderr
+    [match] = json.loads(found.stdout)["results"]
+    assert match["path"] == str(photos / "1.jpg") and match["score"] > 0.99, found.stdout
+    assert not (new / "compile-cache").exists(), found.stderr
 
     # An index made in float stays float under auto: no int8 package is built, no reindex is due.
     old = tmp_path / "old"

@@ -51,6 +51,8 @@ MIGRATION_META_KEY = "migration"
 
 #: Commands that write the configured extractor's vectors, so refuse an index made by another one.
 WRITING_COMMANDS = frozenset({"index"})
+#: Commands whose model only embeds query images, never vectors to store.
+QUERYING_COMMANDS = frozenset({"search", "check"})
 
 
 def configured_signature(settings: Settings, stored: ExtractorSignature | None = None) -> ExtractorSignature:
@@ -167,26 +169,35 @@ class ExtractorCache:
         self._owned: set[str] = set()
         self._on_loaded = on_loaded
 
-    def base(self, signature: ExtractorSignature, weights_setting: str | None) -> Extractor:
-        """The model that makes ``signature.base`` vectors (loaded when it first embeds)."""
+    def base(
+        self, signature: ExtractorSignature, weights_setting: str | None, *, queries_only: bool = False
+    ) -> Extractor:
+        """The model that makes ``signature.base`` vectors (loaded when it first embeds). With
+        ``queries_only``, for an int8 index, a float model: its queries find as much
+        (benchmarks/precision_recall.py), and a one-shot search neither loads nor, after an upgrade,
+        compiles the int8 package."""
         from imgwatch.services.model_spec import WeightsSpec, model_precision, signature_for
 
         key = signature.base.key
+        if queries_only and signature.precision_class == "int8" and key not in self._models:
+            key = f"{key}:queries"
         if key not in self._models:
             setting = self._weights_setting(signature.base, weights_setting)
             spec = WeightsSpec.parse(setting)
             # Torch-free, and once: the model gets this identity instead of hashing a weights file again.
             identity = spec.identity()
-            if signature_for(spec, identity, signature.dtype).key != key:
+            if signature_for(spec, identity, signature.dtype).key != signature.base.key:
                 raise ImgwatchError(
                     f"weights {setting!r} no longer make the vectors this index was built with "
                     f"({signature.weights}); restore them or rebuild: imgwatch index --rebuild ROOT..."
                 )
-            precision = model_precision(self._settings.precision, signature.base)
+            queries = key.endswith(":queries")
+            precision = "float" if queries else model_precision(self._settings.precision, signature.base)
             self._models[key] = LazyExtractor(
                 signature.base,
                 lambda: _build_extractor(self._settings, spec, identity, precision),
                 on_loaded=lambda loaded: self._loaded(key, loaded),
+                queries_only=queries,
             )
             self._owned.add(key)
         return self._models[key]
@@ -198,11 +209,13 @@ class ExtractorCache:
         # signature's: later lookups by the class it chose must find it, not load a second VGG16.
         self._models.setdefault(loaded.signature.base.key, self._models[key])
 
-    def for_signature(self, signature: ExtractorSignature, weights_setting: str | None) -> Extractor:
+    def for_signature(
+        self, signature: ExtractorSignature, weights_setting: str | None, *, queries_only: bool = False
+    ) -> Extractor:
         """An extractor making exactly ``signature`` vectors: the model, then its PCA transform."""
         from imgwatch.services.pca import PCATransform, ProjectedExtractor
 
-        model = self.base(signature, weights_setting)
+        model = self.base(signature, weights_setting, queries_only=queries_only)
         version = signature.pca_version
         if version is None:
             return model
@@ -378,7 +391,11 @@ def open_services(
         )
         stack.callback(vectors.close)
         if model:
-            serving = cache.for_signature(serving_signature, catalog.get_meta(WEIGHTS_META_KEY))
+            serving = cache.for_signature(
+                serving_signature,
+                catalog.get_meta(WEIGHTS_META_KEY),
+                queries_only=command in QUERYING_COMMANDS,
+            )
             if model_loaded(serving):  # handed in; a lazy model records itself when it loads
                 record_model(catalog, settings, index, serving.signature)
         else:

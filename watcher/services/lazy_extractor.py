@@ -51,8 +51,13 @@ class LazyExtractor:
         load: Callable[[], Extractor],
         *,
         on_loaded: Callable[[Extractor], None] | None = None,
+        queries_only: bool = False,
     ) -> None:
         self._signature = signature
+        self._queries_only = queries_only
+        """Whether its vectors are only queries, never stored: then the model may compute in the other
+        precision class (a float query searches an int8 index as well), and the signature stays
+        the index's, so lookups by the index's key (exact copies, ``check``) still match."""
         self._load = load
         self._on_loaded = on_loaded
         self._model: Extractor | None = None
@@ -66,7 +71,7 @@ class LazyExtractor:
     @property
     def signature(self) -> ExtractorSignature:
         model = self._model
-        return model.signature if model is not None else self._signature
+        return model.signature if model is not None and not self._queries_only else self._signature
 
     @property
     def loaded(self) -> bool:
@@ -104,7 +109,7 @@ class LazyExtractor:
                 log.info("loading the model failed: %s", ModelUnavailableError(e))
                 raise ModelUnavailableError(e) from e
             expected = self._signature
-            if expected.dtype == "auto":
+            if expected.dtype == "auto" or self._queries_only:
                 # A new index under ``precision = auto``: its class is what the model settled on
                 # (int8, or float where int8 is unavailable here); it is recorded as the model loads.
                 expected = replace(expected, dtype=model.signature.dtype)
