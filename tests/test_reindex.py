@@ -24,7 +24,7 @@ from imgwatch.services.ledger import ReindexLedger
 from imgwatch.services.pca import NotEnoughSamplesError, PCATransform
 from imgwatch.services.vectors import open_connections
 from tests.conftest import index, jpeg_bytes, write_photo
-from tests.harness import wait_until
+from tests.harness import SUITE_PRECISION, wait_until
 
 # One worker for the module: its module-scoped daemon (or model) is then started once.
 pytestmark = pytest.mark.xdist_group("reindex")
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.xdist_group("reindex")
 @pytest.fixture(scope="module")
 def other_extractor() -> Iterator[VGG16Extractor]:
     """The same network with other random weights: what a user switching weights gets."""
-    model = VGG16Extractor(WeightsSpec.parse("random:1"), batch_size=8)
+    model = VGG16Extractor(WeightsSpec.parse("random:1"), precision=SUITE_PRECISION, batch_size=8)
     yield model
     model.close()
 

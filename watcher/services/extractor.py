@@ -147,13 +147,16 @@ class VGG16Extractor:
         *,
         weights_identity: str | None = None,
         device: str = "auto",
-        precision: str = "auto",
+        precision: str = "float",
         batch_size: int = 16,
         max_pixels: int = 89_478_485,
         max_wait: float = 0.01,
         compile_cache: Path | None = None,
     ) -> None:
-        """``compile_cache`` keeps the compiled int8 model (default: the user's cache dir)."""
+        """``precision`` as in the settings, but defaulting to ``float``: ``auto`` (int8 where it pays)
+        quantizes and compiles for a minute, which the settings' default asks for and a model made
+        in-process should not do unasked. ``compile_cache`` keeps the compiled int8 model (default:
+        the user's cache dir)."""
         # max_pixels is enforced per file in images.prepare, before decoding; Pillow's own global
         # limit would otherwise warn (or fail) first with a message that names no file.
         Image.MAX_IMAGE_PIXELS = None
