@@ -173,13 +173,19 @@ class ExtractorCache:
         self, signature: ExtractorSignature, weights_setting: str | None, *, queries_only: bool = False
     ) -> Extractor:
         """The model that makes ``signature.base`` vectors (loaded when it first embeds). With
-        ``queries_only``, for an int8 index, a float model: its queries find as much
+        ``queries_only``, for an int8 index (or a new one under ``auto``), a float model that records
+        nothing: its queries find as much
         (benchmarks/precision_recall.py), and a one-shot search neither loads nor, after an upgrade,
         compiles the int8 package."""
         from imgwatch.services.model_spec import WeightsSpec, model_precision, signature_for
 
         key = signature.base.key
-        if queries_only and signature.precision_class == "int8" and key not in self._models:
+        if (
+            queries_only
+            and key not in self._models
+            and (signature.precision_class == "int8" or signature.dtype == "auto")
+        ):
+            # A new index's model (dtype still auto) would settle on int8 too, for nothing.
             key = f"{key}:queries"
         if key not in self._models:
             setting = self._weights_setting(signature.base, weights_setting)
@@ -203,6 +209,8 @@ class ExtractorCache:
         return self._models[key]
 
     def _loaded(self, key: str, loaded: Extractor) -> None:
+        if key.endswith(":queries"):
+            return  # its vectors are not the index's: nothing to record, nobody else to serve
         if self._on_loaded is not None:
             self._on_loaded(loaded)
         # A new index's model (``auto``) may settle on another precision class than its placeholder
