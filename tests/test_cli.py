@@ -146,6 +146,13 @@ def test_index_search_status_contract(tmp_path: Path) -> None:
     assert status["extractor"]["weights"] == "random:0" and status["extractor"]["dimension"] == 4096
     assert status["data_dir"] == str(tmp_path / "data")
     assert status["milvus_uri"] == str(tmp_path / "data" / "vectors.db")
+    # Where the collection stands against Milvus Lite's limits on this machine's memory.
+    memory = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0]) * 1024
+    capacity = status["capacity"]
+    assert capacity["engine"] == "Milvus Lite" and capacity["vectors"] == 5 and capacity["dimension"] == 4096
+    assert capacity["memory_bytes"] == memory and capacity["next"] is None
+    assert 0 < capacity["limit"] == min(capacity["limits"].values())
+    assert b"capacity:   Milvus Lite: 5 of about" in imgwatch(tmp_path, "status").stdout
 
     human = imgwatch(tmp_path, "search", queries[0], "-k", "2")
     assert human.returncode == 0

@@ -93,6 +93,7 @@ def test_with_a_daemon_search_index_and_status_load_neither_model_nor_stores(
     live = report["daemon"]
     assert (live["running"], live["state"], live["pid"]) == (True, "running", daemon.process.pid)
     assert report["files"]["indexed"] == 2 and report["vectors"] == 2
+    assert report["capacity"]["engine"] == "Milvus Lite" and report["capacity"]["vectors"] == 2
     # The whole report, the catalog's half too, comes from the daemon.
     assert not modules & (HEAVY | SETTINGS), sorted(modules & (HEAVY | SETTINGS))
     done, modules = run_with_importtime(data_dir, "status", "--failed", "--json")
@@ -109,5 +110,5 @@ def test_with_a_daemon_search_index_and_status_load_neither_model_nor_stores(
     # What the daemon reported of the catalog is what the catalog itself says.
     failed = one_json(run_with_importtime(data_dir, "status", "--failed", "--json")[0])["failed_files"]
     assert from_daemon["failed_files"] == failed
-    for key in ("data_dir", "catalog", "milvus_uri", "collection", "files", "extractor", "roots"):
+    for key in ("data_dir", "catalog", "milvus_uri", "collection", "files", "extractor", "roots", "capacity"):
         assert from_daemon[key] == report[key], key

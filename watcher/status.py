@@ -9,6 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from imgwatch.capacity import add_capacity
 from imgwatch.config import Settings
 from imgwatch.errors import ConfigError, DataDirBusyError
 from imgwatch.lock import DataDirLock, lock_holder
@@ -28,7 +29,7 @@ def with_live(report: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
     live = dict(live)
     report["vectors"] = live.pop("vectors")
     report["daemon"].update(live, state="running")
-    return report
+    return add_capacity(report)
 
 
 def gather_status(
@@ -43,6 +44,7 @@ def gather_status(
         "data_dir": str(settings.data_dir),
         "catalog": str(settings.catalog_path),
         "milvus_uri": settings.vectors_uri,
+        "engine": "Milvus Lite" if settings.uses_milvus_lite else "Milvus server",
         "collection": settings.collection,
         "daemon": {"running": daemon_running, "pid": holder.pid if daemon_running and holder else None},
         "busy": {"pid": holder.pid, "command": holder.command} if holder else None,
@@ -71,6 +73,7 @@ def gather_status(
             report["vectors"] = None
             vectors = False
         report["milvus_uri"] = settings.vectors_uri
+        report["engine"] = "Milvus Lite" if settings.uses_milvus_lite else "Milvus server"
         report["files"] = {state.value: n for state, n in catalog.counts().items()}
         if "job_runs" in sa.inspect(catalog.engine).get_table_names():
             report["jobs"] = {name: {"last_run": run} for name, run in catalog.last_job_runs().items()}
@@ -88,6 +91,7 @@ def gather_status(
         report["vectors"] = _count_vectors(
             settings, report["collection"], signature.dimension if signature else None, busy=holder
         )
+        add_capacity(report)
     return report
 
 

@@ -99,6 +99,10 @@ def _lines(report: dict[str, Any]) -> list[str]:
         f"files:      {files['indexed']} indexed, {files['pending']} pending, {files['failed']} failed",
         f"in Milvus:  {vectors if vectors is not None else unknown}",
     ]
+    if report.get("capacity"):
+        from imgwatch.capacity import describe
+
+        lines.append(f"capacity:   {describe(report['capacity'])}")
     if report.get("store_error"):
         lines.append(f"problem:    {report['store_error']}")
     if report["busy"] and not daemon["running"]:

@@ -1,0 +1,43 @@
+"""``status``'s capacity rule: where a Milvus Lite collection stands against the limits measured
+for it (imgwatch.capacity), and what it proposes next. The status itself is tested end to end in
+tests/test_cli.py and tests/test_thin_client.py (from the daemon)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from imgwatch.capacity import capacity, describe, lite_limits, machine_memory_bytes
+
+GIB = 2**30
+
+
+def test_limits_grow_with_memory_and_shrink_with_the_dimension() -> None:
+    small, big = lite_limits(4096, 8 * GIB), lite_limits(4096, 64 * GIB)
+    assert 0 < small["memory"] < big["memory"]
+    assert small["search"] == big["search"]  # search time does not depend on the memory
+    assert lite_limits(512, 8 * GIB)["memory"] > 9 * small["memory"]  # 8.9 KiB a vector, not 87
+    assert lite_limits(4096, 1 * GIB)["memory"] == 0  # the daemon alone takes more than 75 % of it
+
+
+def test_a_4096_d_collection_near_its_limit_is_offered_pca_512_then_a_server() -> None:
+    limit = min(lite_limits(4096, 24 * GIB).values())
+    assert capacity(limit // 4, 4096, lite=True, memory_bytes=24 * GIB)["next"] is None  # type: ignore[index]
+    near = capacity(limit - 1, 4096, lite=True, memory_bytes=24 * GIB)
+    assert near is not None and near["next"].startswith("PCA-512")
+    assert f"{near['vectors']:,} of about" in describe(near)
+    at_512 = min(lite_limits(512, 24 * GIB).values())
+    full = capacity(at_512, 512, lite=True, memory_bytes=24 * GIB)
+    assert full is not None and full["next"].startswith("a Milvus server")
+    # Past where even PCA-512 would be half full, PCA is not worth a reindex: a server is.
+    huge = capacity(at_512, 4096, lite=True, memory_bytes=24 * GIB)
+    assert huge is not None and huge["next"].startswith("a Milvus server")
+
+
+def test_a_server_or_an_unknown_count_has_no_local_limit() -> None:
+    assert capacity(10**6, 512, lite=False, memory_bytes=24 * GIB) is None
+    assert capacity(None, 512, lite=True, memory_bytes=24 * GIB) is None
+
+
+def test_this_machines_memory_is_read_from_the_kernel() -> None:
+    total = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0]) * 1024
+    assert machine_memory_bytes() == total

@@ -1,0 +1,131 @@
+"""Where a collection stands against the limits of its engine, for ``status``.
+
+Milvus Lite keeps every vector in the daemon's memory and searches in Python over every entity, so a
+library outgrows it by memory or by search time. The figures are measured
+(``benchmarks/search_latency.py``, 2026-11-27, 2 cores of an AMD EPYC, FLAT index, the daemon's peak
+RSS and Milvus Lite's own search time at 10,000 and 100,000 vectors):
+
+=========  ===================  ==================  ==================
+dimension  daemon RSS at 10k    at 100k             store search, 100k
+=========  ===================  ==================  ==================
+4096       2,473 MiB            10,154 MiB          0.43 s
+512        1,688 MiB            2,467 MiB           0.14 s
+=========  ===================  ==================  ==================
+
+That is ~1.6 GiB for the daemon itself (model, runtime) plus 87 KiB per 4096-d vector and 8.9 KiB
+per 512-d one (Lite's copies of each vector and its keys: FLAT copies what it scans), and a search
+time linear in the count. Other dimensions are interpolated linearly. A Milvus server keeps its
+vectors in its own memory, so no local limit is given for one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+#: Daemon memory besides the vectors (MiB), and memory per vector (KiB) by dimension, measured.
+BASE_MIB = 1610
+KIB_PER_VECTOR = {512: 8.9, 4096: 87.4}
+#: Milvus Lite's search time per 100,000 vectors (s), by dimension, measured.
+SEARCH_S_PER_100K = {512: 0.14, 4096: 0.43}
+#: The share of the machine's memory the vectors may take: the rest is for everything else it runs.
+MEMORY_SHARE = 0.75
+#: The search time a library should stay under on Milvus Lite.
+SEARCH_BUDGET_S = 0.5
+#: From this share of a limit on, ``status`` says what to do next.
+WARN_SHARE = 0.5
+
+
+def _by_dimension(table: dict[int, float], dimension: int) -> float:
+    (low, at_low), (high, at_high) = sorted(table.items())
+    return at_low + (at_high - at_low) * (dimension - low) / (high - low)
+
+
+def machine_memory_bytes() -> int | None:
+    """This machine's memory (MemTotal), or None where /proc/meminfo cannot say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return None
+
+
+def lite_limits(dimension: int, memory_bytes: int) -> dict[str, int]:
+    """How many ``dimension``-d vectors Milvus Lite holds here: within :data:`MEMORY_SHARE` of the
+    machine's memory, and within :data:`SEARCH_BUDGET_S` per search."""
+    spare_kib = (memory_bytes * MEMORY_SHARE) / 1024 - BASE_MIB * 1024
+    by_memory = max(0, int(spare_kib / _by_dimension(KIB_PER_VECTOR, dimension)))
+    by_search = int(SEARCH_BUDGET_S / _by_dimension(SEARCH_S_PER_100K, dimension) * 100_000)
+    return {"memory": by_memory, "search": by_search}
+
+
+def capacity(
+    vectors: int | None, dimension: int, *, lite: bool, memory_bytes: int | None
+) -> dict[str, Any] | None:
+    """``status``'s capacity report for a collection of ``vectors`` ``dimension``-d vectors, or None
+    for a server (its memory is not this machine's) or where the count or the memory is unknown."""
+    if not lite or vectors is None or memory_bytes is None:
+        return None
+    limits = lite_limits(dimension, memory_bytes)
+    bound = "memory" if limits["memory"] <= limits["search"] else "search"
+    limit = limits[bound]
+    report: dict[str, Any] = {
+        "engine": "Milvus Lite",
+        "vectors": vectors,
+        "dimension": dimension,
+        "limit": limit,
+        "bound_by": bound,
+        "limits": limits,
+        "memory_bytes": memory_bytes,
+        "next": None,
+    }
+    if vectors >= WARN_SHARE * limit:
+        at_512 = lite_limits(512, memory_bytes)
+        if dimension > 512 and vectors < WARN_SHARE * min(at_512.values()):
+            report["next"] = (
+                f"PCA-512 (`pca = 512` in the config; a shadow reindex with no model run) holds about "
+                f"{_roughly(min(at_512.values())):,} vectors here; or a Milvus server "
+                "(`imgwatch migrate --to URI`)"
+            )
+        else:
+            report["next"] = (
+                "a Milvus server: `imgwatch migrate --to URI` moves the index without re-extraction"
+            )
+    return report
+
+
+def describe(report: dict[str, Any]) -> str:
+    """One line for the terminal."""
+    reason = (
+        f"that fit in {MEMORY_SHARE:.0%} of this machine's {report['memory_bytes'] / 2**30:.0f} GiB"
+        if report["bound_by"] == "memory"
+        else f"that it searches within {SEARCH_BUDGET_S} s"
+    )
+    line = (
+        f"{report['engine']}: {report['vectors']:,} of about {_roughly(report['limit']):,} "
+        f"{report['dimension']}-d vectors {reason}"
+    )
+    return line + (f"; next: {report['next']}" if report["next"] else "")
+
+
+def _roughly(n: int) -> int:
+    """``n`` to two significant digits: the limits are estimates."""
+    return round(n, 2 - len(str(n))) if n >= 100 else n
+
+
+def add_capacity(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` (``status``'s) with its ``capacity``, once it has its vector count."""
+    extractor = report.get("extractor")
+    report["capacity"] = capacity(
+        report.get("vectors"),
+        extractor["dimension"] if extractor else 4096,
+        lite=report.get("engine") == "Milvus Lite",
+        memory_bytes=machine_memory_bytes(),
+    )
+    return report
