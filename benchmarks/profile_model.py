@@ -24,44 +24,17 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from _peak import GFLOP_PER_IMAGE, best_rate, peak_gflops
 from torch.profiler import ProfilerActivity, profile
 
 from imgwatch.services.extractor import VGG16Extractor, WeightsSpec
 
 HERE = Path(__file__).resolve().parent
-GFLOP_PER_IMAGE = 30.9  # VGG16 convolutions + fc6 + fc7 at 224x224 (2 FLOP per multiply-add)
 BATCH = 16
-
-
-def _best_rate(run: Callable[[], object], flop: float, seconds: float = 1.2, tries: int = 3) -> float:
-    """GFLOP/s of the fastest of ``tries`` timed windows (a shared machine only ever slows a window)."""
-    run()
-    best = 0.0
-    for _ in range(tries):
-        runs, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            run()
-            runs += 1
-        best = max(best, flop * runs / (time.perf_counter() - started) / 1e9)
-    return best
-
-
-def peak_gflops(dtype: torch.dtype, seconds: float) -> dict[str, float]:
-    size = 4096
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    # A VGG16 conv4 layer at batch 16: 256 -> 512 channels, 3x3, 28x28.
-    conv = torch.nn.Conv2d(256, 512, 3, padding=1).to(dtype).to(memory_format=torch.channels_last)
-    x = torch.randn(16, 256, 28, 28).to(dtype).contiguous(memory_format=torch.channels_last)
-    conv_flop = 2 * 16 * 28 * 28 * 512 * 256 * 9
-    return {
-        "matmul": round(_best_rate(lambda: torch.mm(a, b), 2 * size**3, seconds), 1),
-        "conv": round(_best_rate(lambda: conv(x), conv_flop, seconds), 1),
-    }
 
 
 def main() -> None:
@@ -82,7 +55,7 @@ def main() -> None:
     try:
         rng = np.random.default_rng(0)
         batch = rng.integers(0, 256, size=(BATCH, 224, 224, 3), dtype=np.uint8)
-        images_per_s = _best_rate(lambda: extractor.forward(batch), BATCH * 1e9, 3 * seconds)
+        images_per_s = best_rate(lambda: extractor.forward(batch), BATCH * 1e9, 3 * seconds)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             extractor.forward(batch)
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8)
@@ -167,7 +140,7 @@ def _one_precision(
     row: dict[str, object] = {"start_s": start_s, "computes_in": model.signature.dtype}
     try:
         for size, batch in batches.items():
-            rate = _best_rate(functools.partial(model.forward, batch), size * 1e9, 3 * seconds)
+            rate = best_rate(functools.partial(model.forward, batch), size * 1e9, 3 * seconds)
             row[f"batch_{size}_images_per_s"] = round(rate, 2)
         if model.signature.dtype == "int8":
             again, row["cached_start_s"] = _started(name, cache)

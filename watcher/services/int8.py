@@ -21,6 +21,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,6 +47,13 @@ MIN_AGREEMENT = 0.9
 NEIGHBOURS = 10
 #: Bump when what a package holds, or how its verdict is measured, changes.
 ARTEFACT_FORMAT = 1
+#: Packages of this many keys stay in a cache dir (the most recently used): two machines with different
+#: CPUs sharing a data dir (NFS) alternate between two keys, and a third spares a rollback (torch
+#: downgraded) its rebuild. One package is ~17 MB. See docs/notes-ingest-bench.md.
+KEEP_KEYS = 3
+#: A key written or used this recently is never pruned: another process may be about to load it.
+PRUNE_GRACE_S = 15 * 60
+_PACKAGE_NAME = re.compile(r"vgg16-int8-([0-9a-f]{16})\.(?:pt2|json)")
 CALIBRATION_SEEDS = range(160_000, 160_032)
 HELD_OUT_SEEDS = range(170_000, 170_032)
 _PHOTO_SIZE = (320, 240)
@@ -228,8 +236,14 @@ def load_or_build(
     if saved is not None:
         gate(saved, f"int8 (verdict recorded in {record})", recorded=True)
         if package.is_file():
-            log.info("int8: reusing the compiled model %s (%s)", package, saved.describe())
-            return Int8Model(load_package(package), saved, package, reused=True)
+            try:
+                features = load_package(package)
+            except RuntimeError as e:  # removed since is_file (another pruner) or damaged: build again
+                log.warning("int8: cannot load %s, building it again: %s", package, _first_line(e))
+            else:
+                _mark_used(record)
+                log.info("int8: reusing the compiled model %s (%s)", package, saved.describe())
+                return Int8Model(features, saved, package, reused=True)
     _find_compiler()  # before a minute of quantizing that could not be compiled
     held_out = photo_crops(HELD_OUT_SEEDS)
     reference = vectors(model.features, held_out)
@@ -252,7 +266,72 @@ def load_or_build(
     measured = gate(fidelity(reference, vectors(compiled, held_out)), "int8 (compiled)")
     _write_record(record, key, measured, refused=False)
     log.info("int8: quantized and compiled in %.1f s (%s)", time.monotonic() - started, measured.describe())
+    for removed in prune_packages(cache, digest):
+        log.info("int8: removed %s (of a key not used recently)", removed)
     return Int8Model(compiled, measured, package, reused=False)
+
+
+def prune_packages(
+    cache: Path,
+    keep: str,
+    *,
+    newest: int = KEEP_KEYS,
+    grace_s: float = PRUNE_GRACE_S,
+    now: float | None = None,
+) -> list[Path]:
+    """Remove from ``cache`` the packages and verdict records of all keys but the ``newest`` most
+    recently used ones and ``keep`` (a key's digest); spare any key whose files were written or used
+    in the last ``grace_s`` seconds. Returns the files removed.
+
+    Only files named as :func:`load_or_build` names them are looked at. A key's last use is the latest
+    mtime or atime of its files (:func:`_mark_used` sets the record's atime at each reuse). Removing
+    a package another process has already loaded is harmless: an open or mapped file outlives its
+    name on Linux (and AOTInductor has extracted it by then).
+    """
+    keys: dict[str, list[tuple[Path, float]]] = {}
+    try:
+        with os.scandir(cache) as entries:
+            for entry in entries:
+                match = _PACKAGE_NAME.fullmatch(entry.name)
+                if match is None or not entry.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    stat = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # gone meanwhile
+                used = max(stat.st_mtime, stat.st_atime)
+                keys.setdefault(match[1], []).append((Path(entry.path), used))
+    except OSError as e:
+        log.info("int8: not pruning %s: %s", cache, e)
+        return []
+    last_used = {digest: max(used for _, used in files) for digest, files in keys.items()}
+    ranked = sorted(last_used, key=lambda digest: last_used[digest], reverse=True)
+    now = time.time() if now is None else now
+    removed = []
+    for digest in ranked[newest:]:
+        if digest == keep or now - last_used[digest] < grace_s:
+            continue
+        # The package before its record: a crash in between leaves only the small record behind.
+        for path, _ in sorted(keys[digest], key=lambda item: item[0].suffix != ".pt2"):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue  # another process pruned it first
+            except OSError as e:
+                log.info("int8: cannot remove the stale %s: %s", path, e)
+                continue
+            removed.append(path)
+    return removed
+
+
+def _mark_used(record: Path) -> None:
+    """Set ``record``'s atime to now (its mtime, the time it was written, stays): the key's last use
+    for :func:`prune_packages`. Best effort: a read-only cache is only never pruned."""
+    try:
+        written = record.stat().st_mtime_ns
+        os.utime(record, ns=(time.time_ns(), written))
+    except OSError as e:
+        log.debug("int8: cannot mark %s as used: %s", record, e)
 
 
 def _find_compiler() -> None:
