@@ -130,8 +130,9 @@ def test_a_burst_of_files_is_indexed_exactly_once(
     daemon = daemon_factory(root)
     daemon.idle()  # the start-up scan is over: every event from now on is the burst's
     # What makes a burst is files arriving much faster than the model reads them: several times the
-    # handler pool (batch size + 4) and the model's batch at once. More files only cost model time.
-    files = 5 * (Settings().batch_size + 4)
+    # handler pool (twice the batch size, + 4) and the model's batch at once. More files only cost
+    # model time.
+    files = 3 * Settings().workers
     staging = tmp_path / "staging"
     for seed in range(files):
         write_photo(staging / f"{seed:03d}.jpg", seed=1000 + seed, size=(64, 48))
@@ -155,7 +156,7 @@ def test_sigterm_stops_cleanly_in_bounded_time(
     write_photo(root / "a.jpg", seed=1)
     daemon = daemon_factory(root)
     # Work in progress when the signal arrives: files being read and files waiting for the pool.
-    files = 2 * (Settings().batch_size + 4)
+    files = 2 * Settings().workers
     for seed in range(files):
         write_photo(root / f"b{seed}.jpg", seed=100 + seed, size=(64, 48))
     wait_until(lambda: daemon.status()["queue"]["in_flight"], timeout=60, interval=0.02)

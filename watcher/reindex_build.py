@@ -60,7 +60,7 @@ class Build:
         self._store = store
         self._extractor = extractor
         self._transform = transform
-        self._workers = services.settings.batch_size + 4
+        self._workers = services.settings.workers
         self.done = 0
 
     def left(self) -> int:

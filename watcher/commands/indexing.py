@@ -121,7 +121,7 @@ def run_index(args: argparse.Namespace, settings: Settings) -> int:
                 summary = run_plan(
                     work,
                     ctx,
-                    workers=settings.batch_size + 4,
+                    workers=settings.workers,
                     on_handled=lambda _event, _outcome: bar.update(),
                 )
             result = summary.as_dict()
@@ -178,7 +178,7 @@ def run_job(args: argparse.Namespace, settings: Settings) -> int:
             if name == "compact":
                 report = jobs.run_recorded(name, lambda: jobs.compact(ctx), ctx)
             else:
-                workers = settings.batch_size + 4
+                workers = settings.workers
                 report = jobs.run_recorded(
                     name, lambda: jobs.reconcile(ctx, roots, scan_rules(settings), workers=workers), ctx
                 )

@@ -145,7 +145,7 @@ def run_invoke(args: argparse.Namespace, settings: Settings) -> int:
             for event in parsed.events:
                 if isinstance(event, DirectoryCreated):
                     summary = run_plan(
-                        plan([event.path], scan_rules(settings), ctx), ctx, workers=settings.batch_size + 4
+                        plan([event.path], scan_rules(settings), ctx), ctx, workers=settings.workers
                     )
                     outcomes.append({"event": repr(event), "summary": summary.as_dict()})
                 else:

@@ -28,7 +28,7 @@ class RootCommands:
         roots = [normalise_root(root) for root in given]
         self._serving.current.catalog.remember_roots(roots, "index")
         with self._serving.use() as ctx:
-            summary = run_plan(plan(roots, self._rules, ctx), ctx, workers=self._settings.batch_size + 4)
+            summary = run_plan(plan(roots, self._rules, ctx), ctx, workers=self._settings.workers)
         self._watches.cleared(roots)  # an explicit index applied (or re-checked) held deletions
         return summary.as_dict()
 

@@ -77,7 +77,7 @@ class Daemon:
         self._allowed = allowed_paths(roots, settings.s3_mounts)
         self._files = Coalescer(settings.settle_seconds, self._stat)
         self._ops = OrderedOps()
-        self._workers = Workers(self._serving, settings.batch_size + 4, self._metrics.handling_seconds.time)
+        self._workers = Workers(self._serving, settings.workers, self._metrics.handling_seconds.time)
         self._reindex = BackgroundReindex(Reindexer(services), services, on_fatal=self._fail)
         self._jobs = Maintenance(settings, self._serving, self._reindex, self._rescan_all, self._fail)
         self._heartbeat = Heartbeat()
