@@ -151,14 +151,17 @@ def run_search(args: argparse.Namespace, settings: Settings | ClientSettings) ->
             results = [_query_result(r, r["query"]) for r in raw]
         else:
             readable = any(isinstance(data, bytes) for _, data in queries)
-            importing = _start_importing_the_model() if readable else None
+            importing = ModelImport() if readable else None
             from imgwatch.search import search_images
             from imgwatch.services.build import open_context
 
-            with open_context(full_settings(settings), command="search") as ctx:
+            full = full_settings(settings)
+            if importing is not None:
+                importing.numpy_imported.wait()  # the store imports numpy: see ModelImport
+            with open_context(full, command="search") as ctx:
                 results = search_images(queries, ctx, k=args.k, flip=args.flip, crops=args.crops, where=where)
             if importing is not None:
-                importing.join()  # long done: the model's load needed the same modules
+                importing.thread.join()  # long done: the model's load needed the same modules
     if args.min_score is not None:
         floor = args.min_score
         results = [QueryResult(r.query, [m for m in r.matches if m.score >= floor], r.error) for r in results]
@@ -177,29 +180,35 @@ def run_search(args: argparse.Namespace, settings: Settings | ClientSettings) ->
     return EXIT_QUERY_FAILED if failed else EXIT_OK
 
 
-def _start_importing_the_model() -> threading.Thread:
-    """Import torch and the model's code in a thread of their own, while this one loads the settings and
-    opens the catalog and the vector store (SQLAlchemy, pymilvus, Milvus Lite's start).
+class ModelImport:
+    """Imports torch and the model's code in a thread of its own, started at once, while the command's
+    own thread loads the settings and opens the catalog and the vector store (SQLAlchemy, pymilvus,
+    Milvus Lite's start).
 
-    Most of both is Python holding the GIL, but not all (reading and mapping shared libraries, Milvus
-    Lite's gRPC threads), and on a machine with a core to spare the two overlap: measured in
-    docs/notes-cold-search.md. Only the imports: which model to build is the catalog's to say, and
+    Most of both is Python holding the GIL, but not all (torch loading its shared libraries, Milvus
+    Lite's gRPC threads): on a machine with a core to spare the two overlap (measured in
+    docs/notes-cold-search.md). Only the imports: which model to build is the catalog's to say, and
     the search builds it as before. Not a daemon thread: an error that ends the command early waits
     for the import to finish rather than stop a thread inside torch's initialisation at exit.
     """
-    # numpy first, here: both threads need it, and Python 3.11 can fail one of two threads importing a
-    # package's submodule while the other runs the package's __init__ (its "deadlock detected").
-    import numpy  # noqa: F401
 
-    thread = threading.Thread(target=_import_the_model, name="imgwatch-model-import")
-    thread.start()
-    return thread
+    def __init__(self) -> None:
+        self.numpy_imported = threading.Event()
+        """Set once the import thread is done with numpy. Both threads need numpy, and Python 3.11 can
+        fail one of two threads that import parts of one package at once (its "deadlock detected"):
+        the command's thread waits for this before anything of its own imports numpy."""
+        self.thread = threading.Thread(target=self._run, name="imgwatch-model-import")
+        self.thread.start()
 
-
-def _import_the_model() -> None:
-    # A failure is not reported here: the model's own load imports it again, and reports it.
-    with contextlib.suppress(Exception):
-        import imgwatch.services.extractor  # noqa: F401 - imported to be loaded, nothing more
+    def _run(self) -> None:
+        # A failure is not reported here: the model's own load imports it again, and reports it.
+        try:
+            with contextlib.suppress(Exception):
+                import numpy  # noqa: F401 - imported to be loaded, nothing more
+        finally:
+            self.numpy_imported.set()
+        with contextlib.suppress(Exception):
+            import imgwatch.services.extractor  # noqa: F401
 
 
 def _query_result(raw: dict[str, Any], query: str) -> QueryResult:
