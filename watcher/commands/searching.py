@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     from imgwatch.commands.options import Subcommands
     from imgwatch.config import Settings
     from imgwatch.config.client import ClientSettings
-    from imgwatch.search import QueryResult
+    from imgwatch.search import QueryResult, SearchFilter
 
 #: The cosine similarity from which ``duplicates`` calls two images look-alikes (`check` and its tests
 #: import it from here).
@@ -138,11 +140,12 @@ def run_search(args: argparse.Namespace, settings: Settings | ClientSettings) ->
             raw = daemon.search_like(absolute, args.k, where=where)
             results = [_query_result(r, query) for r, query in zip(raw, args.queries, strict=True)]
         else:
-            from imgwatch.search import search_like
-            from imgwatch.services.build import open_context
+            with _no_cycle_collection():
+                from imgwatch.search import search_like
+                from imgwatch.services.build import open_context
 
-            with open_context(full_settings(settings), command="search", model=False) as ctx:
-                results = search_like(absolute, ctx, k=args.k, where=where)
+                with open_context(full_settings(settings), command="search", model=False) as ctx:
+                    results = search_like(absolute, ctx, k=args.k, where=where)
             results = [QueryResult(q, r.matches, r.error) for r, q in zip(results, args.queries, strict=True)]
     else:
         queries = read_queries(list(args.queries), files)
@@ -150,18 +153,7 @@ def run_search(args: argparse.Namespace, settings: Settings | ClientSettings) ->
             raw = daemon.search(queries, args.k, flip=args.flip, crops=args.crops, where=where)
             results = [_query_result(r, r["query"]) for r in raw]
         else:
-            readable = any(isinstance(data, bytes) for _, data in queries)
-            importing = ModelImport() if readable else None
-            from imgwatch.search import search_images
-            from imgwatch.services.build import open_context
-
-            full = full_settings(settings)
-            if importing is not None:
-                importing.numpy_imported.wait()  # the store imports numpy: see ModelImport
-            with open_context(full, command="search") as ctx:
-                results = search_images(queries, ctx, k=args.k, flip=args.flip, crops=args.crops, where=where)
-            if importing is not None:
-                importing.thread.join()  # long done: the model's load needed the same modules
+            results = _search_here(queries, args, settings, where)
     if args.min_score is not None:
         floor = args.min_score
         results = [QueryResult(r.query, [m for m in r.matches if m.score >= floor], r.error) for r in results]
@@ -178,6 +170,49 @@ def run_search(args: argparse.Namespace, settings: Settings | ClientSettings) ->
     for result in failed:
         print(f"imgwatch: cannot search with {result.query}: {result.error}", file=sys.stderr)
     return EXIT_QUERY_FAILED if failed else EXIT_OK
+
+
+def _search_here(
+    queries: list[tuple[str, bytes | str]],
+    args: argparse.Namespace,
+    settings: Settings | ClientSettings,
+    where: SearchFilter,
+) -> list[QueryResult]:
+    """Search with query images in this process (no daemon answers): the model's imports in a thread
+    of their own (:class:`ModelImport`) while this one opens the catalog and the store."""
+    with _no_cycle_collection():
+        importing = ModelImport() if any(isinstance(data, bytes) for _, data in queries) else None
+        from imgwatch.search import search_images
+        from imgwatch.services.build import open_context
+
+        full = full_settings(settings)
+        if importing is not None:
+            importing.numpy_imported.wait()  # the store imports numpy: see ModelImport
+        with open_context(full, command="search") as ctx:
+            results = search_images(queries, ctx, k=args.k, flip=args.flip, crops=args.crops, where=where)
+        if importing is not None:
+            importing.thread.join()  # long done: the model's load needed the same modules
+    return results
+
+
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """No garbage-cycle collection while a command without a daemon starts up and searches.
+
+    Importing torch, torchvision, SQLAlchemy, pydantic and pymilvus makes millions of objects that
+    live until the process ends, and each of the collector's full passes meanwhile walks them all,
+    finding next to nothing: measured on 2 cores, ~0.7 s of CPU in importing torch and torchvision
+    alone (docs/notes-cold-search.md). The few cycles a search leaves are collected once it is over
+    (mypy raises its thresholds for the same reason). Reference counting frees everything else as
+    usual. A caller that had the collector off keeps it off.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class ModelImport:
