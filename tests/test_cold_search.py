@@ -5,11 +5,13 @@ command imported. On a catalog already at the newest revision Alembic (and the M
 brings) is never imported; a catalog at an older revision still is, and is upgraded; one at a revision
 this imgwatch does not know is still refused by Alembic. The model's modules load in a thread of their
 own beside the stores: a command that fails while that thread imports torch still reports and exits
-as before. Whole-process times are measured by hand (docs/notes-cold-search.md), not asserted.
+as before. Cycle collection is off only while the search runs. Whole-process times are measured by
+hand (docs/notes-cold-search.md), not asserted.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sqlite3
@@ -130,3 +132,24 @@ def test_a_cold_search_that_fails_while_torch_loads_reports_and_exits_as_before(
     assert errors == [f"imgwatch: error: {expected}"]
     assert done.stdout == b""
     assert "torch" in modules  # the thread did import it: the exit above came after, cleanly
+
+
+def test_the_collector_is_off_only_while_a_search_runs_here_and_a_callers_choice_stands() -> None:
+    """The cold search turns cycle collection off for its start-up and search, and back on after it,
+    also when it fails; a caller that had turned it off finds it off."""
+    from imgwatch.commands.searching import _no_cycle_collection
+
+    assert gc.isenabled()
+    with _no_cycle_collection():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), _no_cycle_collection():
+        raise RuntimeError("the search failed")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with _no_cycle_collection():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
