@@ -136,13 +136,29 @@ def test_a_cold_search_that_fails_while_torch_loads_reports_and_exits_as_before(
 
 def test_the_collector_is_off_only_while_a_search_runs_here_and_a_callers_choice_stands() -> None:
     """The cold search turns cycle collection off for its start-up and search, and back on after it,
-    also when it fails; a caller that had turned it off finds it off."""
+    also when it fails, with what it made moved out of the youngest generation; a caller that had
+    turned it off finds it off."""
     from imgwatch.commands.searching import _no_cycle_collection
+
+    collections: list[int] = []
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
 
     assert gc.isenabled()
     with _no_cycle_collection():
         assert not gc.isenabled()
+        made = [[] for _ in range(50_000)]  # what a start-up makes and keeps
+        gc.callbacks.append(note)
+    try:
+        # Left in the youngest generation, these would be the first allocations to walk all of it.
+        after = [[] for _ in range(100)]
+    finally:
+        gc.callbacks.remove(note)
     assert gc.isenabled()
+    assert collections == [], "the first allocations after the search collected what it made"
+    assert len(made) + len(after) == 50_100
     with pytest.raises(RuntimeError), _no_cycle_collection():
         raise RuntimeError("the search failed")
     assert gc.isenabled()
