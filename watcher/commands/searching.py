@@ -6,9 +6,13 @@ page writer)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +26,7 @@ if TYPE_CHECKING:
     from imgwatch.commands.options import Subcommands
     from imgwatch.config import Settings
     from imgwatch.config.client import ClientSettings
-    from imgwatch.search import QueryResult
+    from imgwatch.search import QueryResult, SearchFilter
 
 #: The cosine similarity from which ``duplicates`` calls two images look-alikes (`check` and its tests
 #: import it from here).
@@ -136,11 +140,12 @@ def run_search(args: argparse.Namespace, settings: Settings | ClientSettings) ->
             raw = daemon.search_like(absolute, args.k, where=where)
             results = [_query_result(r, query) for r, query in zip(raw, args.queries, strict=True)]
         else:
-            from imgwatch.search import search_like
-            from imgwatch.services.build import open_context
+            with _no_cycle_collection():
+                from imgwatch.search import search_like
+                from imgwatch.services.build import open_context
 
-            with open_context(full_settings(settings), command="search", model=False) as ctx:
-                results = search_like(absolute, ctx, k=args.k, where=where)
+                with open_context(full_settings(settings), command="search", model=False) as ctx:
+                    results = search_like(absolute, ctx, k=args.k, where=where)
             results = [QueryResult(q, r.matches, r.error) for r, q in zip(results, args.queries, strict=True)]
     else:
         queries = read_queries(list(args.queries), files)
@@ -148,11 +153,7 @@ def run_search(args: argparse.Namespace, settings: Settings | ClientSettings) ->
             raw = daemon.search(queries, args.k, flip=args.flip, crops=args.crops, where=where)
             results = [_query_result(r, r["query"]) for r in raw]
         else:
-            from imgwatch.search import search_images
-            from imgwatch.services.build import open_context
-
-            with open_context(full_settings(settings), command="search") as ctx:
-                results = search_images(queries, ctx, k=args.k, flip=args.flip, crops=args.crops, where=where)
+            results = _search_here(queries, args, settings, where)
     if args.min_score is not None:
         floor = args.min_score
         results = [QueryResult(r.query, [m for m in r.matches if m.score >= floor], r.error) for r in results]
@@ -169,6 +170,86 @@ def run_search(args: argparse.Namespace, settings: Settings | ClientSettings) ->
     for result in failed:
         print(f"imgwatch: cannot search with {result.query}: {result.error}", file=sys.stderr)
     return EXIT_QUERY_FAILED if failed else EXIT_OK
+
+
+def _search_here(
+    queries: list[tuple[str, bytes | str]],
+    args: argparse.Namespace,
+    settings: Settings | ClientSettings,
+    where: SearchFilter,
+) -> list[QueryResult]:
+    """Search with query images in this process (no daemon answers): the model's imports in a thread
+    of their own (:class:`ModelImport`) while this one opens the catalog and the store."""
+    with _no_cycle_collection():
+        importing = ModelImport() if any(isinstance(data, bytes) for _, data in queries) else None
+        from imgwatch.search import search_images
+        from imgwatch.services.build import open_context
+
+        full = full_settings(settings)
+        if importing is not None:
+            importing.numpy_imported.wait()  # the store imports numpy: see ModelImport
+        with open_context(full, command="search") as ctx:
+            results = search_images(queries, ctx, k=args.k, flip=args.flip, crops=args.crops, where=where)
+        if importing is not None:
+            importing.thread.join()  # long done: the model's load needed the same modules
+    return results
+
+
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """No garbage-cycle collection while a command without a daemon starts up and searches.
+
+    Importing torch, torchvision, SQLAlchemy, pydantic and pymilvus makes hundreds of thousands of
+    objects that live until the process ends, and each of the collector's full passes meanwhile walks
+    them all, finding next to nothing: measured on 2 cores, ~0.7 s of CPU in importing torch and
+    torchvision alone (docs/notes-cold-search.md). Reference counting frees everything else as usual
+    (mypy raises its thresholds for the same reason).
+
+    Afterwards everything made meanwhile is moved to the oldest generation unwalked (``freeze`` then
+    ``unfreeze``): left in the youngest, the first allocation after ``enable`` would walk it all at
+    once (0.9 s measured). A caller that had the collector off, or objects frozen, is left as it was.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            if gc.get_freeze_count() == 0:
+                gc.freeze()
+                gc.unfreeze()
+            gc.enable()
+
+
+class ModelImport:
+    """Imports torch and the model's code in a thread of its own, started at once, while the command's
+    own thread loads the settings and opens the catalog and the vector store (SQLAlchemy, pymilvus,
+    Milvus Lite's start).
+
+    Most of both is Python holding the GIL, but not all (torch loading its shared libraries, Milvus
+    Lite's gRPC threads): on a machine with a core to spare the two overlap (measured in
+    docs/notes-cold-search.md). Only the imports: which model to build is the catalog's to say, and
+    the search builds it as before. Not a daemon thread: an error that ends the command early waits
+    for the import to finish rather than stop a thread inside torch's initialisation at exit.
+    """
+
+    def __init__(self) -> None:
+        self.numpy_imported = threading.Event()
+        """Set once the import thread is done with numpy. Both threads need numpy, and Python 3.11 can
+        fail one of two threads that import parts of one package at once (its "deadlock detected"):
+        the command's thread waits for this before anything of its own imports numpy."""
+        self.thread = threading.Thread(target=self._run, name="imgwatch-model-import")
+        self.thread.start()
+
+    def _run(self) -> None:
+        # A failure is not reported here: the model's own load imports it again, and reports it.
+        try:
+            with contextlib.suppress(Exception):
+                import numpy  # noqa: F401 - imported to be loaded, nothing more
+        finally:
+            self.numpy_imported.set()
+        with contextlib.suppress(Exception):
+            import imgwatch.services.extractor  # noqa: F401
 
 
 def _query_result(raw: dict[str, Any], query: str) -> QueryResult:

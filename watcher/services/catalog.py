@@ -24,6 +24,7 @@ from imgwatch.services.abc import FileBlob, FileRecord, FileState
 from imgwatch.services.catalog_job_runs import CatalogJobRuns
 from imgwatch.services.catalog_journal import CatalogJournal
 from imgwatch.services.catalog_roots import CatalogRoots
+from imgwatch.services.catalog_schema import schema_is_current
 from imgwatch.services.catalog_tables import (
     FILES,
     JOB_RUNS,
@@ -101,11 +102,13 @@ def create_sqlite_engine(path: Path) -> Engine:
 
 def open_catalog(path: Path) -> SQLiteCatalog:
     """Open (creating if needed) the catalog at ``path`` and bring its schema to the latest revision."""
-    from imgwatch.migrations import upgrade
-
     path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_sqlite_engine(path)
-    upgrade(engine)
+    # Alembic only where it has something to do (or to refuse): see catalog_schema.
+    if not schema_is_current(engine):
+        from imgwatch.migrations import upgrade
+
+        upgrade(engine)
     return SQLiteCatalog(engine)
 
 
