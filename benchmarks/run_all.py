@@ -46,6 +46,13 @@ def plan(quick: bool) -> list[list[Command]]:
             ["mirror_recall.py", *(["--images", "6"] if quick else [])],
             ["exact_duplicates.py", *(["--rows", "2000"] if quick else [])],
         ],
+        [
+            [
+                "precision_recall.py",
+                *(["--queries", "4", "--distractors", "8", "--precisions", "fp32"] if quick else []),
+            ]
+        ],
+        [["watch_dirs.py", *(["--dirs", "500"] if quick else [])]],
         # The GPU path's script: measured by hand on a CUDA machine (its figures are in the README);
         # here only its CPU smoke run, so that it stays runnable.
         *([[["gpu.py", "--quick", "--device", "cpu"]]] if quick else []),
