@@ -41,3 +41,9 @@ def test_a_server_or_an_unknown_count_has_no_local_limit() -> None:
 def test_this_machines_memory_is_read_from_the_kernel() -> None:
     total = int(Path("/proc/meminfo").read_text().split("MemTotal:")[1].split()[0]) * 1024
     assert machine_memory_bytes() == total
+
+
+def test_small_pca_dimensions_get_small_positive_costs() -> None:
+    at_64, at_512 = lite_limits(64, 16 * GIB), lite_limits(512, 16 * GIB)
+    assert at_64["memory"] > at_512["memory"] > 0
+    assert at_64["memory"] < 10 * at_512["memory"]  # proportional below 512-d, no blow-up

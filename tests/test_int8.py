@@ -329,6 +329,8 @@ def test_auto_follows_the_index_class_and_the_model_is_built_for_the_index() -> 
     auto, fp32_sig, int8_sig = (signature_for(spec, WEIGHTS, d) for d in ("auto", "fp32", "int8"))
     assert following_index(auto, None) == auto
     assert following_index(auto, fp32_sig) == fp32_sig
+    # A target recorded as "auto" by an older reindex is a float index, never a new one.
+    assert following_index(auto, auto).dtype == "float"
     assert following_index(auto, int8_sig) == int8_sig
     # An explicit precision is not bent to the index: a mismatch is the reindex's business.
     assert following_index(fp32_sig, int8_sig) == fp32_sig
@@ -343,3 +345,20 @@ def test_auto_follows_the_index_class_and_the_model_is_built_for_the_index() -> 
         assert choose_precision("auto", torch.device("cpu"), not_measured) == "int8"
     assert choose_precision("auto", torch.device("cuda"), not_measured) == "fp16"
     assert choose_precision("float", torch.device("cuda"), not_measured) == "fp16"
+
+
+def test_a_stored_auto_signature_reads_as_float_and_a_shared_collection_stays_float(tmp_path: Path) -> None:
+    from imgwatch.services.build import SIGNATURE_META_KEY, configured_signature
+
+    spec = WeightsSpec.parse(WEIGHTS)
+    catalog = open_catalog(tmp_path / "catalog.sqlite3")
+    try:
+        catalog.set_meta(SIGNATURE_META_KEY, signature_for(spec, WEIGHTS, "auto").to_json())
+        stored = stored_signature(catalog)
+    finally:
+        catalog.close()
+    assert stored is not None and stored.dtype == "float" and stored.key == KEY_BEFORE_CLASSES
+    assert model_precision("auto", stored) == "float"
+    shared = Settings(data_dir=tmp_path, weights=WEIGHTS, precision="auto", node="a")
+    assert configured_signature(shared).dtype == "float"
+    assert configured_signature(shared.replace(precision="int8")).dtype == "int8"

@@ -38,6 +38,8 @@ WARN_SHARE = 0.5
 
 def _by_dimension(table: dict[int, float], dimension: int) -> float:
     (low, at_low), (high, at_high) = sorted(table.items())
+    if dimension < low:  # a line through the two points would go negative below ~100-d
+        return at_low * dimension / low
     return at_low + (at_high - at_low) * (dimension - low) / (high - low)
 
 

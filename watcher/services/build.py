@@ -61,12 +61,22 @@ def configured_signature(settings: Settings, stored: ExtractorSignature | None =
     from imgwatch.services.model_spec import WeightsSpec, following_index, signature_for
 
     spec = WeightsSpec.parse(settings.weights)
-    return following_index(signature_for(spec, spec.identity(), settings.precision), stored)
+    precision = settings.precision
+    if precision == "auto" and settings.node is not None:
+        # A shared collection: other watchers (older versions, other CPUs, a GPU) write float vectors
+        # into it, and nothing here sees their class, so auto stays float; int8 must be asked for.
+        precision = "float"
+    return following_index(signature_for(spec, spec.identity(), precision), stored)
 
 
 def stored_signature(catalog: SQLiteCatalog) -> ExtractorSignature | None:
     text = catalog.get_meta(SIGNATURE_META_KEY)
-    return ExtractorSignature.from_json(text) if text else None
+    if not text:
+        return None
+    signature = ExtractorSignature.from_json(text)
+    # Reindexes before precision classes recorded their target before its model loaded, as "auto":
+    # those vectors are float (auto never picked int8 then), and "auto" here would read as a new index.
+    return replace(signature, dtype="float") if signature.dtype == "auto" else signature
 
 
 def stored_index(catalog: SQLiteCatalog, settings: Settings) -> dict[str, Any]:
@@ -233,10 +243,10 @@ class ExtractorCache:
     def release_except(self, keep: Extractor) -> None:
         """Close the models this cache loaded other than ``keep``'s (after a switch away from them)."""
         wanted = self._models.get(keep.signature.base.key)
-        for key in [k for k in self._owned if self._models[k] is not wanted]:
+        for key in [k for k in list(self._owned) if self._models[k] is not wanted]:
             self._owned.discard(key)
             gone = self._models.pop(key)
-            for alias in [k for k, m in self._models.items() if m is gone]:
+            for alias in [k for k, m in list(self._models.items()) if m is gone]:
                 del self._models[alias]
             gone.close()
 
@@ -384,11 +394,12 @@ def open_services(
         stack.callback(cache.close)
 
         stored = stored_signature(catalog)
-        configured = extractor.signature if extractor else configured_signature(settings, stored)
         if rebuild and stored is not None:
             log.warning("rebuilding: dropping every vector made by %s", stored.weights)
             _drop_every_collection(settings, catalog)
             stored = None
+        # After a rebuild's drop: a rebuilt index is a new one (auto may settle its class afresh).
+        configured = extractor.signature if extractor else configured_signature(settings, stored)
         if command in WRITING_COMMANDS:
             check_signature(stored, configured)
         serving_signature = stored or configured

@@ -79,7 +79,7 @@ def following_index(configured: ExtractorSignature, stored: ExtractorSignature |
     """
     if configured.dtype != "auto" or stored is None:
         return configured
-    return replace(configured, dtype=stored.dtype)
+    return replace(configured, dtype="float" if stored.dtype == "auto" else stored.dtype)
 
 
 def model_precision(setting: str, signature: ExtractorSignature) -> str:
