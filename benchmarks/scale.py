@@ -171,6 +171,8 @@ def _directory_moves(data: Path, root: Path, results: dict[str, Any]) -> None:
                 "watch": [r["watch"] for r in status["roots"]],
                 "model_loaded": status["model_loaded"],
                 "polling_log": daemon.log_lines("polling", "inotify")[-3:],
+                # "N to do" on a tree that `index` just brought in line is work redone at start-up.
+                "start_up_scan": daemon.log_lines("scan of")[-1:],
             }
             started = time.monotonic()
             os.rename(after, before)
@@ -261,6 +263,8 @@ def markdown(run: dict[str, Any]) -> str:
             f"VmHWM); {start['inotify_watches']:,} inotify watches for {start['folders']:,} folders; "
             f"watch mode {', '.join(start['watch'])}; model loaded: {start['model_loaded']}."
         )
+        for line in start.get("start_up_scan", []):
+            lines.append(f"- Daemon start-up scan (its log): `{line.split(': ', 1)[-1]}`.")
     if move := results.get("daemon_directory_move"):
         lines.append(
             f"- Daemon after the directory move: RSS {_mib(move['rss_mib'])} "
