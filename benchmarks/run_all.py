@@ -56,6 +56,9 @@ def plan(quick: bool) -> list[list[Command]]:
         # The GPU path's script: measured by hand on a CUDA machine (its figures are in the README);
         # here only its CPU smoke run, so that it stays runnable.
         *([[["gpu.py", "--quick", "--device", "cpu"]]] if quick else []),
+        # The library-scale run (100,000 files) takes hours on 2 cores: run by hand (see scale.py);
+        # here its 2,000-file smoke run, so that it stays runnable.
+        *([[["scale.py", "--quick"]]] if quick else []),
     ]
 
 
