@@ -366,3 +366,28 @@ def test_state_survives_reopening(open_ctx: OpenContext, photos: Path) -> None:
             photos / "photo0.jpg"
         )
         _assert_consistent(ctx, photos)
+
+
+def test_moved_identical_copies_keep_their_own_mtimes(ctx: Context, tmp_path: Path) -> None:
+    # Byte-identical copies with different mtimes, as a photo library's duplicates are: each moved
+    # file must be paired with its own row, or the row would keep another copy's mtime and every
+    # later scan would see the file as changed.
+    root = tmp_path / "photos"
+    data = jpeg_bytes(photo(3, (96, 72)))
+    for i in range(6):
+        copy = root / "old" / f"copy{i}.jpg"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(data)
+        os.utime(copy, ns=(1_600_000_000_000_000_000 + i * 10**9, 1_600_000_000_000_000_000 + i * 10**9))
+    index(ctx, root)
+
+    (root / "new").mkdir()
+    for i in range(6):  # renamed too: only the mtime says which row each file was
+        (root / "old" / f"copy{i}.jpg").rename(root / "new" / f"renamed{5 - i}.jpg")
+    moved = index(ctx, root)
+
+    assert (moved.moved, moved.added, moved.removed) == (6, 0, 0)
+    # Each row as its file is (a later scan would otherwise hash all of them again).
+    for path in (root / "new").iterdir():
+        record = ctx.catalog.get(str(path))
+        assert record is not None and record.mtime_ns == path.stat().st_mtime_ns, path.name

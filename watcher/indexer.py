@@ -144,12 +144,19 @@ def _pair_moves(
         stat = present[path]
         candidates = [r for r in by_size.get(stat[0], ()) if r.id not in moved_from] if stat else []
         match = None
-        if candidates:
+        if candidates and stat:
             try:
                 digest = ctx.files.read(path).content_hash
             except ImageError:
                 digest = None
-            match = next((r for r in candidates if r.content_hash == digest), None)
+            same = [r for r in candidates if r.content_hash == digest]
+            # Among identical copies, the one this file was renamed from: a rename keeps the mtime and
+            # usually the name. Another copy's row would carry that copy's mtime, so the file would
+            # look changed to every later scan.
+            mtime, name = stat[1], os.path.basename(path)
+            match = max(
+                same, key=lambda r: (r.mtime_ns == mtime, os.path.basename(r.path) == name), default=None
+            )
         if match is None:
             still_new.append(path)
         else:
