@@ -242,12 +242,13 @@ def test_switching_an_index_to_int8_is_a_shadow_reindex_never_a_mix(
 # ---- precision = auto: int8 for a new index, an existing index keeps its class ----------------------
 
 
-def _index_with(data_dir: Path, photos: Path, precision: str, env: dict[str, str] | None = None) -> str:
-    """``imgwatch index photos`` as a real process with ``precision``; its stderr."""
-    full = cli_env(data_dir) | {"IMGWATCH_PRECISION": precision} | (env or {})
+def _imgwatch(
+    data_dir: Path, precision: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``imgwatch ARGS`` as a real process on ``data_dir`` with ``precision``; it must succeed."""
     done = subprocess.run(
-        [sys.executable, "-m", "imgwatch", "index", str(photos), "--log-level", "info"],
-        env=full,
+        [sys.executable, "-m", "imgwatch", *args],
+        env=cli_env(data_dir) | {"IMGWATCH_PRECISION": precision} | (env or {}),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -255,7 +256,12 @@ def _index_with(data_dir: Path, photos: Path, precision: str, env: dict[str, str
         timeout=900,
     )
     assert done.returncode == 0, done.stderr
-    return done.stderr
+    return done
+
+
+def _index_with(data_dir: Path, photos: Path, precision: str, env: dict[str, str] | None = None) -> str:
+    """``imgwatch index photos`` with ``precision``; its stderr."""
+    return _imgwatch(data_dir, precision, "index", str(photos), "--log-level", "info", env=env).stderr
 
 
 def _stored(data_dir: Path) -> ExtractorSignature:
@@ -286,16 +292,7 @@ def test_auto_makes_a_new_index_int8_and_keeps_an_existing_float_index_float(
     # A one-shot search of the int8 index computes its query in float: with the package gone (as
     # after a torch upgrade), it neither quantizes nor compiles, and still finds the image first.
     shutil.rmtree(new / "compile-cache")
-    found = subprocess.run(
-        [sys.executable, "-m", "imgwatch", "search", str(photos / "1.jpg"), "-k", "1", "--json"],
-        env=cli_env(new) | {"IMGWATCH_PRECISION": "auto"},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    assert found.returncode == 0, found.stderr
+    found = _imgwatch(new, "auto", "search", str(photos / "1.jpg"), "-k", "1", "--json")
     [match] = json.loads(found.stdout)["results"]
     assert match["path"] == str(photos / "1.jpg") and match["score"] > 0.99, found.stdout
     assert not (new / "compile-cache").exists(), found.stderr
