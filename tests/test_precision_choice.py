@@ -160,3 +160,24 @@ def test_the_fidelity_gate_is_measured_once_per_machine_and_weights(
     assert f"fidelity of bf16: cosine to fp32 {cosine:.5f} (cached in {record})" in later.stderr, later.stderr
     assert record.stat().st_mtime_ns == written
     assert fidelity_file(fidelity_key("random:1", "bf16", PROBE_VERSION)) != record
+
+
+@needs_bf16
+@pytest.mark.parametrize("cap", [{"ATEN_CPU_CAPABILITY": "avx2"}, {"ONEDNN_MAX_CPU_ISA": "AVX2"}])
+def test_kernels_capped_below_bf16_take_fp32_without_measuring(tmp_path: Path, cap: dict[str, str]) -> None:
+    """With the vector kernels capped below AVX512, bf16 runs in oneDNN's reference code, hundreds of
+    times slower than fp32 (a 2-core VM sat at it for 14 minutes): the CPU's flags must not decide."""
+    home = cache_with_the_random_init(tmp_path / "cache")
+    started = subprocess.run(
+        [sys.executable, "-c", START, "float"],
+        env=os.environ | cap | {"XDG_CACHE_HOME": str(home), "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == "fp32"
+    assert MEASURED not in started.stderr and FROM_CACHE not in started.stderr, started.stderr

@@ -37,7 +37,7 @@ from torch import nn
 
 from imgwatch.samples import photo
 from imgwatch.services.images import prepare
-from imgwatch.services.precision import cpuinfo_field
+from imgwatch.services.precision import cpuinfo_field, vector_isa
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ def artefact_key(weights_identity: str, calibration: npt.NDArray[np.uint8]) -> d
         "held_out": [HELD_OUT_SEEDS.start, HELD_OUT_SEEDS.stop],
         "cpu": cpuinfo_field("model name"),
         "flags": sorted(cpuinfo_field("flags").split()),
+        **vector_isa(),
         "torch": torch.__version__,
         "torchao": version("torchao"),
     }

@@ -51,10 +51,28 @@ def cpuinfo_field(name: str) -> str:
     return ""
 
 
+#: ONEDNN_MAX_CPU_ISA values that leave oneDNN its native bf16 kernels.
+_ONEDNN_BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX512_CORE_AMX", "AVX10", "ALL", "DEFAULT")
+
+
 def cpu_supports_bf16() -> bool:
-    """True on CPUs with native bf16 matrix instructions (AMX or AVX512-BF16)."""
+    """True on CPUs with native bf16 matrix instructions (AMX or AVX512-BF16) that this process may
+    use. ``ATEN_CPU_CAPABILITY`` or ``ONEDNN_MAX_CPU_ISA`` capped below them leave bf16 to a reference
+    kernel, hundreds of times slower than fp32: the flags alone would then mislead."""
     flags = cpuinfo_field("flags").split()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    if "avx512_bf16" not in flags and "amx_bf16" not in flags:
+        return False
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").strip().upper()
+    return torch.backends.cpu.get_cpu_capability() == "AVX512" and onednn.startswith(_ONEDNN_BF16_ISAS)
+
+
+def vector_isa() -> dict[str, str]:
+    """The instruction sets this process's kernels may use, as far as it was capped below the CPU's
+    flags: compiled code and measured speeds depend on them."""
+    return {
+        "aten": torch.backends.cpu.get_cpu_capability(),
+        "onednn": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+    }
 
 
 def decision_key() -> dict[str, Any]:
@@ -62,6 +80,7 @@ def decision_key() -> dict[str, Any]:
     return {
         "cpu": cpuinfo_field("model name"),
         "flags": sorted(cpuinfo_field("flags").split()),
+        **vector_isa(),
         "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch": torch.__version__,
     }
