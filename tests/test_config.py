@@ -93,6 +93,8 @@ def test_environment_data_dir_and_milvus_uri(tmp_path: Path) -> None:
             'jobs.reconcile needs trigger = "interval", "cron" or "off"',
         ),
         ("[jobs.defrag]\ntrigger = 'cron'", "jobs must be a table with entries among"),
+        ("[index_params]\nnlist = 1024", r"index_params needs an explicit index_type \(auto"),
+        ("exact_search_up_to = -1", "exact_search_up_to must be a positive integer"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, problem: str) -> None:
@@ -384,7 +386,7 @@ def test_replace_checks_the_changes_and_keeps_the_rest(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", weights="random:0", batch_size=8)
     changed = settings.replace(index_type="ivf_flat", pca="512")
     assert (changed.index_type, changed.pca, changed.batch_size) == ("IVF_FLAT", 512, 8)
-    assert changed.data_dir == settings.data_dir and settings.index_type == "FLAT"
+    assert changed.data_dir == settings.data_dir and settings.index_type == "AUTO"
     with pytest.raises(ValidationError, match="batch_size must be a positive integer"):
         settings.replace(batch_size=0)
 

@@ -339,11 +339,10 @@ def test_ivf_parameters_follow_the_collection_size_with_hysteresis(
     settings: Settings, extractor: VGG16Extractor
 ) -> None:
     ivf = settings.replace(index_type="IVF_FLAT")
-    with open_services(ivf, command="test", extractor=extractor) as services:
-        active = {"type": "IVF_FLAT", "params": {"nlist": 128}}
-        assert wanted_index(services, active, 1_500) == active  # ideal 155: within a factor 2
-        assert wanted_index(services, active, 10_000)["params"]["nlist"] == 400
-        assert wanted_index(services, active, 100)["params"]["nlist"] == 40
+    active = {"type": "IVF_FLAT", "params": {"nlist": 128}}
+    assert wanted_index(ivf, active, 1_500) == active  # ideal 155: within a factor 2
+    assert wanted_index(ivf, active, 10_000)["params"]["nlist"] == 400
+    assert wanted_index(ivf, active, 100)["params"]["nlist"] == 40
     signature = extractor.signature
     assert next_step(signature, signature, None, active, active) is None
     grown = {"type": "IVF_FLAT", "params": {"nlist": 400}}

@@ -50,7 +50,9 @@ PRECISIONS = ("auto", "float", "fp32", "bf16", "fp16", "int8")
 """``auto``: int8 for a new index where the CPU runs it faithfully, else the fastest float precision;
 an existing index keeps its precision class. ``float``: the fastest float precision measured here
 (fp32 or bf16 on a CPU, fp16 on CUDA), never int8. The rest are obeyed as given."""
-INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ", "AUTOINDEX")
+INDEX_TYPES = ("AUTO", "FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ", "AUTOINDEX")
+"""``AUTO``: imgwatch's choice by the collection's size (FLAT, then an ANN index; see
+``services.milvus_collection.auto_index_type``). ``AUTOINDEX`` is Milvus' own choice."""
 
 #: The settings' names, which are the config file's keys (``Settings``' fields but ``config_file``):
 #: for thin clients, which check a config file's keys without loading pydantic (``config.client``).
@@ -58,8 +60,8 @@ INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ", "AUTOINDEX")
 SETTING_NAMES = frozenset(
     {
         "data_dir", "weights", "milvus_uri", "milvus_token", "collection", "node", "device",
-        "precision", "batch_size", "pca", "index_type", "index_params", "include", "exclude",
-        "include_hidden", "follow_symlinks", "roots", "protect", "poll", "poll_roots",
+        "precision", "batch_size", "pca", "index_type", "index_params", "exact_search_up_to", "include",
+        "exclude", "include_hidden", "follow_symlinks", "roots", "protect", "poll", "poll_roots",
         "poll_interval", "settle_seconds", "mass_delete_fraction", "mass_delete_min_files",
         "webhook", "webhook_token", "webhook_hmac_secret", "webhook_max_bytes", "metrics_public",
         "search_page", "search_page_max_bytes", "s3_mounts", "jobs", "max_pixels", "max_file_bytes",

@@ -108,7 +108,7 @@ class Reindexer:
             # Once per process: for a weights file this hashes ~500 MB.
             self._configured = configured_signature(settings)
         configured = following_index(self._configured, stored)
-        wanted = wanted_index(self._services, active, self._services.ctx.vectors.count())
+        wanted = wanted_index(settings, active, self._services.ctx.vectors.count())
         return next_step(stored, configured, settings.pca, active, wanted)
 
     def progress(self) -> dict[str, Any] | None:

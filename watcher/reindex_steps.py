@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from imgwatch.config import Settings
 from imgwatch.errors import ImgwatchError
 from imgwatch.services.abc import ExtractorSignature
-from imgwatch.services.build import Services
 
 #: An automatically sized ANN index is rebuilt once the ideal parameters are this far off.
 REBUILD_FACTOR = 2.0
@@ -66,19 +66,24 @@ def next_step(
     return None
 
 
-def wanted_index(services: Services, active: dict[str, Any], entities: int) -> dict[str, Any]:
-    """The index the settings ask for. Automatically sized parameters follow the collection's size,
-    with hysteresis: they change only when off by :data:`REBUILD_FACTOR` or more."""
-    from imgwatch.services.vectors import auto_index_params
+def wanted_index(settings: Settings, active: dict[str, Any], entities: int) -> dict[str, Any]:
+    """The index the settings ask for. ``index_type = auto`` picks the type by the collection's size;
+    automatically sized parameters follow the size too. Both with hysteresis: they change only when
+    off by :data:`REBUILD_FACTOR` or more, so a collection near a bar is not rebuilt back and forth."""
+    from imgwatch.services.vectors import AUTO, auto_index_params, auto_index_type
 
-    settings = services.settings
-    if settings.index_params:
-        return {"type": settings.index_type, "params": dict(settings.index_params)}
-    ideal = auto_index_params(settings.index_type, entities)
-    if active["type"] == settings.index_type and "nlist" in ideal:
-        current = int(active["params"].get("nlist", 0)) or 1
-        if 1 / REBUILD_FACTOR < ideal["nlist"] / current < REBUILD_FACTOR:
-            return active
-    if active["type"] == settings.index_type and "nlist" not in ideal:
-        return active
-    return {"type": settings.index_type, "params": ideal}
+    kind = settings.index_type
+    if kind == AUTO:
+        kind = auto_index_type(entities, active["type"], settings.exact_search_up_to, REBUILD_FACTOR)
+    if settings.index_params and settings.index_type != AUTO:
+        return {"type": kind, "params": dict(settings.index_params)}
+    ideal = auto_index_params(kind, entities)
+    if active["type"] != kind:
+        return {"type": kind, "params": ideal}
+    if "nlist" in ideal:
+        ratio = ideal["nlist"] / (int(active["params"].get("nlist", 0)) or 1)
+        keep = 1 / REBUILD_FACTOR < ratio < REBUILD_FACTOR
+    else:
+        # Parameters that step with the size (HNSW's M) move up at their bar, and back only well below.
+        keep = active["params"] in (ideal, auto_index_params(kind, int(entities * REBUILD_FACTOR)))
+    return active if keep else {"type": kind, "params": ideal}

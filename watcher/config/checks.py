@@ -31,6 +31,7 @@ POSITIVE_INTS = (
     "max_pixels",
     "max_file_bytes",
     "mass_delete_min_files",
+    "exact_search_up_to",
     "webhook_max_bytes",
     "search_page_max_bytes",
 )

@@ -59,8 +59,13 @@ class Settings(BaseModel):
     pca: int | None = None
     """Project vectors to this many dimensions with PCA fitted on the index (256 or 512 are typical);
     ``None`` keeps the model's 4096. Changing it reindexes in the background (see README)."""
-    index_type: str = "FLAT"
+    index_type: str = "AUTO"
+    """``auto``: exact search (FLAT) up to ``exact_search_up_to`` vectors, then an ANN index sized for
+    the collection; a change moves the index in the background (a shadow reindex, no model run). Any
+    Milvus index type (``FLAT``, ``HNSW``, ``IVF_FLAT``...) is obeyed as given."""
     index_params: Mapping[str, Any] = Field(default_factory=dict)
+    exact_search_up_to: int = 50_000
+    """With ``index_type = auto``: collections up to this many vectors are searched exactly."""
     include: tuple[str, ...] = ()
     """Glob patterns a file's path relative to its root (or its name) must match; empty means all."""
     exclude: tuple[str, ...] = ()
@@ -164,6 +169,14 @@ class Settings(BaseModel):
     @classmethod
     def _choice(cls, value: Any, info: ValidationInfo) -> str:
         return checks.choice(str(info.field_name), value)
+
+    @field_validator("index_params", mode="after")
+    @classmethod
+    def _index_params(cls, value: Mapping[str, Any], info: ValidationInfo) -> Mapping[str, Any]:
+        if value and info.data.get("index_type") == "AUTO":
+            # They would be ignored: auto sizes its own, and parameters of one type are wrong for another.
+            raise checks.problem("index_params needs an explicit index_type (auto chooses its own)")
+        return value
 
     @field_validator(*POSITIVE_INTS, mode="wrap")
     @classmethod

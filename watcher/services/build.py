@@ -449,8 +449,10 @@ def open_context(
 def _configured_index(settings: Settings) -> dict[str, Any]:
     """A new collection's index: as configured, else sized for an empty collection (a reindex resizes it
     as the collection grows)."""
-    from imgwatch.services.vectors import auto_index_params
+    from imgwatch.services.vectors import AUTO, auto_index_params, default_index_spec
 
+    if settings.index_type == AUTO:
+        return default_index_spec(AUTO)
     params = settings.index_params or auto_index_params(settings.index_type, 0)
     return {"type": settings.index_type, "params": dict(params)}
 

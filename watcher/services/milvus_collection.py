@@ -25,19 +25,42 @@ _DEFAULT_INDEX_PARAMS: Mapping[str, Mapping[str, Any]] = {
 }
 
 
+#: ``index_type = auto``'s ANN index, once a collection outgrows exact search.
+AUTO = "AUTO"
+AUTO_ANN = "HNSW"
+#: From this many vectors on, HNSW links each vector to twice as many neighbours (M 16 -> 32): at a
+#: million vectors a sparser graph loses recall that a higher search ef only partly buys back.
+HNSW_DENSER_FROM = 1_000_000
+
+
+def auto_index_type(entities: int, active_type: str, exact_up_to: int, factor: float) -> str:
+    """``index_type = auto``'s choice for ``entities`` vectors: exact FLAT search up to ``exact_up_to``,
+    then :data:`AUTO_ANN`. Back to FLAT only below ``exact_up_to / factor``: a collection that hovers
+    around the bar must not be rebuilt back and forth."""
+    if active_type in ("FLAT", AUTO):
+        return "FLAT" if entities <= exact_up_to else AUTO_ANN
+    return "FLAT" if entities < exact_up_to / factor else AUTO_ANN
+
+
 def auto_index_params(index_type: str, entities: int) -> dict[str, Any]:
     """Index parameters suited to a collection of ``entities`` vectors.
 
     IVF indexes want about 4 * sqrt(N) clusters (Milvus' own guidance); a fixed nlist is either too
     coarse for a big collection (slow scans) or too fine for a small one (empty clusters, lost recall).
+    HNSW's graph gets denser from :data:`HNSW_DENSER_FROM` vectors on.
     """
     params = dict(_DEFAULT_INDEX_PARAMS.get(index_type, {}))
     if index_type.startswith("IVF"):
         params["nlist"] = int(min(65536, max(16, round(4 * entities**0.5))))
+    if index_type.startswith("HNSW") and entities >= HNSW_DENSER_FROM:
+        params["M"] = 32
     return params
 
 
 def default_index_spec(index_type: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The index a collection made by ``index_type`` got when it was new (``auto``: FLAT)."""
+    if index_type == AUTO:
+        return {"type": "FLAT", "params": {}}
     return {"type": index_type, "params": dict(params or _DEFAULT_INDEX_PARAMS.get(index_type, {}))}
 
 
@@ -56,6 +79,8 @@ class MilvusCollection:
         index_params: Mapping[str, Any] | None,
     ) -> None:
         self._has_node_field = True
+        if index_type == AUTO:  # a new collection is small: exact search until a reindex moves it
+            index_type, index_params = "FLAT", {}
         self._collection = collection
         self._dimension = dimension
         self._index_type = index_type
@@ -126,7 +151,8 @@ class MilvusCollection:
 
     def _search_params(self, k: int) -> dict[str, Any]:
         if self._index_type.startswith("HNSW"):
-            return {"ef": max(64, k)}
+            # A denser graph (M 32, a big collection) is searched wider too.
+            return {"ef": max(64 * int(self._index_params.get("M", 16)) // 16, k)}
         if self._index_type.startswith("IVF"):
             # ~3 % of the clusters: recall stays high as auto_index_params grows nlist with the collection.
             nlist = int(self._index_params.get("nlist", 128))

@@ -19,11 +19,13 @@ import numpy as np
 
 from imgwatch.services.abc import SearchHit, Vector
 from imgwatch.services.milvus_collection import (
+    AUTO,
     METRIC,
     NODE_MAX_BYTES,
     PATH_MAX_BYTES,
     MilvusCollection,
     auto_index_params,
+    auto_index_type,
     default_index_spec,
 )
 from imgwatch.services.milvus_connection import (
@@ -34,6 +36,7 @@ from imgwatch.services.milvus_connection import (
 )
 
 __all__ = [
+    "AUTO",
     "MAX_NODE_ID",
     "METRIC",
     "NODE_MAX_BYTES",
@@ -44,6 +47,7 @@ __all__ = [
     "MilvusVectorStore",
     "auth_failure",
     "auto_index_params",
+    "auto_index_type",
     "default_index_spec",
     "drop_collections",
     "milvus_string",

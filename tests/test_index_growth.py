@@ -1,0 +1,93 @@
+"""``index_type = auto``: exact search while a collection is small, an ANN index once it grows, and back
+when it shrinks far enough; the move is a shadow copy of the stored vectors, with no model run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imgwatch.config import Settings
+from imgwatch.reindex import REBUILD_FACTOR, wanted_index
+from tests.conftest import write_photo
+from tests.harness import RunningDaemon, imgwatch_cli, wait_progressing
+
+FLAT: dict[str, Any] = {"type": "FLAT", "params": {}}
+HNSW: dict[str, Any] = {"type": "HNSW", "params": {"M": 16, "efConstruction": 200}}
+
+
+def test_auto_moves_to_hnsw_past_the_bar_and_back_only_well_below_it(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, exact_search_up_to=1_000)
+    assert settings.index_type == "AUTO"
+
+    assert wanted_index(settings, FLAT, 1_000) == FLAT
+    assert wanted_index(settings, FLAT, 1_001) == HNSW
+    # A collection that shrinks a little below the bar keeps its graph: no rebuild back and forth.
+    assert wanted_index(settings, HNSW, 1_000 // REBUILD_FACTOR) == HNSW
+    assert wanted_index(settings, HNSW, 1_000 // REBUILD_FACTOR - 1) == FLAT
+    # A million vectors get a denser graph; a collection shrinking a little keeps it.
+    dense = wanted_index(settings, HNSW, 1_000_000)
+    assert dense == {"type": "HNSW", "params": {"M": 32, "efConstruction": 200}}
+    assert wanted_index(settings, dense, 600_000) == dense
+    assert wanted_index(settings, dense, 400_000) == HNSW
+    # An explicit type is obeyed at any size.
+    assert wanted_index(settings.replace(index_type="flat"), FLAT, 10**6) == FLAT
+
+
+def _ann_index(data_dir: Path) -> dict[str, Any]:
+    report = json.loads(imgwatch_cli(data_dir, "status", "--json").stdout)
+    return dict(report["ann_index"])
+
+
+def _moved(daemon: RunningDaemon, want: str) -> Callable[[], bool]:
+    """Asks the daemon to compact (after a maintenance job it checks for a pending reindex), then
+    whether its index has become ``want``."""
+
+    def check() -> bool:
+        if _ann_index(daemon.data_dir)["type"] == want:
+            return True
+        imgwatch_cli(daemon.data_dir, "compact")
+        return False
+
+    return check
+
+
+@pytest.mark.slow
+def test_a_growing_collection_moves_to_an_ann_index_by_itself_without_a_model_run(
+    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
+) -> None:
+    root = tmp_path / "photos"
+    photos = [root / f"{seed:02d}.jpg" for seed in range(8)]
+    for seed, path in enumerate(photos[:4]):
+        write_photo(path, seed, (64, 48))
+    daemon = daemon_factory(root, env={"IMGWATCH_EXACT_SEARCH_UP_TO": "5"})
+    assert daemon.idle()["vectors"] == 4
+    imgwatch_cli(daemon.data_dir, "compact")
+    assert _ann_index(daemon.data_dir) == FLAT
+
+    for seed, path in enumerate(photos[4:], start=4):
+        write_photo(path, seed, (64, 48))
+    grown = daemon.idle()
+    assert grown["vectors"] == 8
+    runs = grown["model_runs"]
+
+    wait_progressing(_moved(daemon, "HNSW"), lambda: daemon.status()["reindex"], interval=0.5)
+
+    status = daemon.idle()
+    assert _ann_index(daemon.data_dir) == HNSW
+    assert status["model_runs"] == runs, "the move copies the stored vectors"
+    assert status["vectors"] == 8
+    assert status["reindex"]["mode"] == "copy"
+    for path in photos:
+        assert daemon.paths_found(path, k=1) == [str(path)]
+
+    # Shrunk to 2 (below 5 / 2): back to exact search. At 3 it would have stayed.
+    for path in photos[2:]:
+        path.unlink()
+    assert daemon.idle()["vectors"] == 2
+    wait_progressing(_moved(daemon, "FLAT"), lambda: daemon.status()["reindex"], interval=0.5)
+    assert daemon.paths_found(photos[0], k=1) == [str(photos[0])]
+    assert daemon.stop() == 0
