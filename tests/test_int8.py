@@ -359,3 +359,35 @@ def test_a_stored_auto_signature_reads_as_float_and_a_shared_collection_stays_fl
     shared = Settings(data_dir=tmp_path, weights=WEIGHTS, precision="auto", node="a")
     assert configured_signature(shared).dtype == "float"
     assert configured_signature(shared.replace(precision="int8")).dtype == "int8"
+
+
+NOTICES_SCRIPT = """
+import sys
+if sys.argv[1] == "imgwatch":
+    import imgwatch.services.int8
+import torch.utils.cpp_extension
+from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer
+torch.utils.cpp_extension._find_cuda_home()
+"""
+
+
+def test_building_int8_prints_none_of_torchs_notices() -> None:
+    """README's first command builds int8, and torch's two notices then were all it printed: torchao
+    registering an enum the deprecated way, and torch's CUDA build finding no CUDA runtime. The same
+    imports and the same CUDA lookup that the build makes, without and with imgwatch's int8 module."""
+
+    def stderr(mode: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", NOTICES_SCRIPT, mode],
+            cwd=REPO,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stderr
+
+    bare = stderr("bare")
+    if "Enum subclass" not in bare and "No CUDA runtime" not in bare:
+        pytest.skip("this torch prints neither notice")
+    assert stderr("imgwatch") == ""

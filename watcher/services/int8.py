@@ -41,6 +41,21 @@ from imgwatch.services.precision import cpuinfo_field, vector_isa
 
 log = logging.getLogger(__name__)
 
+
+class _DropNotices(logging.Filter):
+    """Drops two notices torch logs on every int8 build, which tell a user nothing: torchao registering
+    an enum the deprecated way, and torch's CUDA build finding no CUDA runtime (none is needed here).
+    Everything else those loggers say still comes through."""
+
+    NOTICES = ("<enum 'KernelPreference'> is an Enum subclass", "No CUDA runtime is found")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.NOTICES)
+
+
+for _name in ("torch.utils._pytree", "torch.utils.cpp_extension"):
+    logging.getLogger(_name).addFilter(_DropNotices())
+
 #: The bar int8 vectors must clear against fp32's on the held-out photos (docs/decisions.md, issue 16).
 MIN_COSINE = 0.99
 MIN_AGREEMENT = 0.9
