@@ -52,6 +52,35 @@ def test_upsert_is_idempotent_and_delete_removes(store: MilvusVectorStore) -> No
     assert set(store.get_vectors(range(5))) == {0, 2, 4}
 
 
+def test_a_count_is_exact_after_every_write_and_reused_only_when_asked(tmp_path: Path) -> None:
+    """Milvus Lite counts by walking every entity, and a daemon's status is polled: a count is reused
+    until something writes (through any store on that collection in this process), or for max_age."""
+    uri = str(tmp_path / "vectors.db")
+    store = MilvusVectorStore(uri, dimension=8)
+    other = MilvusVectorStore(uri, dimension=8)
+    try:
+        store.upsert([(i, f"/p/{i}.jpg", _unit(i)) for i in range(5)])
+        assert store.count() == 5
+        other.upsert([(5, "/p/5.jpg", _unit(5))])
+        assert store.count() == 6
+        store.rename([(5, "/q/5.jpg")])
+        store.delete([0])
+        assert store.count() == 5
+        other.delete([1])
+        # A busy daemon's status: a count younger than max_age is good enough...
+        assert store.count(max_age=3600) == 5
+        # ...but without it, the count is exact.
+        assert store.count() == 4 == other.count()
+        # A fresh store on the file agrees.
+        store.close()
+        other.close()
+        store = other = MilvusVectorStore(uri, dimension=8)
+        assert store.count() == 4
+    finally:
+        store.close()
+        other.close()
+
+
 def test_search_ranks_by_cosine(store: MilvusVectorStore) -> None:
     store.upsert([(i, f"/p/{i}.jpg", _unit(i)) for i in range(20)])
 

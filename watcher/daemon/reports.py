@@ -40,10 +40,13 @@ class Reports:
 
     def status(self) -> dict[str, Any]:
         ctx = self._serving.current
+        queue = self._queue()
         return {
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self._started, 1),
-            "vectors": self._vector_count(),
+            # Exact once the queue is empty; while it is not, recounted at most once a second:
+            # Milvus Lite counts by walking every entity, and status is polled.
+            "vectors": self._vector_count(max_age=1.0 if any(queue.values()) else 0.0),
             "model_runs": ctx.extractor.images_embedded,
             # Loaded when the first image is due: a daemon with nothing to extract never loads it.
             "model_loaded": model_loaded(ctx.extractor),
@@ -51,7 +54,7 @@ class Reports:
             "s3_mounts": dict(self._settings.s3_mounts),
             "webhook": self.webhook_url,
             "search_page": self.search_page_url,
-            "queue": self._queue(),
+            "queue": queue,
             "journal": ctx.catalog.journal_counts(),
             **self._stats.snapshot(),
             "jobs": self._jobs.status(ctx.catalog.last_job_runs()),
@@ -65,8 +68,8 @@ class Reports:
             return 503, {"status": "degraded", "store": f"unreachable: {type(e).__name__}"}
         return 200, {"status": "ok", "store": "reachable", "vectors": vectors, "queue": self._queue()}
 
-    def _vector_count(self) -> int | None:
+    def _vector_count(self, max_age: float) -> int | None:
         try:
-            return self._serving.current.vectors.count()
+            return self._serving.current.vectors.count(max_age)
         except Exception:  # noqa: BLE001 - a Milvus server that is down: report, do not fail status
             return None

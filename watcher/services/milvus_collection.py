@@ -5,7 +5,9 @@ dropping it. Reads and writes of its entities are :class:`~imgwatch.services.vec
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from imgwatch.errors import ImgwatchError
@@ -31,6 +33,11 @@ AUTO_ANN = "HNSW"
 #: From this many vectors on, HNSW links each vector to twice as many neighbours (M 16 -> 32): at a
 #: million vectors a sparser graph loses recall that a higher search ef only partly buys back.
 HNSW_DENSER_FROM = 1_000_000
+
+
+#: Writes to each Milvus Lite collection by this process. Lite admits one process per file, so a count
+#: taken since the last write is still exact; counting walks every entity in Python.
+_lite_writes: Counter[tuple[str, str]] = Counter()
 
 
 def auto_index_type(entities: int, active_type: str, exact_up_to: int, factor: float) -> str:
@@ -86,6 +93,8 @@ class MilvusCollection:
         self._index_type = index_type
         self._index_params = dict(index_params or _DEFAULT_INDEX_PARAMS.get(index_type, {}))
         self._uri = uri
+        self._counted: tuple[int, float, int] | None = None
+        """``(writes seen, when, count)`` of the last count, on Milvus Lite."""
         self._connection = MilvusConnection(uri, token)
         self._client = self._connection.client
         self._write_lock = self._connection.write_lock
@@ -107,6 +116,10 @@ class MilvusCollection:
     def index_spec(self) -> dict[str, Any]:
         """The ANN index this store creates its collection with: ``{"type": ..., "params": {...}}``."""
         return {"type": self._index_type, "params": self._index_params}
+
+    @property
+    def _lite(self) -> bool:
+        return not self._uri.startswith(("http://", "https://", "tcp://", "unix:"))
 
     def collections(self) -> list[str]:
         return sorted(self._client.list_collections())
@@ -170,6 +183,25 @@ class MilvusCollection:
         with self._write_lock:
             self._client.drop_collection(self._collection)
             self._ensure_collection()
+            self._wrote()
+
+    def _wrote(self) -> None:
+        """After each write (under the write lock): counts taken before it are stale."""
+        _lite_writes[(self._uri, self._collection)] += 1
+
+    def _count_reused(self, count: Callable[[], int], max_age: float) -> int:
+        """``count()``, or on Milvus Lite the last count while nothing was written since (or while it
+        is younger than ``max_age`` seconds)."""
+        if not self._lite:
+            return count()
+        writes = _lite_writes[(self._uri, self._collection)]
+        last = self._counted
+        if last is not None and (last[0] == writes or time.monotonic() - last[1] < max_age):
+            return last[2]
+        # The writes are read before counting: one that lands meanwhile makes the next call count again.
+        value = count()
+        self._counted = (writes, time.monotonic(), value)
+        return value
 
     def drop_collection(self, name: str) -> None:
         """Drop another collection in the same database (an old one, after a reindex switched away)."""
@@ -178,6 +210,7 @@ class MilvusCollection:
         with self._write_lock:
             if self._client.has_collection(name):
                 self._client.drop_collection(name)
+                _lite_writes[(self._uri, name)] += 1
 
     def close(self) -> None:
         self._connection.close()

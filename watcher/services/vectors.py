@@ -177,6 +177,7 @@ class MilvusVectorStore(MilvusCollection):
                 row["node"] = node
         with self._write_lock:
             self._client.upsert(self._collection, rows)
+            self._wrote()
 
     def rename(self, items: Sequence[tuple[int, str]]) -> None:
         """Give existing entities new paths, keeping their vectors (files moved): ``(key, path)`` pairs.
@@ -197,10 +198,7 @@ class MilvusVectorStore(MilvusCollection):
         ]
         with self._write_lock:
             self._client.upsert(self._collection, rows, partial_update=True)
-
-    @property
-    def _lite(self) -> bool:
-        return not self._uri.startswith(("http://", "https://", "tcp://", "unix:"))
+            self._wrote()
 
     def get_vectors(self, ids: Iterable[int]) -> dict[int, Vector]:
         keys = list(ids)
@@ -247,6 +245,7 @@ class MilvusVectorStore(MilvusCollection):
         if keys:
             with self._write_lock:
                 self._client.delete(self._collection, ids=[self._key(key) for key in keys])
+                self._wrote()
 
     def search(self, queries: Sequence[Vector], k: int) -> list[list[SearchHit]]:
         if not queries:
@@ -268,8 +267,12 @@ class MilvusVectorStore(MilvusCollection):
         node = str(hit["entity"].get("node") or f"node {key >> ROW_BITS}")
         return SearchHit(key, score, path, node=node)
 
-    def count(self) -> int:
-        """This node's entities."""
+    def count(self, max_age: float = 0.0) -> int:
+        """This node's entities. On Milvus Lite, counted again only after a write (or, with
+        ``max_age``, at most that often while writes go on: a busy daemon's ``status``)."""
+        return self._count_reused(self._count, max_age)
+
+    def _count(self) -> int:
         rows = self._client.query(
             self._collection,
             filter=self._own_filter(),
