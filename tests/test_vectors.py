@@ -81,6 +81,24 @@ def test_a_count_is_exact_after_every_write_and_reused_only_when_asked(tmp_path:
         other.close()
 
 
+def test_a_move_rewrites_the_entity_only_where_other_watchers_read_its_path(tmp_path: Path) -> None:
+    """An entity's path is read only by the other watchers of a shared collection (this watcher's
+    results take paths from its catalog): alone in the collection a move costs the store nothing."""
+    uri = str(tmp_path / "vectors.db")
+    alone = MilvusVectorStore(uri, dimension=8, collection="alone")
+    shared = MilvusVectorStore(uri, dimension=8, collection="shared", node_id=3, node="laptop")
+    try:
+        for store in (alone, shared):
+            store.upsert([(1, "/old/1.jpg", _unit(1))])
+            store.rename([(1, "/new/1.jpg")])
+        assert alone.ids_for_path("/old/1.jpg") == [1] and alone.ids_for_path("/new/1.jpg") == []
+        assert shared.ids_for_path("/new/1.jpg") == [1] and shared.ids_for_path("/old/1.jpg") == []
+        assert np.allclose(shared.get_vectors([1])[1], _unit(1))
+    finally:
+        alone.close()
+        shared.close()
+
+
 def test_search_ranks_by_cosine(store: MilvusVectorStore) -> None:
     store.upsert([(i, f"/p/{i}.jpg", _unit(i)) for i in range(20)])
 
