@@ -40,8 +40,9 @@ def handle(event: ImageCreated | ImageModified, ctx: Context) -> Outcome:
 
     try:
         # The key stays held until the first copy's vector is stored: a copy that comes later
-        # finds that vector as its twin, one that comes earlier waits for it.
-        key = (ctx.signature_key, blob.content_hash)
+        # finds that vector as its twin, one that comes earlier waits for it. The extractor itself,
+        # not its signature: a new index's signature settles only when the model has loaded.
+        key = (ctx.extractor, blob.content_hash)
         with ctx.extractions.shared(key, lambda: _vector(blob, ctx)) as vector:
             _store(ctx, record, blob, vector)
     except ImageError as e:

@@ -281,12 +281,22 @@ def test_auto_makes_a_new_index_int8_and_keeps_an_existing_float_index_float(
     photos = tmp_path / "photos"
     for seed in range(3):
         write_photo(photos / f"{seed}.jpg", seed, size=(64, 48))
+        for copy in range(4):  # copies in flight while the model loads share its one run
+            (photos / "copies").mkdir(exist_ok=True)
+            shutil.copyfile(photos / f"{seed}.jpg", photos / "copies" / f"{seed}-{copy}.jpg")
     # A new data dir whose compile cache holds this module's package: the CLI must find it reusable
     # (same weights, calibration, CPU and torch), so this run does not quantize or compile again.
     new = tmp_path / "new"
     shutil.copytree(compile_cache, new / "compile-cache")
-    stderr = _index_with(new, photos, "auto")
-    assert "reusing the compiled model" in stderr, stderr
+    # One image per batch and six workers: copies start while their content's first run still goes on,
+    # some before the model loaded, some after.
+    done = _imgwatch(
+        new, "auto", "index", str(photos), "--log-level", "info", "--json", env={"IMGWATCH_BATCH_SIZE": "1"}
+    )
+    assert "reusing the compiled model" in done.stderr, done.stderr
+    summary = json.loads(done.stdout)
+    # One run per content, although the new index's signature settles (int8) only once the model loaded.
+    assert (summary["added"], summary["model_runs"]) == (15, 3), summary
     made = _stored(new)
     assert made.dtype == "int8" and made.key == int8_model.signature.key
     # A one-shot search of the int8 index computes its query in float: with the package gone (as
@@ -294,10 +304,13 @@ def test_auto_makes_a_new_index_int8_and_keeps_an_existing_float_index_float(
     shutil.rmtree(new / "compile-cache")
     found = _imgwatch(new, "auto", "search", str(photos / "1.jpg"), "-k", "1", "--json")
     [match] = json.loads(found.stdout)["results"]
-    assert match["path"] == str(photos / "1.jpg") and match["score"] > 0.99, found.stdout
+    same = {str(photos / "1.jpg"), *(str(photos / "copies" / f"1-{c}.jpg") for c in range(4))}
+    assert match["path"] in same
+    assert match["score"] > 0.99, found.stdout
     assert not (new / "compile-cache").exists(), found.stderr
 
     # An index made in float stays float under auto: no int8 package is built, no reindex is due.
+    shutil.rmtree(photos / "copies")
     old = tmp_path / "old"
     _index_with(old, photos, "float")
     write_photo(photos / "3.jpg", 3, size=(64, 48))

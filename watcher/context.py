@@ -18,9 +18,10 @@ class Context:
     paths: PathLocks = field(default_factory=PathLocks, compare=False)
     """The paths being handled now: one handler per path at a time, whoever dispatches."""
     extractions: SingleFlight[Vector] = field(default_factory=SingleFlight, compare=False)
-    """The extractions under way, by ``(signature key, content hash)``: copies of one content in flight
-    together share one model run. The signature is in the key because a reindex's context makes
-    other vectors from the same bytes."""
+    """The extractions under way, by ``(extractor, content hash)``: copies of one content in flight
+    together share one model run. The extractor is in the key because a reindex's context makes
+    other vectors from the same bytes; not its signature, which for a new index settles (int8 or
+    float) only when the model has loaded, while copies are already waiting."""
 
     @property
     def signature_key(self) -> str:
