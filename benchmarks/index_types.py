@@ -554,7 +554,7 @@ def main() -> None:
     args.queries = queries
     out = Path(os.environ.get("IMGWATCH_BENCH_RESULTS", HERE / "results"))
     out.mkdir(parents=True, exist_ok=True)
-    name = "index_types_quick" if args.quick else "index_types"
+    name = "index_types" + ("_flattened" if args.flattened_params else "") + ("_quick" if args.quick else "")
     report: dict[str, Any] = {
         "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
         "machine": f"{_cpu()}, {os.cpu_count()} CPUs",
