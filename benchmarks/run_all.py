@@ -59,6 +59,9 @@ def plan(quick: bool) -> list[list[Command]]:
         # The library-scale run (100,000 files) takes hours on 2 cores: run by hand (see scale.py);
         # here its 2,000-file smoke run, so that it stays runnable.
         *([[["scale.py", "--quick"]]] if quick else []),
+        # FLAT vs HNSW vs IVF_FLAT (28 minutes on 2 cores): run by hand (see index_types.py); here
+        # its 2,000-vector smoke run, so that it stays runnable.
+        *([[["index_types.py", "--quick"]]] if quick else []),
     ]
 
 
