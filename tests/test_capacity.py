@@ -47,3 +47,10 @@ def test_small_pca_dimensions_get_small_positive_costs() -> None:
     at_64, at_512 = lite_limits(64, 16 * GIB), lite_limits(512, 16 * GIB)
     assert at_64["memory"] > at_512["memory"] > 0
     assert at_64["memory"] < 10 * at_512["memory"]  # proportional below 512-d, no blow-up
+
+
+def test_an_ann_index_lifts_the_search_bound_and_memory_then_bounds_it() -> None:
+    flat, ann = lite_limits(4096, 24 * GIB), lite_limits(4096, 24 * GIB, ann=True)
+    assert ann["search"] > 4 * flat["search"] and ann["memory"] == flat["memory"]
+    report = capacity(100_000, 4096, lite=True, memory_bytes=24 * GIB, ann=True)
+    assert report is not None and report["bound_by"] == "memory"

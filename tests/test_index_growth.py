@@ -1,5 +1,5 @@
-"""``index_type = auto``: exact search while a collection is small, an ANN index once it grows, and back
-when it shrinks far enough; the move is a shadow copy of the stored vectors, with no model run."""
+"""``index_type = auto``: exact search while a collection is small, an ANN index (IVF_FLAT) once it grows,
+and back when it shrinks far enough; the move is a shadow copy of the stored vectors, with no model run."""
 
 from __future__ import annotations
 
@@ -16,23 +16,24 @@ from tests.conftest import write_photo
 from tests.harness import RunningDaemon, imgwatch_cli, wait_progressing
 
 FLAT: dict[str, Any] = {"type": "FLAT", "params": {}}
-HNSW: dict[str, Any] = {"type": "HNSW", "params": {"M": 16, "efConstruction": 200}}
+#: What auto moves a collection of 8 to 1,001 vectors to: 4 * sqrt(N) lists, at least 16.
+IVF_8: dict[str, Any] = {"type": "IVF_FLAT", "params": {"nlist": 16}}
+IVF_1001: dict[str, Any] = {"type": "IVF_FLAT", "params": {"nlist": 127}}
 
 
-def test_auto_moves_to_hnsw_past_the_bar_and_back_only_well_below_it(tmp_path: Path) -> None:
+def test_auto_moves_to_ivf_past_the_bar_and_back_only_well_below_it(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, exact_search_up_to=1_000)
     assert settings.index_type == "AUTO"
+    assert Settings(data_dir=tmp_path).exact_search_up_to == 20_000
 
     assert wanted_index(settings, FLAT, 1_000) == FLAT
-    assert wanted_index(settings, FLAT, 1_001) == HNSW
-    # A collection that shrinks a little below the bar keeps its graph: no rebuild back and forth.
-    assert wanted_index(settings, HNSW, 1_000 // REBUILD_FACTOR) == HNSW
-    assert wanted_index(settings, HNSW, 1_000 // REBUILD_FACTOR - 1) == FLAT
-    # A million vectors get a denser graph; a collection shrinking a little keeps it.
-    dense = wanted_index(settings, HNSW, 1_000_000)
-    assert dense == {"type": "HNSW", "params": {"M": 32, "efConstruction": 200}}
-    assert wanted_index(settings, dense, 600_000) == dense
-    assert wanted_index(settings, dense, 400_000) == HNSW
+    assert wanted_index(settings, FLAT, 1_001) == IVF_1001
+    # A collection that shrinks a little below the bar keeps its index: no rebuild back and forth.
+    assert wanted_index(settings, IVF_1001, 1_000 // REBUILD_FACTOR) == IVF_1001
+    assert wanted_index(settings, IVF_1001, 1_000 // REBUILD_FACTOR - 1) == FLAT
+    # Its lists follow the size, rebuilt when 2x off: 4,000 lists for a million vectors.
+    assert wanted_index(settings, IVF_1001, 3_000) == IVF_1001
+    assert wanted_index(settings, IVF_1001, 1_000_000) == {"type": "IVF_FLAT", "params": {"nlist": 4000}}
     # An explicit type is obeyed at any size.
     assert wanted_index(settings.replace(index_type="flat"), FLAT, 10**6) == FLAT
 
@@ -56,7 +57,7 @@ def _moved(daemon: RunningDaemon, want: str) -> Callable[[], bool]:
 
 
 @pytest.mark.slow
-def test_a_growing_collection_moves_to_an_ann_index_by_itself_without_a_model_run(
+def test_a_growing_collection_moves_to_ivf_by_itself_without_a_model_run(
     daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
 ) -> None:
     root = tmp_path / "photos"
@@ -74,10 +75,10 @@ def test_a_growing_collection_moves_to_an_ann_index_by_itself_without_a_model_ru
     assert grown["vectors"] == 8
     runs = grown["model_runs"]
 
-    wait_progressing(_moved(daemon, "HNSW"), lambda: daemon.status()["reindex"], interval=0.5)
+    wait_progressing(_moved(daemon, "IVF_FLAT"), lambda: daemon.status()["reindex"], interval=0.5)
 
     status = daemon.idle()
-    assert _ann_index(daemon.data_dir) == HNSW
+    assert _ann_index(daemon.data_dir) == IVF_8
     assert status["model_runs"] == runs, "the move copies the stored vectors"
     assert status["vectors"] == 8
     assert status["reindex"]["mode"] == "copy"

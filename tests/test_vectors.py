@@ -174,6 +174,28 @@ def test_every_index_type_milvus_accepts_finds_exact_copies(milvus: MilvusTarget
     assert [hits[0].id for hits in results] == [17, 250]
 
 
+@pytest.mark.parametrize(
+    ("index_type", "params"), [("IVF_FLAT", {"nlist": 24}), ("HNSW", {"M": 8, "efConstruction": 40})]
+)
+def test_the_index_parameters_reach_milvus(
+    milvus: MilvusTarget, index_type: str, params: dict[str, int]
+) -> None:
+    """Milvus Lite reads only a JSON "params" key, which pymilvus does not send by itself: Lite built
+    every IVF index with 128 lists, whatever the collection's size asked for."""
+    from pymilvus import MilvusClient
+
+    store = milvus.open(dimension=16, index_type=index_type, index_params=params)
+    client = MilvusClient(uri=milvus.uri, token=milvus.token or "")
+    try:
+        [name] = client.list_indexes(milvus.collection)
+        described = client.describe_index(milvus.collection, name)
+    finally:
+        client.close()
+        store.close()
+    built = described.get("params", described)  # Lite nests them; a server lists them flat
+    assert {key: int(built[key]) for key in params} == params, described
+
+
 # --- What a real server does differently (issue 8); each runs on Lite too -------------------------------
 
 

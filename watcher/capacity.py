@@ -16,6 +16,11 @@ That is ~1.6 GiB for the daemon itself (model, runtime) plus 87 KiB per 4096-d v
 per 512-d one (Lite's copies of each vector and its keys: FLAT copies what it scans), and a search
 time linear in the count. Other dimensions are interpolated linearly. A Milvus server keeps its
 vectors in its own memory, so no local limit is given for one.
+
+With an ANN index (``index_type = auto`` moves a collection to IVF_FLAT past ``exact_search_up_to``)
+the search stays linear but ~5x cheaper: what is left is Lite's walk over every key in Python
+(``benchmarks/index_types.py``, 2026-12-02: IVF_FLAT 89 ms at 100,000 512-d vectors, 28 ms at 30,000
+4096-d ones, on 2 shared cores; memory as FLAT's or less).
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from typing import Any
 #: Daemon memory besides the vectors (MiB), and memory per vector (KiB) by dimension, measured.
 BASE_MIB = 1610
 KIB_PER_VECTOR = {512: 8.9, 4096: 87.4}
-#: Milvus Lite's search time per 100,000 vectors (s), by dimension, measured.
+#: Milvus Lite's search time per 100,000 vectors (s), by dimension, measured: FLAT, and an ANN index.
 SEARCH_S_PER_100K = {512: 0.14, 4096: 0.43}
+ANN_SEARCH_S_PER_100K = {512: 0.089, 4096: 0.093}
 #: The share of the machine's memory the vectors may take: the rest is for everything else it runs.
 MEMORY_SHARE = 0.75
 #: The search time a library should stay under on Milvus Lite.
@@ -58,23 +64,25 @@ def machine_memory_bytes() -> int | None:
         return None
 
 
-def lite_limits(dimension: int, memory_bytes: int) -> dict[str, int]:
+def lite_limits(dimension: int, memory_bytes: int, *, ann: bool = False) -> dict[str, int]:
     """How many ``dimension``-d vectors Milvus Lite holds here: within :data:`MEMORY_SHARE` of the
-    machine's memory, and within :data:`SEARCH_BUDGET_S` per search."""
+    machine's memory, and within :data:`SEARCH_BUDGET_S` per search (FLAT, or an ``ann`` index)."""
     spare_kib = (memory_bytes * MEMORY_SHARE) / 1024 - BASE_MIB * 1024
     by_memory = max(0, int(spare_kib / _by_dimension(KIB_PER_VECTOR, dimension)))
-    by_search = int(SEARCH_BUDGET_S / _by_dimension(SEARCH_S_PER_100K, dimension) * 100_000)
+    per_100k = _by_dimension(ANN_SEARCH_S_PER_100K if ann else SEARCH_S_PER_100K, dimension)
+    by_search = int(SEARCH_BUDGET_S / per_100k * 100_000)
     return {"memory": by_memory, "search": by_search}
 
 
 def capacity(
-    vectors: int | None, dimension: int, *, lite: bool, memory_bytes: int | None
+    vectors: int | None, dimension: int, *, lite: bool, memory_bytes: int | None, ann: bool = False
 ) -> dict[str, Any] | None:
-    """``status``'s capacity report for a collection of ``vectors`` ``dimension``-d vectors, or None
-    for a server (its memory is not this machine's) or where the count or the memory is unknown."""
+    """``status``'s capacity report for a collection of ``vectors`` ``dimension``-d vectors (in an
+    ``ann`` index or FLAT), or None for a server (its memory is not this machine's) or where the count
+    or the memory is unknown."""
     if not lite or vectors is None or memory_bytes is None:
         return None
-    limits = lite_limits(dimension, memory_bytes)
+    limits = lite_limits(dimension, memory_bytes, ann=ann)
     bound = "memory" if limits["memory"] <= limits["search"] else "search"
     limit = limits[bound]
     report: dict[str, Any] = {
@@ -88,7 +96,7 @@ def capacity(
         "next": None,
     }
     if vectors >= WARN_SHARE * limit:
-        at_512 = lite_limits(512, memory_bytes)
+        at_512 = lite_limits(512, memory_bytes, ann=ann)
         if dimension > 512 and vectors < WARN_SHARE * min(at_512.values()):
             report["next"] = (
                 f"PCA-512 (`pca = 512` in the config; a shadow reindex with no model run) holds about "
@@ -124,10 +132,12 @@ def _roughly(n: int) -> int:
 def add_capacity(report: dict[str, Any]) -> dict[str, Any]:
     """``report`` (``status``'s) with its ``capacity``, once it has its vector count."""
     extractor = report.get("extractor")
+    index = report.get("ann_index") or {}
     report["capacity"] = capacity(
         report.get("vectors"),
         extractor["dimension"] if extractor else 4096,
         lite=report.get("engine") == "Milvus Lite",
         memory_bytes=machine_memory_bytes(),
+        ann=index.get("type", "FLAT") != "FLAT",
     )
     return report

@@ -64,7 +64,7 @@ class Settings(BaseModel):
     the collection; a change moves the index in the background (a shadow reindex, no model run). Any
     Milvus index type (``FLAT``, ``HNSW``, ``IVF_FLAT``...) is obeyed as given."""
     index_params: Mapping[str, Any] = Field(default_factory=dict)
-    exact_search_up_to: int = 50_000
+    exact_search_up_to: int = 20_000
     """With ``index_type = auto``: collections up to this many vectors are searched exactly."""
     include: tuple[str, ...] = ()
     """Glob patterns a file's path relative to its root (or its name) must match; empty means all."""
