@@ -121,7 +121,7 @@ def test_the_daemon_moves_its_index_to_the_server_and_back_while_serving(
     daemon_factory: Callable[..., RunningDaemon], library: Library, tmp_path: Path
 ) -> None:
     root = tmp_path / "photos"
-    photos = _photos(root, distinct=4, copies=12)
+    _photos(root, distinct=4, copies=12)
     daemon = daemon_factory(root, data_dir=library.data_dir, env=library.env)
     daemon.idle()
     took = _change_seconds(daemon, root)
@@ -132,20 +132,31 @@ def test_the_daemon_moves_its_index_to_the_server_and_back_while_serving(
     pause = max(0.2, 6 * took / rows)
     runs = daemon.idle()["model_runs"]
 
+    # The files that change are the first three the copy takes: copied before they change, so that
+    # only the mirrored writes can bring their changes to the server.
+    modified, deleted, moved_from = (Path(p) for _, p in sorted(_catalog(library.data_dir).items())[:3])
+    old_content = modified.read_bytes()
+    twin = next(p for p in sorted(root.glob("c*.jpg")) if p.read_bytes() == old_content and p != modified)
+    sibling = next(
+        p
+        for p in sorted(root.glob("*.jpg"))
+        if p.read_bytes() == moved_from.read_bytes() and p not in (modified, deleted, moved_from)
+    )
+    moved = root / "moved.jpg"
+
     process = _start_migrate(library, library.server.uri, "--batch-size", "1", "--pause", f"{pause:.2f}")
-    wait_until(lambda: _migration(daemon).get("done", 0) >= 2, timeout=120, interval=0.05)
+    wait_until(lambda: _migration(daemon).get("done", 0) >= 4, timeout=120, interval=0.05)
     added = write_photo(root / "added.jpg", 50, SIZE)
-    modified = write_photo(root / "p1.jpg", 51, SIZE)  # new content: its old vector must not survive
-    (root / "c5.jpg").unlink()
-    (root / "c6.jpg").rename(root / "moved.jpg")
+    write_photo(modified, 51, SIZE)  # new content: its old vector must not survive
+    deleted.unlink()
+    moved_from.rename(moved)
     # Searches answer meanwhile (from the old store), and see the changes as they are handled.
     wait_until(
         lambda: (
             _indexed(daemon, added)
-            and str(root / "moved.jpg") in _like(daemon, photos[2])
-            and str(root / "c5.jpg") not in _like(daemon, root / "c1.jpg")
-            # c1 is a copy of p1's old content
-            and _like(daemon, root / "c1.jpg").get(str(modified), 1.0) < 0.999
+            and str(moved) in _like(daemon, sibling)
+            and str(deleted) not in _like(daemon, twin)
+            and _like(daemon, twin).get(str(modified), 1.0) < 0.999  # twin: the old content
         ),
         timeout=120,
         interval=0.1,
@@ -177,9 +188,7 @@ def test_the_daemon_moves_its_index_to_the_server_and_back_while_serving(
     # new content only.
     for path in disk_images(root):
         assert _finds(daemon, Path(path)), path
-    old_p1 = tmp_path / "old-p1.jpg"
-    write_photo(old_p1, 1, SIZE)
-    assert not any(h["path"] == str(modified) and h["score"] > 0.999 for h in daemon.search(old_p1, 30))
+    assert not any(h["path"] == str(modified) and h["score"] > 0.999 for h in daemon.search(twin, 30))
 
     # And back to the data dir's Milvus Lite file, with a change while it copies.
     process = _start_migrate(library, "lite", "--batch-size", "2", "--pause", f"{pause:.2f}")
@@ -194,7 +203,7 @@ def test_the_daemon_moves_its_index_to_the_server_and_back_while_serving(
     status = library.json("status")
     assert status["milvus_uri"] == str(library.data_dir / "vectors.db")
     assert status["vectors"] == len(catalog)
-    for photo in (late, modified, added, root / "moved.jpg"):
+    for photo in (late, modified, added, moved):
         assert _finds(daemon, photo), photo
     assert daemon.stop() == 0
 

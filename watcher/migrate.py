@@ -207,11 +207,16 @@ class _Copy:
 _SERVER_SCHEMES = ("http://", "https://", "tcp://", "unix:")
 
 
+def check_target(to: str) -> None:
+    """ImgwatchError unless ``to`` is a Milvus server URI or ``lite``."""
+    if to != LITE and not to.startswith(_SERVER_SCHEMES):
+        raise ImgwatchError(f"--to {to!r}: give a Milvus server URI (http://host:19530) or 'lite'")
+
+
 def resolve_target(to: str, settings: Any) -> str:
     """The target store's URI for ``--to`` (a server URI, or ``lite``: the data dir's Milvus Lite
     file); ImgwatchError when it is neither, or when the index is there already."""
-    if to != LITE and not to.startswith(_SERVER_SCHEMES):
-        raise ImgwatchError(f"--to {to!r}: give a Milvus server URI (http://host:19530) or 'lite'")
+    check_target(to)
     target = str(settings.data_dir / "vectors.db") if to == LITE else to
     if (to == LITE and settings.uses_milvus_lite) or target == settings.vectors_uri:
         raise ImgwatchError(f"the index is in {settings.vectors_uri} already")

@@ -55,9 +55,10 @@ def add_migrate(commands: Subcommands, common: argparse.ArgumentParser) -> None:
 
 def run_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from imgwatch.commands.daemon_client import running_daemon
-    from imgwatch.migrate import BATCH, LITE
+    from imgwatch.migrate import BATCH, LITE, check_target
 
     to = args.to
+    check_target(to)  # before the data dir is locked, or the daemon asked
     if args.batch_size is not None and args.batch_size < 1:
         raise ImgwatchError("--batch-size must be at least 1")
     if args.pause < 0:
@@ -112,7 +113,6 @@ def _here(args: argparse.Namespace, settings: Settings, batch: int) -> tuple[dic
     from imgwatch.services.vectors import MilvusVectorStore
 
     to = args.to
-    resolve_target(to, settings)  # a bad URI fails before the data dir is locked
     with open_services(settings, command="migrate", model=False) as services:
         source = services.serving.current.vectors
         here = services.settings
