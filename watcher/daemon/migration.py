@@ -17,16 +17,25 @@ given again (to this daemon or, without one, to the CLI) resumes where it stoppe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from imgwatch.errors import ImgwatchError
-from imgwatch.migrate import LITE, MigrationResult, Stores, migrate, resolve_target, target_store_args
+from imgwatch.migrate import (
+    LITE,
+    MigrationError,
+    MigrationResult,
+    Stores,
+    migrate,
+    resolve_target,
+    target_store_args,
+)
 from imgwatch.services.abc import SearchHit, Vector
 from imgwatch.services.build import Services
 
@@ -187,6 +196,15 @@ class LiveMigration:
         self._mirror = mirror
         switched = False
 
+        @contextlib.contextmanager
+        def gate() -> Iterator[None]:
+            with serving.exclusive() as ctx:
+                if ctx.vectors is not mirror:
+                    # A reindex switched collections meanwhile: its new collection is in the source
+                    # store and not mirrored. Copying on would move a stale index.
+                    raise MigrationError("the serving collection changed during the copy; run migrate again")
+                yield
+
         def switch() -> None:
             # Inside migrate()'s last exclusive block, after the verification and STORE_META_KEY.
             nonlocal switched
@@ -206,15 +224,16 @@ class LiveMigration:
                 Stores(source, source_uri, target, to),
                 batch=batch,
                 progress=self._progress,
-                gate=serving.exclusive,
+                gate=gate,
                 pause=pause,
                 stop=self._stop,
                 on_switch=switch,
             )
         except Exception as e:  # noqa: BLE001 - any failure ends this copy: in status, resumable
             if not switched:
-                with serving.exclusive():
-                    serving.replace(dataclasses.replace(serving.current, vectors=source))
+                with serving.exclusive() as ctx:
+                    if ctx.vectors is mirror:  # else a reindex replaced it: that one serves
+                        serving.replace(dataclasses.replace(ctx, vectors=source))
                 target.close()
             self._finished(None, e)
             return
