@@ -55,20 +55,18 @@ def add_migrate(commands: Subcommands, common: argparse.ArgumentParser) -> None:
 
 def run_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from imgwatch.commands.daemon_client import running_daemon
-    from imgwatch.migrate import BATCH, LITE, check_target
 
     to = args.to
-    check_target(to)  # before the data dir is locked, or the daemon asked
     if args.batch_size is not None and args.batch_size < 1:
         raise ImgwatchError("--batch-size must be at least 1")
     if args.pause < 0:
         raise ImgwatchError("--pause must not be negative")
-    batch = args.batch_size or BATCH
+    # A thin client when a daemon runs: imgwatch.migrate (SQLAlchemy, the services) only without one.
     daemon = running_daemon(settings)
     if daemon is not None:
-        result, target_uri = _through_daemon(daemon, args, batch)
+        result, target_uri = _through_daemon(daemon, args)
     else:
-        result, target_uri = _here(args, settings, batch)
+        result, target_uri = _here(args, settings)
     token_setting = settings.milvus_token
     if args.json:
         print(json.dumps(result))
@@ -85,7 +83,7 @@ def run_migrate(args: argparse.Namespace, settings: Settings) -> int:
             f"imgwatch: {path}: its vector was missing from the source (`imgwatch reindex` repairs it)",
             file=sys.stderr,
         )
-    if to != LITE and args.token is not None and token_setting != args.token:
+    if to != "lite" and args.token is not None and token_setting != args.token:
         print(
             "imgwatch: set milvus_token (or IMGWATCH_MILVUS_TOKEN) to this token for later runs",
             file=sys.stderr,
@@ -106,13 +104,14 @@ class _Progress:
             print(f"  {done} of {total} files", file=sys.stderr)
 
 
-def _here(args: argparse.Namespace, settings: Settings, batch: int) -> tuple[dict[str, Any], str]:
+def _here(args: argparse.Namespace, settings: Settings) -> tuple[dict[str, Any], str]:
     """The copy in this process (no daemon runs): ``(result, target uri)``."""
-    from imgwatch.migrate import LITE, Stores, migrate, resolve_target, target_store_args
+    from imgwatch.migrate import BATCH, LITE, Stores, check_target, migrate, resolve_target, target_store_args
     from imgwatch.services.build import open_services
     from imgwatch.services.vectors import MilvusVectorStore
 
     to = args.to
+    check_target(to)  # before the data dir is locked
     with open_services(settings, command="migrate", model=False) as services:
         source = services.serving.current.vectors
         here = services.settings
@@ -124,7 +123,7 @@ def _here(args: argparse.Namespace, settings: Settings, batch: int) -> tuple[dic
             result = migrate(
                 services.catalog,
                 Stores(source, here.vectors_uri, target, to),
-                batch=batch,
+                batch=args.batch_size or BATCH,
                 progress=_Progress(),
                 pause=args.pause,
             )
@@ -133,11 +132,13 @@ def _here(args: argparse.Namespace, settings: Settings, batch: int) -> tuple[dic
     return result.as_dict(), target_uri
 
 
-def _through_daemon(daemon: DaemonClient, args: argparse.Namespace, batch: int) -> tuple[dict[str, Any], str]:
+def _through_daemon(daemon: DaemonClient, args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     """The daemon copies while it serves; this follows its progress in ``status``."""
     from imgwatch.ipc import DaemonUnavailableError
 
-    body = {"to": args.to, "token": args.token, "batch": batch, "pause": args.pause}
+    body = {"to": args.to, "token": args.token, "pause": args.pause}
+    if args.batch_size is not None:
+        body["batch"] = args.batch_size
     try:
         started = daemon.request("POST", "/migrate", body)
     except DaemonUnavailableError as e:
