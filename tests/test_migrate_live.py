@@ -67,13 +67,28 @@ def _server_store(library: Library) -> MilvusVectorStore:
     )
 
 
-def _start_migrate(library: Library, to: str, *options: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The migrate commands a test started: none is left running after it, even when it fails."""
+    processes: list[subprocess.Popen[bytes]] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def _start_migrate(
+    started: list[subprocess.Popen[bytes]], library: Library, to: str, *options: str
+) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
         [sys.executable, "-m", "imgwatch", "migrate", "--to", to, "--json", *options],
         env=library.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+    started.append(process)
+    return process
 
 
 def _finished(process: subprocess.Popen[bytes], daemon: RunningDaemon) -> dict[str, Any]:
@@ -118,7 +133,10 @@ def _change_seconds(daemon: RunningDaemon, root: Path) -> float:
 
 
 def test_the_daemon_moves_its_index_to_the_server_and_back_while_serving(
-    daemon_factory: Callable[..., RunningDaemon], library: Library, tmp_path: Path
+    daemon_factory: Callable[..., RunningDaemon],
+    library: Library,
+    started: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
 ) -> None:
     root = tmp_path / "photos"
     _photos(root, distinct=4, copies=12)
@@ -136,15 +154,15 @@ def test_the_daemon_moves_its_index_to_the_server_and_back_while_serving(
     # only the mirrored writes can bring their changes to the server.
     modified, deleted, moved_from = (Path(p) for _, p in sorted(_catalog(library.data_dir).items())[:3])
     old_content = modified.read_bytes()
-    twin = next(p for p in sorted(root.glob("c*.jpg")) if p.read_bytes() == old_content and p != modified)
-    sibling = next(
-        p
-        for p in sorted(root.glob("*.jpg"))
-        if p.read_bytes() == moved_from.read_bytes() and p not in (modified, deleted, moved_from)
-    )
+    changing = (modified, deleted, moved_from)
+    # Files that stay as they are: one with the old content of the modified file, one beside the moved.
+    twin = next(p for p in sorted(root.glob("*.jpg")) if p.read_bytes() == old_content and p not in changing)
+    sibling = next(p for p in sorted(root.glob("*.jpg")) if p not in changing)
     moved = root / "moved.jpg"
 
-    process = _start_migrate(library, library.server.uri, "--batch-size", "1", "--pause", f"{pause:.2f}")
+    process = _start_migrate(
+        started, library, library.server.uri, "--batch-size", "1", "--pause", f"{pause:.2f}"
+    )
     wait_until(lambda: _migration(daemon).get("done", 0) >= 4, timeout=120, interval=0.05)
     added = write_photo(root / "added.jpg", 50, SIZE)
     write_photo(modified, 51, SIZE)  # new content: its old vector must not survive
@@ -191,7 +209,7 @@ def test_the_daemon_moves_its_index_to_the_server_and_back_while_serving(
     assert not any(h["path"] == str(modified) and h["score"] > 0.999 for h in daemon.search(twin, 30))
 
     # And back to the data dir's Milvus Lite file, with a change while it copies.
-    process = _start_migrate(library, "lite", "--batch-size", "2", "--pause", f"{pause:.2f}")
+    process = _start_migrate(started, library, "lite", "--batch-size", "2", "--pause", f"{pause:.2f}")
     wait_until(lambda: _migration(daemon).get("target", "").endswith("vectors.db"), timeout=60)
     wait_until(lambda: _migration(daemon).get("done", 0) >= 2, timeout=120, interval=0.05)
     late = write_photo(root / "late.jpg", 60, SIZE)
@@ -209,13 +227,16 @@ def test_the_daemon_moves_its_index_to_the_server_and_back_while_serving(
 
 
 def test_a_daemon_killed_mid_copy_resumes_and_recopies_what_changed_meanwhile(
-    daemon_factory: Callable[..., RunningDaemon], library: Library, tmp_path: Path
+    daemon_factory: Callable[..., RunningDaemon],
+    library: Library,
+    started: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
 ) -> None:
     root = tmp_path / "photos"
     _photos(root, distinct=3, copies=13)
     daemon = daemon_factory(root, data_dir=library.data_dir, env=library.env)
     daemon.idle()
-    process = _start_migrate(library, library.server.uri, "--batch-size", "1", "--pause", "0.2")
+    process = _start_migrate(started, library, library.server.uri, "--batch-size", "1", "--pause", "0.2")
     try:
         wait_until(lambda: (_through(library.data_dir) or 0) >= 8, timeout=120, interval=0.02)
     finally:
@@ -250,7 +271,7 @@ def test_a_daemon_killed_mid_copy_resumes_and_recopies_what_changed_meanwhile(
     # changed row again, although it lies below that id.
     daemon = daemon_factory(root, data_dir=library.data_dir, env=library.env)
     daemon.idle()
-    resumed = _finished(_start_migrate(library, library.server.uri), daemon)
+    resumed = _finished(_start_migrate(started, library, library.server.uri), daemon)
     assert resumed["resumed_after"] == through and resumed["recopied"] >= 1
     assert resumed["total"] == len(catalog)
     assert daemon.stop() == 0
