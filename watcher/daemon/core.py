@@ -28,6 +28,7 @@ from imgwatch.daemon.guard import held_deletions
 from imgwatch.daemon.intake import Intake
 from imgwatch.daemon.lifecycle import Heartbeat, install_signal_handlers, ready, stopping
 from imgwatch.daemon.maintenance import Maintenance
+from imgwatch.daemon.migration import LiveMigration, job_runner
 from imgwatch.daemon.ordering import DELETIONS, MAX_DELETE_HOLD_S, Op, OrderedOps
 from imgwatch.daemon.reports import Reports
 from imgwatch.daemon.watches import Watches
@@ -80,11 +81,13 @@ class Daemon:
         self._workers = Workers(self._serving, settings.workers, self._metrics.handling_seconds.time)
         self._reindex = BackgroundReindex(Reindexer(services), services, on_fatal=self._fail)
         self._jobs = Maintenance(settings, self._serving, self._reindex, self._rescan_all, self._fail)
+        self._migration = LiveMigration(services)
         self._heartbeat = Heartbeat()
         self._servers: list[HttpServer] = []
         self._reports = Reports(
             settings, self._serving, self._watches, self._queue_depths, self._stats, self._jobs, self._reindex
         )
+        self._reports.migration = self._migration
         self._control: HttpServer | None = None
         self._control_ops = RootCommands(settings, self._serving, rules, self._watches)
         self._last_root_check = 0.0
@@ -204,6 +207,8 @@ class Daemon:
             ("the jobs", lambda: self._jobs.stop(deadline)),
             # An unfinished reindex resumes from its ledger on the next start: waiting costs time only.
             ("the reindex", lambda: self._reindex.stop(timeout=left)),
+            # As the reindex: a copy cut short resumes from its record when migrate is given again.
+            ("the migration", lambda: self._migration.stop(timeout=left)),
             ("the servers", lambda: stop_all([*self._servers, self._control])),
             ("the socket", self._remove_socket),
             ("the watches", lambda: self._watches.stop(deadline)),
@@ -394,8 +399,12 @@ class Daemon:
             ).inc(),
             status=self._reports.status,
             index=self._control_ops.index,
-            run_job=lambda name: (
-                self._jobs.run(name) | ({"reindex": self._reindex.status()} if name == "reconcile" else {})
+            run_job=job_runner(
+                lambda name: (
+                    self._jobs.run(name)
+                    | ({"reindex": self._reindex.status()} if name == "reconcile" else {})
+                ),
+                self._migration,
             ),
             forget_root=self._control_ops.forget,
         )

@@ -9,6 +9,7 @@ from typing import Any
 
 from imgwatch.config import Settings
 from imgwatch.daemon.maintenance import Maintenance
+from imgwatch.daemon.migration import LiveMigration
 from imgwatch.daemon.watches import Watches
 from imgwatch.reindex import BackgroundReindex
 from imgwatch.services.lazy_extractor import model_loaded
@@ -34,6 +35,8 @@ class Reports:
         self._stats = stats
         self._jobs = jobs
         self._reindex = reindex
+        self.migration: LiveMigration | None = None
+        """The daemon's ``imgwatch migrate``, once wired in: its state goes into :meth:`status`."""
         self._started = time.time()
         self.webhook_url: str | None = None
         self.search_page_url: str | None = None
@@ -59,6 +62,8 @@ class Reports:
             **self._stats.snapshot(),
             "jobs": self._jobs.status(ctx.catalog.last_job_runs()),
             "reindex": self._reindex.status(),
+            # The running (or last) `imgwatch migrate` this daemon carried out: phase, done/total, target.
+            "migration": self.migration.status() if self.migration is not None else None,
         }
 
     def health(self) -> tuple[int, dict[str, Any]]:

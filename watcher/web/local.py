@@ -64,7 +64,9 @@ class LocalSurface:
     """``(threshold, exact)``: look-alike groups, or with ``exact`` the byte-identical ones."""
     index: Callable[[list[str]], Reply]
     invoke: Callable[[dict[str, Any]], Reply]
-    run_job: Callable[[str], Reply]
+    run_job: Callable[..., Reply]
+    """``(name)``: a maintenance job (compact, reconcile); ``("migrate", options)``: start moving the
+    index to another store (:class:`MigrateRequest`'s fields), its progress then in :attr:`status`."""
     forget_root: Callable[[str], Reply]
     verdicts: VerdictCalls | None = None
     """None: this socket records no verdicts (its routes answer 404)."""
@@ -213,6 +215,15 @@ class InvokeRequest(BaseModel):
     payload: dict[str, Any] = Field(description="A webhook body: generic or S3 records.")
 
 
+class MigrateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: str = Field(description="A Milvus server URI, or 'lite' (the data dir's Milvus Lite file).")
+    token: str | None = Field(default=None, description="For the target server; default: milvus_token.")
+    batch: int = Field(default=500, ge=1, le=100_000, description="Vectors copied per batch.")
+    pause: float = Field(default=0.0, ge=0, le=60, description="Seconds between batches.")
+
+
 class ForgetRequest(BaseModel):
     root: str
 
@@ -349,6 +360,13 @@ def local_router(surface: LocalSurface) -> APIRouter:
         if name not in ("compact", "reconcile"):
             raise RequestError(404, f"no such job: {name}")
         return await call(surface.run_job, name)
+
+    @router.post(
+        "/migrate",
+        summary="Start moving the index to another store while serving; its progress is in /status",
+    )
+    async def migrate(request: MigrateRequest) -> Reply:
+        return await call(surface.run_job, "migrate", request.model_dump())
 
     @router.post("/roots/forget", summary="Forget a root and remove its entries")
     async def forget(request: ForgetRequest) -> Reply:
