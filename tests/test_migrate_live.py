@@ -182,6 +182,8 @@ def test_the_daemon_moves_its_index_to_the_server_and_back_while_serving(
     during = _migration(daemon)
     assert during["phase"] == "copying" and during["done"] < during["total"], during  # interleaved
     assert during["mirrored_writes"] >= 3, during
+    text = library.run("status").stdout.decode()
+    assert "migration:  copying, " in text and f"files -> {library.server.uri}" in text, text
 
     result = _finished(process, daemon)
     catalog = _catalog(library.data_dir)

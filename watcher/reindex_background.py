@@ -27,6 +27,7 @@ class BackgroundReindex:
     ends."""
 
     RETRY_S = 300.0
+    PAUSED_RETRY_S = 5.0
 
     def __init__(
         self,
@@ -34,10 +35,13 @@ class BackgroundReindex:
         services: Services,
         *,
         on_fatal: Callable[[StoreAuthError], None] | None = None,
+        paused: Callable[[], str | None] | None = None,
     ) -> None:
         self._reindexer = reindexer
         self._services = services
         self._on_fatal = on_fatal
+        self._paused = paused
+        """Says why no reindex may start now (a migration copies the index), or None."""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._waiting: str | None = None
@@ -71,7 +75,11 @@ class BackgroundReindex:
             self._wake.clear()
             delay: float | None = None
             try:
-                if self._reindexer.pending() is not None:
+                due = self._reindexer.pending() is not None
+                if due and self._paused is not None and (reason := self._paused()) is not None:
+                    # Its switch would replace the store the copy mirrors into: after the copy.
+                    self._waiting, delay = reason, self.PAUSED_RETRY_S
+                elif due:
                     self._waiting = None
                     report = run_recorded(
                         "reindex",

@@ -120,6 +120,10 @@ def _lines(report: dict[str, Any]) -> list[str]:
         lines.append(
             f"reindex:    {reindex['phase']}{done} ({reindex.get('reason') or reindex.get('collection')})"
         )
+    migration = daemon.get("migration")
+    if migration:
+        done = f", {migration['done']}/{migration['total']} files" if migration.get("total") else ""
+        lines.append(f"migration:  {migration['phase']}{done} -> {migration['target']}")
     verbs = {"index": "indexed", "watch": "watched"}
     for root in report["roots"]:
         used = f"{verbs.get(root['command'], root['command'])} {root['last_used_at'][:10]}"

@@ -79,9 +79,11 @@ class Daemon:
         self._files = Coalescer(settings.settle_seconds, self._stat)
         self._ops = OrderedOps()
         self._workers = Workers(self._serving, settings.workers, self._metrics.handling_seconds.time)
-        self._reindex = BackgroundReindex(Reindexer(services), services, on_fatal=self._fail)
-        self._jobs = Maintenance(settings, self._serving, self._reindex, self._rescan_all, self._fail)
         self._migration = LiveMigration(services)
+        self._reindex = BackgroundReindex(
+            Reindexer(services), services, on_fatal=self._fail, paused=self._migration.running
+        )
+        self._jobs = Maintenance(settings, self._serving, self._reindex, self._rescan_all, self._fail)
         self._heartbeat = Heartbeat()
         self._servers: list[HttpServer] = []
         self._reports = Reports(

@@ -89,8 +89,8 @@ class MirroredStore:
     def search(self, queries: Sequence[Vector], k: int) -> list[list[SearchHit]]:
         return list(self.source.search(queries, k))
 
-    def count(self) -> int:
-        return int(self.source.count())
+    def count(self, max_age: float = 0.0) -> int:
+        return int(self.source.count(max_age))
 
     def all_ids(self) -> set[int]:
         return set(self.source.all_ids())
@@ -167,6 +167,13 @@ class LiveMigration:
             )
             self._thread.start()
             return dict(self._state)
+
+    def running(self) -> str | None:
+        """Why a shadow reindex must wait now (a copy runs), or None."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive() and self._state is not None:
+                return f"a migration to {self._state['target']} is running"
+            return None
 
     def status(self) -> Reply | None:
         with self._lock:
