@@ -51,11 +51,14 @@ def cache_with_the_random_init(home: Path) -> Path:
     return home
 
 
-def start_extractor(home: Path, precision: str = "float") -> subprocess.CompletedProcess[str]:
-    """An extractor with ``precision`` in a fresh process, with ``home`` as its user cache dir."""
+def start_extractor(
+    home: Path, precision: str = "float", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """An extractor with ``precision`` in a fresh process, with ``home`` as its user cache dir (and
+    ``env`` added to the environment)."""
     result = subprocess.run(
         [sys.executable, "-c", START, precision],
-        env=os.environ | {"XDG_CACHE_HOME": str(home), "PYTHONPATH": str(REPO)},
+        env=os.environ | (env or {}) | {"XDG_CACHE_HOME": str(home), "PYTHONPATH": str(REPO)},
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -167,17 +170,7 @@ def test_the_fidelity_gate_is_measured_once_per_machine_and_weights(
 def test_kernels_capped_below_bf16_take_fp32_without_measuring(tmp_path: Path, cap: dict[str, str]) -> None:
     """With the vector kernels capped below AVX512, bf16 runs in oneDNN's reference code, hundreds of
     times slower than fp32 (a 2-core VM sat at it for 14 minutes): the CPU's flags must not decide."""
-    home = cache_with_the_random_init(tmp_path / "cache")
-    started = subprocess.run(
-        [sys.executable, "-c", START, "float"],
-        env=os.environ | cap | {"XDG_CACHE_HOME": str(home), "PYTHONPATH": str(REPO)},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
+    started = start_extractor(cache_with_the_random_init(tmp_path / "cache"), "float", env=cap)
 
-    assert started.returncode == 0, started.stderr
     assert started.stdout.strip() == "fp32"
     assert MEASURED not in started.stderr and FROM_CACHE not in started.stderr, started.stderr
