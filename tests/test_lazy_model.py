@@ -52,6 +52,11 @@ def _torch_modules(modules: set[str]) -> set[str]:
     return {m for m in modules if m.split(".")[0] in {"torch", "torchvision"}}
 
 
+def _milvus_modules(modules: set[str]) -> set[str]:
+    """Opening the vector store imports these (Milvus Lite then loads every vector into the process)."""
+    return {m for m in modules if m.split(".")[0] in {"pymilvus", "milvus_lite"}}
+
+
 def _libtorch_mapped(pid: int) -> bool:
     return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
 
@@ -70,10 +75,14 @@ def test_index_with_nothing_to_extract_never_imports_torch(tmp_path: Path, extra
     first, modules = _index(data, root)
     assert (first["added"], first["model_runs"]) == (4, 4)
     assert _torch_modules(modules)  # the check sees torch when the model runs
+    assert _milvus_modules(modules)  # and Milvus when vectors are stored
 
+    # Nothing to do: neither the model nor the vector store is opened (the catalog knows the size
+    # that decides the ANN index, so the pending-reindex check needs no store either).
     unchanged, modules = _index(data, root)
     assert (unchanged["unchanged"], unchanged["model_runs"]) == (4, 0)
     assert not _torch_modules(modules)
+    assert not _milvus_modules(modules)
 
     (root / "moved").mkdir()
     (root / "p0.jpg").rename(root / "moved" / "p0.jpg")
@@ -83,6 +92,7 @@ def test_index_with_nothing_to_extract_never_imports_torch(tmp_path: Path, extra
     changed, modules = _index(data, root)
     assert (changed["moved"], changed["removed"], changed["added"], changed["model_runs"]) == (2, 1, 1, 0)
     assert not _torch_modules(modules)
+    assert _milvus_modules(modules)  # the deletion and the copy's vector need the store
 
     # A new image afterwards: the model loads, and makes the vector an eagerly loaded one makes.
     new = write_photo(root / "new.jpg", seed=40, size=SMALL)

@@ -104,11 +104,12 @@ def plan(roots: Sequence[str], rules: ScanRules, ctx: Context) -> Plan:
     unchanged = 0
     new: list[str] = []
     changes: list[ImageEvent] = []
+    signature = ctx.signature_key  # once: it is a hash of the signature's fields
     for path, stat in present.items():
         record = known.get(path)
         if record is None:
             new.append(path)
-        elif stat is not None and record.is_current(stat, ctx.signature_key):
+        elif stat is not None and record.is_current(stat, signature):
             unchanged += 1
         else:
             changes.append(ImageModified(path))

@@ -108,7 +108,10 @@ class Reindexer:
             # Once per process: for a weights file this hashes ~500 MB.
             self._configured = configured_signature(settings)
         configured = following_index(self._configured, stored)
-        wanted = wanted_index(settings, active, self._services.ctx.vectors.count())
+        # Alone in its collection, the catalog knows the size: a run with nothing else to do need not
+        # open the store (Milvus Lite loads every vector to count them).
+        entities = catalog.vector_count() if settings.node is None else self._services.ctx.vectors.count()
+        wanted = wanted_index(settings, active, entities)
         return next_step(stored, configured, settings.pca, active, wanted)
 
     def progress(self) -> dict[str, Any] | None:

@@ -106,11 +106,14 @@ def run_index(args: argparse.Namespace, settings: Settings) -> int:
 
         from imgwatch.indexer import plan, run_plan
         from imgwatch.services.build import open_services
+        from imgwatch.services.lazy_store import open_now
 
-        with open_services(settings, command="index", rebuild=args.rebuild) as services:
+        with open_services(settings, command="index", rebuild=args.rebuild, lazy_store=True) as services:
             ctx = services.ctx
             work = plan(roots, scan_rules(settings), ctx)
             ctx.catalog.remember_roots(roots, "index")
+            if work.total > work.unchanged:
+                open_now(ctx.vectors)  # before any model load: an unreachable server fails at once
             with tqdm(
                 total=work.total - work.unchanged,
                 unit="img",

@@ -368,6 +368,7 @@ def open_services(
     extractors: Iterable[Extractor] = (),
     rebuild: bool = False,
     model: bool = True,
+    lazy_store: bool = False,
 ) -> Iterator[Services]:
     """Lock the data dir, open the catalog and the serving collection, and ready the model that made it
     (a :class:`LazyExtractor`: loaded when the first image needs it, never for a run that needs none).
@@ -378,7 +379,9 @@ def open_services(
     Passed-in extractors are used and never closed: tests share one VGG16 across many contexts.
     With ``model=False`` no model is loaded and nothing is written: the context's extractor is a
     :class:`NoModel`, for commands that only read stored vectors. A new index's signature is recorded
-    when its model loads (:func:`record_model`).
+    when its model loads (:func:`record_model`). With ``lazy_store``, the vector store is a
+    :class:`~imgwatch.services.lazy_store.LazyStore`: opened at its first use (``index`` of a tree
+    with nothing to store opens none).
     """
     with contextlib.ExitStack() as stack:
         lock = DataDirLock(settings.data_dir, command).acquire()
@@ -404,10 +407,16 @@ def open_services(
             check_signature(stored, configured)
         serving_signature = stored or configured
         index = stored_index(catalog, settings) if stored else _configured_index(settings)
-        # The store first: an unreachable server should fail in a second, not after loading a model.
-        vectors = open_store(
-            settings, catalog, active_collection(catalog, settings), serving_signature.dimension, index
-        )
+        # The store first: an unreachable server should fail in a second, not after loading a model
+        # (a lazy store's user opens it before anything loads the model).
+        collection = active_collection(catalog, settings)
+
+        def store() -> Any:
+            return open_store(settings, catalog, collection, serving_signature.dimension, index)
+
+        from imgwatch.services.lazy_store import LazyStore
+
+        vectors: Any = LazyStore(store, collection) if lazy_store else store()
         stack.callback(vectors.close)
         if model:
             serving = cache.for_signature(

@@ -31,6 +31,7 @@ from imgwatch.services.catalog_tables import (
     JOURNAL,
     LEDGER,
     META,
+    RECORD_COLUMNS,
     ROOTS,
     VERDICTS,
     Base,
@@ -42,6 +43,7 @@ from imgwatch.services.catalog_tables import (
     RootRow,
     VerdictRow,
     db_now,
+    records,
     row_to_record,
 )
 from imgwatch.services.catalog_verdicts import CatalogVerdicts
@@ -156,8 +158,8 @@ class SQLiteCatalog(CatalogJournal, CatalogJobRuns, CatalogRoots, CatalogVerdict
 
     def under(self, root: str) -> Iterator[FileRecord]:
         with self._engine.connect() as conn:
-            rows = conn.execute(sa.select(FILES).where(_under_clause(root)).order_by(FILES.c.path)).all()
-        return iter([row_to_record(row) for row in rows])
+            query = sa.select(*RECORD_COLUMNS).where(_under_clause(root)).order_by(FILES.c.path)
+            return iter(records(conn.execute(query).all()))
 
     def count_under(self, root: str) -> int:
         with self._engine.connect() as conn:
@@ -341,6 +343,13 @@ class SQLiteCatalog(CatalogJournal, CatalogJobRuns, CatalogRoots, CatalogVerdict
             rows = conn.execute(sa.select(FILES.c.state, sa.func.count()).group_by(FILES.c.state))
             found = {FileState(state): n for state, n in rows}
         return {state: found.get(state, 0) for state in FileState}
+
+    def vector_count(self) -> int:
+        """Rows whose vector is in the store: a watcher alone in its collection has that many entities
+        there (reconcile repairs any drift), counted without opening the store."""
+        with self._engine.connect() as conn:
+            query = sa.select(sa.func.count()).select_from(FILES).where(FILES.c.has_vector.is_(True))
+            return int(conn.execute(query).scalar_one())
 
     def failures(self) -> list[FileRecord]:
         with self._engine.connect() as conn:
