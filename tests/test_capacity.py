@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imgwatch.capacity import capacity, describe, lite_limits, machine_memory_bytes
+from imgwatch.capacity import capacity, describe, lite_limits, machine_memory_bytes, pca_auto_threshold
 
 GIB = 2**30
 
@@ -54,3 +54,32 @@ def test_an_ann_index_lifts_the_search_bound_and_memory_then_bounds_it() -> None
     assert ann["search"] > 4 * flat["search"] and ann["memory"] == flat["memory"]
     report = capacity(100_000, 4096, lite=True, memory_bytes=24 * GIB, ann=True)
     assert report is not None and report["bound_by"] == "memory"
+
+
+def test_pca_auto_applies_where_status_starts_to_propose_pca() -> None:
+    for ann in (False, True):
+        at = pca_auto_threshold(4096, 24 * GIB, ann=ann)
+        assert at is not None
+        before = capacity(at - 1, 4096, lite=True, memory_bytes=24 * GIB, ann=ann)
+        there = capacity(at, 4096, lite=True, memory_bytes=24 * GIB, ann=ann)
+        assert before is not None and before["next"] is None
+        assert there is not None and there["next"].startswith("PCA-512")
+        assert "`pca = auto` to have it applied by itself" in there["next"]
+    # Already 512-d or smaller: nothing for it to do.
+    assert pca_auto_threshold(512, 24 * GIB, ann=True) is None
+    # On 24 GiB, 4096-d on an ANN index: half of the ~190,000 that fit in memory.
+    assert 80_000 < pca_auto_threshold(4096, 24 * GIB, ann=True) < 110_000  # type: ignore[operator]
+
+
+def test_status_with_pca_auto_says_when_it_will_project() -> None:
+    at = pca_auto_threshold(4096, 24 * GIB, ann=True)
+    assert at is not None
+    below = capacity(1_000, 4096, lite=True, memory_bytes=24 * GIB, ann=True, pca_auto=True)
+    assert below is not None and below["pca_auto_at"] == at
+    assert describe(below).endswith(f"pca = auto: PCA-512 from {at:,} vectors")
+    given = capacity(
+        1_000, 4096, lite=True, memory_bytes=24 * GIB, ann=True, pca_auto=True, pca_auto_at=5_000
+    )
+    assert given is not None and given["pca_auto_at"] == 5_000
+    there = capacity(at, 4096, lite=True, memory_bytes=24 * GIB, ann=True, pca_auto=True)
+    assert there is not None and f"`pca = auto` applies it at {at:,} vectors" in there["next"]

@@ -249,6 +249,9 @@ def test_numbers_from_the_environment_are_parsed() -> None:
     )
     assert (resolved.batch_size, resolved.poll_interval, resolved.pca) == (4, 2.5, None)
     assert load_settings({}, environ={ENV_PCA: "512"}).pca == 512
+    auto = load_settings({}, environ={ENV_PCA: "Auto", "IMGWATCH_PCA_AUTO_AT": "150000"})
+    assert (auto.pca, auto.pca_auto_at) == ("auto", 150_000)
+    assert load_settings({}, environ={"IMGWATCH_PCA_AUTO_AT": "auto"}).pca_auto_at is None
 
 
 @pytest.mark.parametrize(
@@ -265,8 +268,11 @@ def test_numbers_from_the_environment_are_parsed() -> None:
         ("poll_interval = 0", "poll_interval must be a positive number, not 0"),
         ("settle_seconds = nan", "settle_seconds must be a positive number, not nan"),
         ("pca = 8", "pca must be between 16 and 4095 dimensions, not 8"),
-        ("pca = 512.5", "pca must be a number of dimensions or off, not 512.5"),
-        ("pca = true", "pca must be a number of dimensions or off, not True"),
+        ("pca = 512.5", "pca must be a number of dimensions, auto or off, not 512.5"),
+        ("pca = true", "pca must be a number of dimensions, auto or off, not True"),
+        ("pca = 'sometimes'", "pca must be a number of dimensions, auto or off, not 'sometimes'"),
+        ("pca_auto_at = 0", "pca_auto_at must be a positive integer, not 0"),
+        ("pca_auto_at = 'soon'", "pca_auto_at must be a positive integer, not 'soon'"),
         ("weights = 5", "weights: Input should be a valid string, not 5"),
         ("roots = ['/a', 5]", "roots must be a list of strings, not ['/a', 5]"),
         ("data_dir = ''", "data_dir: an empty path"),

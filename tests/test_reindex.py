@@ -312,6 +312,39 @@ def test_pca_512_projects_the_stored_vectors_and_keeps_the_results(
         assert Reindexer(services).pending() is None
 
 
+def test_pca_auto_projects_to_512_at_its_threshold_and_stays_there(
+    settings: Settings, extractor: VGG16Extractor, tmp_path: Path
+) -> None:
+    root = tmp_path / "many"
+    for seed in range(PCA_PHOTOS):
+        write_photo(root / f"{seed:03d}.jpg", 1000 + seed, (160, 120))
+    with open_services(settings, command="test", extractor=extractor) as services:
+        index(services.ctx, root)
+        _index_derived_vectors(services.ctx, root, PCA_ROWS - PCA_PHOTOS, seed=7)
+    # One vector short of its threshold: full size. (The default threshold, from this machine's
+    # memory, is tens of thousands of vectors away.)
+    for short in (settings.replace(pca="auto", pca_auto_at=PCA_ROWS + 1), settings.replace(pca="auto")):
+        with open_services(short, command="test", extractor=extractor) as services:
+            assert Reindexer(services).pending() is None
+    reached = settings.replace(pca="auto", pca_auto_at=PCA_ROWS)
+    with open_services(reached, command="test", extractor=extractor) as services:
+        reindexer = Reindexer(services)
+        step = reindexer.pending()
+        assert step is not None and (step.mode, step.pca) == (Mode.PROJECT, 512)
+        before = extractor.images_embedded
+        assert reindexer.run() == {"steps": 1, "vectors": PCA_ROWS}
+        assert extractor.images_embedded == before  # projected from the stored vectors
+        signature = services.ctx.extractor.signature
+        assert signature.dimension == 512 and signature.pca.startswith("4096->512:")
+        photo0 = root / "000.jpg"
+        assert _top_path(services, photo0)[0] == str(photo0)
+    # Projected, it stays so, even where the count is below the threshold now: going back would run
+    # the model on every file again.
+    with open_services(short, command="test", extractor=extractor) as services:
+        assert services.ctx.extractor.signature == signature
+        assert Reindexer(services).pending() is None
+
+
 def _search(services: Any, queries: list[Path]) -> list[Any]:
     with services.serving.use() as ctx:
         return search_images([(str(q), q.read_bytes()) for q in queries], ctx, k=10)

@@ -25,6 +25,7 @@ the search stays linear but ~5x cheaper: what is left is Lite's walk over every 
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -40,6 +41,8 @@ MEMORY_SHARE = 0.75
 SEARCH_BUDGET_S = 0.5
 #: From this share of a limit on, ``status`` says what to do next.
 WARN_SHARE = 0.5
+#: What ``status`` proposes, and ``pca = auto`` applies, when full-size vectors no longer fit well.
+PCA_DIMENSION = 512
 
 
 def _by_dimension(table: dict[int, float], dimension: int) -> float:
@@ -74,8 +77,24 @@ def lite_limits(dimension: int, memory_bytes: int, *, ann: bool = False) -> dict
     return {"memory": by_memory, "search": by_search}
 
 
+def pca_auto_threshold(dimension: int, memory_bytes: int, *, ann: bool) -> int | None:
+    """The count of ``dimension``-d vectors from which Milvus Lite no longer holds them comfortably
+    here (:data:`WARN_SHARE` of its limit): where ``status`` starts to propose PCA-512, and where
+    ``pca = auto`` applies it. None for vectors of 512 dimensions or fewer (nothing to gain)."""
+    if dimension <= PCA_DIMENSION:
+        return None
+    return max(1, math.ceil(WARN_SHARE * min(lite_limits(dimension, memory_bytes, ann=ann).values())))
+
+
 def capacity(
-    vectors: int | None, dimension: int, *, lite: bool, memory_bytes: int | None, ann: bool = False
+    vectors: int | None,
+    dimension: int,
+    *,
+    lite: bool,
+    memory_bytes: int | None,
+    ann: bool = False,
+    pca_auto: bool = False,
+    pca_auto_at: int | None = None,
 ) -> dict[str, Any] | None:
     """``status``'s capacity report for a collection of ``vectors`` ``dimension``-d vectors (in an
     ``ann`` index or FLAT), or None for a server (its memory is not this machine's) or where the count
@@ -95,11 +114,19 @@ def capacity(
         "memory_bytes": memory_bytes,
         "next": None,
     }
+    threshold = pca_auto_threshold(dimension, memory_bytes, ann=ann)
+    if pca_auto and threshold is not None:
+        report["pca_auto_at"] = pca_auto_at or threshold
     if vectors >= WARN_SHARE * limit:
-        at_512 = lite_limits(512, memory_bytes, ann=ann)
-        if dimension > 512 and vectors < WARN_SHARE * min(at_512.values()):
+        at_512 = lite_limits(PCA_DIMENSION, memory_bytes, ann=ann)
+        if threshold is not None and vectors < WARN_SHARE * min(at_512.values()):
+            how = (
+                f"`pca = auto` applies it at {report['pca_auto_at']:,} vectors"
+                if pca_auto
+                else "`pca = 512` in the config, or `pca = auto` to have it applied by itself"
+            )
             report["next"] = (
-                f"PCA-512 (`pca = 512` in the config; a shadow reindex with no model run) holds about "
+                f"PCA-512 ({how}; a shadow reindex with no model run) holds about "
                 f"{_roughly(min(at_512.values())):,} vectors here; or a Milvus server "
                 "(`imgwatch migrate --to URI`)"
             )
@@ -121,7 +148,11 @@ def describe(report: dict[str, Any]) -> str:
         f"{report['engine']}: {report['vectors']:,} of about {_roughly(report['limit']):,} "
         f"{report['dimension']}-d vectors {reason}"
     )
-    return line + (f"; next: {report['next']}" if report["next"] else "")
+    if report["next"]:
+        return f"{line}; next: {report['next']}"
+    if "pca_auto_at" in report:
+        return f"{line}; pca = auto: PCA-512 from {report['pca_auto_at']:,} vectors"
+    return line
 
 
 def _roughly(n: int) -> int:
@@ -139,5 +170,7 @@ def add_capacity(report: dict[str, Any]) -> dict[str, Any]:
         lite=report.get("engine") == "Milvus Lite",
         memory_bytes=machine_memory_bytes(),
         ann=index.get("type", "FLAT") != "FLAT",
+        pca_auto=report.get("pca", {}).get("setting") == "auto",
+        pca_auto_at=report.get("pca", {}).get("auto_at"),
     )
     return report

@@ -60,8 +60,9 @@ INDEX_TYPES = ("AUTO", "FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ", "AUTOIN
 SETTING_NAMES = frozenset(
     {
         "data_dir", "weights", "milvus_uri", "milvus_token", "collection", "node", "device",
-        "precision", "batch_size", "pca", "index_type", "index_params", "exact_search_up_to", "include",
-        "exclude", "include_hidden", "follow_symlinks", "roots", "protect", "poll", "poll_roots",
+        "precision", "batch_size", "pca", "pca_auto_at", "index_type", "index_params",
+        "exact_search_up_to", "include", "exclude", "include_hidden", "follow_symlinks", "roots",
+        "protect", "poll", "poll_roots",
         "poll_interval", "settle_seconds", "mass_delete_fraction", "mass_delete_min_files",
         "webhook", "webhook_token", "webhook_hmac_secret", "webhook_max_bytes", "metrics_public",
         "search_page", "search_page_max_bytes", "s3_mounts", "jobs", "max_pixels", "max_file_bytes",

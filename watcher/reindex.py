@@ -35,6 +35,7 @@ from imgwatch.reindex_steps import (
     Step,
     next_step,
     wanted_index,
+    wanted_pca,
 )
 from imgwatch.services.abc import Extractor, ExtractorSignature, Vector
 from imgwatch.services.build import (
@@ -69,6 +70,7 @@ __all__ = [
     "Step",
     "next_step",
     "wanted_index",
+    "wanted_pca",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,7 +114,8 @@ class Reindexer:
         # open the store (Milvus Lite loads every vector to count them).
         entities = catalog.vector_count() if settings.node is None else self._services.ctx.vectors.count()
         wanted = wanted_index(settings, active, entities)
-        return next_step(stored, configured, settings.pca, active, wanted)
+        pca = wanted_pca(settings, stored, active, entities)
+        return next_step(stored, configured, pca, active, wanted)
 
     def progress(self) -> dict[str, Any] | None:
         """What the running (or last) reindex is doing, for ``status``."""

@@ -66,6 +66,25 @@ def next_step(
     return None
 
 
+def wanted_pca(
+    settings: Settings, stored: ExtractorSignature, active: dict[str, Any], entities: int
+) -> int | None:
+    """The PCA size the settings ask for. ``pca = auto``: 512 once the collection has reached
+    ``pca_auto_at`` vectors (by default where Milvus Lite no longer holds full-size ones comfortably
+    in this machine's memory), and whatever size a projected index has: going back to full size
+    would run the model on every file again."""
+    from imgwatch.capacity import PCA_DIMENSION, machine_memory_bytes, pca_auto_threshold
+
+    if settings.pca != "auto":
+        return settings.pca
+    if stored.pca:
+        return stored.dimension
+    threshold = settings.pca_auto_at
+    if threshold is None and settings.uses_milvus_lite and (memory := machine_memory_bytes()) is not None:
+        threshold = pca_auto_threshold(stored.dimension, memory, ann=active["type"] != "FLAT")
+    return PCA_DIMENSION if threshold is not None and entities >= threshold else None
+
+
 def wanted_index(settings: Settings, active: dict[str, Any], entities: int) -> dict[str, Any]:
     """The index the settings ask for. ``index_type = auto`` picks the type by the collection's size;
     automatically sized parameters follow the size too. Both with hysteresis: they change only when

@@ -52,6 +52,7 @@ def gather_status(
         "vectors": 0,
         "extractor": None,
         "configured_weights": settings.weights,
+        "pca": {"setting": settings.pca, "auto_at": settings.pca_auto_at},
         "jobs": {},
         "reindex": None,
         "roots": [],

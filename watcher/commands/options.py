@@ -49,8 +49,9 @@ def common_options() -> argparse.ArgumentParser:
         "--pca",
         metavar="DIM",
         default=None,
-        help="store PCA-projected vectors of DIM dimensions (256 or 512; 'off' for the full 4096), fitted "
-        f"on the indexed vectors; a change reindexes in the background (env {ENV_PCA})",
+        help="store PCA-projected vectors of DIM dimensions (256 or 512; 'off' for the full 4096; 'auto' "
+        "for 512 once the collection outgrows full size, see pca_auto_at), fitted on the indexed "
+        f"vectors; a change reindexes in the background (env {ENV_PCA})",
     )
     group.add_argument(
         "--config",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError, ValidatorFunctionWrapHandler
 from pydantic_core import PydanticCustomError
@@ -110,10 +110,12 @@ def boolean(name: str, value: Any, handler: ValidatorFunctionWrapHandler) -> boo
     return flag
 
 
-def pca(value: Any, handler: ValidatorFunctionWrapHandler) -> int | None:
+def pca(value: Any, handler: ValidatorFunctionWrapHandler) -> int | Literal["auto"] | None:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("off", "none")):
         return None
-    refused = problem(f"pca must be a number of dimensions or off, not {value!r}")
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    refused = problem(f"pca must be a number of dimensions, auto or off, not {value!r}")
     if isinstance(value, bool):
         raise refused
     try:

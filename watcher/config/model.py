@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -56,9 +56,15 @@ class Settings(BaseModel):
     needed); it falls back to ``auto``'s choice where its fidelity gate or the compile fails. int8
     vectors never mix with float ones: switching to or from it reindexes in the background."""
     batch_size: int = 16
-    pca: int | None = None
+    pca: int | Literal["auto"] | None = None
     """Project vectors to this many dimensions with PCA fitted on the index (256 or 512 are typical);
-    ``None`` keeps the model's 4096. Changing it reindexes in the background (see README)."""
+    ``None`` keeps the model's 4096. Changing it reindexes in the background (see README). ``auto``
+    keeps 4096 until the collection reaches ``pca_auto_at`` vectors, then projects it to 512 (a shadow
+    reindex, no model run), and stays there."""
+    pca_auto_at: int | None = None
+    """With ``pca = auto``: the vector count at which PCA-512 is applied. ``None``: where ``status``
+    starts to propose it on Milvus Lite, half of what fits at full size in this machine's memory
+    (:func:`imgwatch.capacity.pca_auto_threshold`); never on a server, whose memory is not ours."""
     index_type: str = "AUTO"
     """``auto``: exact search (FLAT) up to ``exact_search_up_to`` vectors, then an ANN index sized for
     the collection; a change moves the index in the background (a shadow reindex, no model run). Any
@@ -197,8 +203,15 @@ class Settings(BaseModel):
 
     @field_validator("pca", mode="wrap")
     @classmethod
-    def _pca(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> int | None:
+    def _pca(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> int | Literal["auto"] | None:
         return checks.pca(value, handler)
+
+    @field_validator("pca_auto_at", mode="wrap")
+    @classmethod
+    def _pca_auto_at(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> int | None:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+            return None
+        return checks.positive_int("pca_auto_at", value, handler)
 
     @field_validator("s3_mounts", mode="before")
     @classmethod
