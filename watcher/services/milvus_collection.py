@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from imgwatch.errors import ImgwatchError
-from imgwatch.services.milvus_connection import MilvusConnection
+from imgwatch.services.milvus_connection import MilvusConnection, note_write, writes_to
 
 # The store's log lines keep the one name they always had, whichever of its modules writes them.
 log = logging.getLogger("imgwatch.services.vectors")
@@ -33,11 +32,6 @@ _DEFAULT_INDEX_PARAMS: Mapping[str, Mapping[str, Any]] = {
 #: kept it at 1.0 and recall@10 at 0.995 or more, 3.6-10x faster than FLAT at 4096-d.
 AUTO = "AUTO"
 AUTO_ANN = "IVF_FLAT"
-
-
-#: Writes to each Milvus Lite collection by this process. Lite admits one process per file, so a count
-#: taken since the last write is still exact; counting walks every entity in Python.
-_lite_writes: Counter[tuple[str, str]] = Counter()
 
 
 def auto_index_type(entities: int, active_type: str, exact_up_to: int, factor: float) -> str:
@@ -185,14 +179,14 @@ class MilvusCollection:
 
     def _wrote(self) -> None:
         """After each write (under the write lock): counts taken before it are stale."""
-        _lite_writes[(self._uri, self._collection)] += 1
+        note_write(self._uri, self._collection)
 
     def _count_reused(self, count: Callable[[], int], max_age: float) -> int:
         """``count()``, or on Milvus Lite the last count while nothing was written since (or while it
         is younger than ``max_age`` seconds)."""
         if not self._lite:
             return count()
-        writes = _lite_writes[(self._uri, self._collection)]
+        writes = writes_to(self._uri, self._collection)
         last = self._counted
         if last is not None and (last[0] == writes or time.monotonic() - last[1] < max_age):
             return last[2]
@@ -208,7 +202,7 @@ class MilvusCollection:
         with self._write_lock:
             if self._client.has_collection(name):
                 self._client.drop_collection(name)
-                _lite_writes[(self._uri, name)] += 1
+                note_write(self._uri, name)
 
     def close(self) -> None:
         self._connection.close()

@@ -42,6 +42,22 @@ def _release_user(uri: str) -> bool:
         return True
 
 
+#: Writes to each collection by this process, by ``(uri, collection)``. Milvus Lite admits one process
+#: per file, so a Lite count taken since the last write is still exact (counting walks every entity in
+#: Python); every write and every drop, through a store or not, goes through :func:`note_write`.
+_writes: Counter[tuple[str, str]] = Counter()
+
+
+def note_write(uri: str, collection: str) -> None:
+    with _registry_lock:
+        _writes[(uri, collection)] += 1
+
+
+def writes_to(uri: str, collection: str) -> int:
+    with _registry_lock:
+        return _writes[(uri, collection)]
+
+
 def open_connections(uri: str) -> int:
     """How many clients of the Milvus at ``uri`` (stores, and the brief ones that drop collections)
     this process holds open now: each store's own, until it is closed."""
@@ -148,5 +164,6 @@ def drop_collections(uri: str, token: str | None, names: Iterable[str]) -> None:
             if connection.client.has_collection(name):
                 with connection.write_lock:
                     connection.client.drop_collection(name)
+                    note_write(uri, name)
     finally:
         connection.close()
