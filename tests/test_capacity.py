@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imgwatch.capacity import capacity, describe, lite_limits, machine_memory_bytes, pca_auto_threshold
+from imgwatch.capacity import (
+    PCA_AUTO_MIN,
+    capacity,
+    describe,
+    lite_limits,
+    machine_memory_bytes,
+    pca_auto_threshold,
+)
 
 GIB = 2**30
 
@@ -67,6 +74,10 @@ def test_pca_auto_applies_where_status_starts_to_propose_pca() -> None:
         assert "`pca = auto` to have it applied by itself" in there["next"]
     # Already 512-d or smaller: nothing for it to do.
     assert pca_auto_threshold(512, 24 * GIB, ann=True) is None
+    # A machine too small for the daemon itself has no room for vectors at all: auto still waits for
+    # enough vectors to fit a PCA-512 worth keeping (it never goes back).
+    assert lite_limits(4096, 2 * GIB)["memory"] == 0
+    assert pca_auto_threshold(4096, 2 * GIB, ann=True) == PCA_AUTO_MIN == 5_120
     # On 24 GiB, 4096-d on an ANN index: half of the ~190,000 that fit in memory.
     assert 80_000 < pca_auto_threshold(4096, 24 * GIB, ann=True) < 110_000  # type: ignore[operator]
 

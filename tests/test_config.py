@@ -272,6 +272,7 @@ def test_numbers_from_the_environment_are_parsed() -> None:
         ("pca = true", "pca must be a number of dimensions, auto or off, not True"),
         ("pca = 'sometimes'", "pca must be a number of dimensions, auto or off, not 'sometimes'"),
         ("pca_auto_at = 0", "pca_auto_at must be a positive integer, not 0"),
+        ("pca_auto_at = 100", "pca_auto_at must be at least 512 vectors, not 100"),
         ("pca_auto_at = 'soon'", "pca_auto_at must be a positive integer, not 'soon'"),
         ("weights = 5", "weights: Input should be a valid string, not 5"),
         ("roots = ['/a', 5]", "roots must be a list of strings, not ['/a', 5]"),

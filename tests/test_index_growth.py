@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from imgwatch.config import Settings
-from imgwatch.reindex import REBUILD_FACTOR, wanted_index
+from imgwatch.reindex import REBUILD_FACTOR, wanted_index, wanted_pca
+from imgwatch.services.abc import ExtractorSignature
 from tests.conftest import write_photo
 from tests.harness import RunningDaemon, imgwatch_cli, wait_progressing
 
@@ -36,6 +37,17 @@ def test_auto_moves_to_ivf_past_the_bar_and_back_only_well_below_it(tmp_path: Pa
     assert wanted_index(settings, IVF_1001, 1_000_000) == {"type": "IVF_FLAT", "params": {"nlist": 4000}}
     # An explicit type is obeyed at any size.
     assert wanted_index(settings.replace(index_type="flat"), FLAT, 10**6) == FLAT
+    # A collection shared with other watchers keeps its index: one watcher may not replace it.
+    assert wanted_index(settings.replace(node="camera-pc"), FLAT, 10**6) == FLAT
+
+
+def test_pca_auto_never_replaces_a_shared_collection() -> None:
+    full = ExtractorSignature("torchvision.vgg16", "random:0", "fc7", "v1", 4096, "fp32")
+    auto = Settings(pca="auto", pca_auto_at=600)
+    assert wanted_pca(auto, full, FLAT, 600) == 512
+    assert wanted_pca(auto, full, FLAT, 599) is None
+    assert wanted_pca(auto.replace(node="camera-pc"), full, FLAT, 10**6) is None
+    assert wanted_pca(auto.replace(pca=256), full, FLAT, 0) == 256  # an explicit size is obeyed
 
 
 def _ann_index(data_dir: Path) -> dict[str, Any]:

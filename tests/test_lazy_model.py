@@ -103,6 +103,38 @@ def test_index_with_nothing_to_extract_never_imports_torch(tmp_path: Path, extra
     assert_agree(data, root)
 
 
+def test_an_unreachable_server_stops_index_before_the_model_loads(tmp_path: Path) -> None:
+    """The store is opened lazily, but ``index`` with work to do still contacts it first: a server that
+    refuses connections fails the run before torch is imported, and the root is not remembered."""
+    import socket
+
+    from imgwatch.services.catalog import open_catalog
+
+    root, data = tmp_path / "photos", tmp_path / "data"
+    write_photo(root / "new.jpg", 1, size=SMALL)
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = cli_env(data) | {"IMGWATCH_MILVUS_URI": f"http://127.0.0.1:{port}"}
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "imgwatch", "index", str(root)],
+        env=env,
+        capture_output=True,
+        check=False,
+        timeout=300,
+    )
+    stderr = result.stderr.decode()
+    assert result.returncode != 0
+    assert f"cannot open the vector store at http://127.0.0.1:{port}" in stderr
+    assert _milvus_modules(_imported(stderr))  # it did try the store...
+    assert not _torch_modules(_imported(stderr))  # ...before anything loaded the model
+    catalog = open_catalog(data / "catalog.sqlite3")
+    try:
+        assert catalog.root_records() == []
+    finally:
+        catalog.close()
+
+
 def test_a_model_that_cannot_load_stops_index_with_its_error(tmp_path: Path) -> None:
     root, data = tmp_path / "photos", tmp_path / "data"
     write_photo(root / "a.jpg", seed=1, size=SMALL)

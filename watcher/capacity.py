@@ -43,6 +43,9 @@ SEARCH_BUDGET_S = 0.5
 WARN_SHARE = 0.5
 #: What ``status`` proposes, and ``pca = auto`` applies, when full-size vectors no longer fit well.
 PCA_DIMENSION = 512
+#: The fewest vectors ``pca = auto`` projects by itself: a PCA-512 fitted on barely 512 vectors would
+#: stay the index's for good (auto never goes back), so it waits for ten per dimension.
+PCA_AUTO_MIN = 10 * PCA_DIMENSION
 
 
 def _by_dimension(table: dict[int, float], dimension: int) -> float:
@@ -79,11 +82,14 @@ def lite_limits(dimension: int, memory_bytes: int, *, ann: bool = False) -> dict
 
 def pca_auto_threshold(dimension: int, memory_bytes: int, *, ann: bool) -> int | None:
     """The count of ``dimension``-d vectors from which Milvus Lite no longer holds them comfortably
-    here (:data:`WARN_SHARE` of its limit): where ``status`` starts to propose PCA-512, and where
-    ``pca = auto`` applies it. None for vectors of 512 dimensions or fewer (nothing to gain)."""
+    here (:data:`WARN_SHARE` of its limit, memory or search time, whichever comes first): where
+    ``status`` starts to propose PCA-512, and where ``pca = auto`` applies it, but never below
+    :data:`PCA_AUTO_MIN` (on a machine too small for the daemon itself, the limit is 0). None for
+    vectors of 512 dimensions or fewer (nothing to gain)."""
     if dimension <= PCA_DIMENSION:
         return None
-    return max(1, math.ceil(WARN_SHARE * min(lite_limits(dimension, memory_bytes, ann=ann).values())))
+    limit = min(lite_limits(dimension, memory_bytes, ann=ann).values())
+    return max(PCA_AUTO_MIN, math.ceil(WARN_SHARE * limit))
 
 
 def capacity(

@@ -79,6 +79,8 @@ def wanted_pca(
         return settings.pca
     if stored.pca:
         return stored.dimension
+    if settings.node is not None:
+        return None  # a shared collection is never replaced by one watcher (SharedCollectionError)
     threshold = settings.pca_auto_at
     if threshold is None and settings.uses_milvus_lite and (memory := machine_memory_bytes()) is not None:
         threshold = pca_auto_threshold(stored.dimension, memory, ann=active["type"] != "FLAT")
@@ -92,6 +94,10 @@ def wanted_index(settings: Settings, active: dict[str, Any], entities: int) -> d
     from imgwatch.services.vectors import AUTO, auto_index_params, auto_index_type
 
     kind = settings.index_type
+    if kind == AUTO and settings.node is not None:
+        # Shared with other watchers, the collection keeps the index it was made with: one watcher
+        # cannot replace it (SharedCollectionError), and its own share is not the collection's size.
+        return active
     if kind == AUTO:
         kind = auto_index_type(entities, active["type"], settings.exact_search_up_to, REBUILD_FACTOR)
     if settings.index_params and settings.index_type != AUTO:

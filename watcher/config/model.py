@@ -62,9 +62,10 @@ class Settings(BaseModel):
     keeps 4096 until the collection reaches ``pca_auto_at`` vectors, then projects it to 512 (a shadow
     reindex, no model run), and stays there."""
     pca_auto_at: int | None = None
-    """With ``pca = auto``: the vector count at which PCA-512 is applied. ``None``: where ``status``
-    starts to propose it on Milvus Lite, half of what fits at full size in this machine's memory
-    (:func:`imgwatch.capacity.pca_auto_threshold`); never on a server, whose memory is not ours."""
+    """With ``pca = auto``: the vector count at which PCA-512 is applied (at least 512). ``None``:
+    where ``status`` starts to propose it on Milvus Lite, half of what it holds at full size on this
+    machine, by memory or search time (:func:`imgwatch.capacity.pca_auto_threshold`); never on a
+    server, whose memory is not ours. Never in a shared collection (``node``): see wanted_pca."""
     index_type: str = "AUTO"
     """``auto``: exact search (FLAT) up to ``exact_search_up_to`` vectors, then an ANN index sized for
     the collection; a change moves the index in the background (a shadow reindex, no model run). Any
@@ -211,7 +212,10 @@ class Settings(BaseModel):
     def _pca_auto_at(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> int | None:
         if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
             return None
-        return checks.positive_int("pca_auto_at", value, handler)
+        at = checks.positive_int("pca_auto_at", value, handler)
+        if at < 512:  # a PCA-512 needs at least as many vectors as dimensions to be fitted at all
+            raise checks.problem(f"pca_auto_at must be at least 512 vectors, not {at}")
+        return at
 
     @field_validator("s3_mounts", mode="before")
     @classmethod
