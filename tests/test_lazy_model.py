@@ -94,6 +94,14 @@ def test_index_with_nothing_to_extract_never_imports_torch(tmp_path: Path, extra
     assert not _torch_modules(modules)
     assert _milvus_modules(modules)  # the deletion and the copy's vector need the store
 
+    # Moves alone touch only the catalog: the store is not opened, and the vector is the file's still.
+    before = _stored_vector(data, root / "p1-renamed.jpg")
+    (root / "p1-renamed.jpg").rename(root / "moved" / "p1.jpg")
+    moved, modules = _index(data, root)
+    assert (moved["moved"], moved["added"], moved["removed"], moved["model_runs"]) == (1, 0, 0, 0)
+    assert not _milvus_modules(modules)
+    assert np.array_equal(_stored_vector(data, root / "moved" / "p1.jpg"), before)
+
     # A new image afterwards: the model loads, and makes the vector an eagerly loaded one makes.
     new = write_photo(root / "new.jpg", seed=40, size=SMALL)
     added, modules = _index(data, root)

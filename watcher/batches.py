@@ -71,6 +71,8 @@ class BatchVectors(Protocol):
 
     def present(self, ids: Iterable[int]) -> set[int]: ...
 
+    def movable(self, ids: Iterable[int]) -> set[int]: ...
+
     def rename(self, items: Sequence[tuple[int, str]]) -> None: ...
 
 
@@ -146,7 +148,7 @@ def _moves(group: list[ImageEvent], ctx: Context) -> Result:
     moves = cast("list[ImageMoved]", group)
     catalog, vectors = batch_catalog(ctx), batch_vectors(ctx)
     sources = catalog.get_by_paths(m.src_path for m in moves)
-    stored = vectors.present(r.id for r in sources.values() if r.has_vector)
+    stored = vectors.movable(r.id for r in sources.values() if r.has_vector)
     # Moved from a path never indexed, or with no vector to carry: image_moved decides (as new).
     carried = [(m, r) for m in moves if (r := sources.get(m.src_path)) is not None and r.id in stored]
     moved_ids = {r.id for _, r in carried}

@@ -111,7 +111,7 @@ def run_index(args: argparse.Namespace, settings: Settings) -> int:
         with open_services(settings, command="index", rebuild=args.rebuild, lazy_store=True) as services:
             ctx = services.ctx
             work = plan(roots, scan_rules(settings), ctx)
-            if work.total > work.unchanged:
+            if work.changes or work.deletions:  # moves alone need no store (LazyStore.movable)
                 open_now(ctx.vectors)  # before any model load: an unreachable server fails at once
             ctx.catalog.remember_roots(roots, "index")  # once the store is known to answer
             with tqdm(

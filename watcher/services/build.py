@@ -416,7 +416,7 @@ def open_services(
 
         from imgwatch.services.lazy_store import LazyStore
 
-        vectors: Any = LazyStore(store, collection) if lazy_store else store()
+        vectors: Any = LazyStore(store, collection, alone=settings.node is None) if lazy_store else store()
         stack.callback(vectors.close)
         if model:
             serving = cache.for_signature(

@@ -235,6 +235,10 @@ class MilvusVectorStore(MilvusCollection):
             found.update(self._row(int(row["id"])) for row in rows)
         return found
 
+    def movable(self, ids: Iterable[int]) -> set[int]:
+        """Which of ``ids`` a move can carry to a new path: those with an entity here."""
+        return self.present(ids)
+
     def ids_for_path(self, path: str) -> list[int]:
         """Keys of entities whose stored path is ``path`` (for repairs when the catalog lost track)."""
         own = self._own_filter()
