@@ -28,6 +28,7 @@ Writes ``results/million.json`` and ``.md`` (``million_quick.*`` with ``--quick`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -294,6 +295,7 @@ def daemon_search(settings: Settings, query: bytes, count: int, server: int | No
         ready_s = time.monotonic() - started
         client.search([("warm-up", query)], 10)
         times = []
+        cpu_before, wall_before = server_cpu_s(server) if server else 0.0, time.monotonic()
         for _ in range(count):
             clock = time.perf_counter()
             [result] = client.search([("query", query)], 10)
@@ -306,6 +308,10 @@ def daemon_search(settings: Settings, query: bytes, count: int, server: int | No
             "daemon_rss_mib": _peak_rss_mib(process.pid),
         }
         if server is not None:
+            # The server's share of the 2 cores while the daemon searched: what VGG16 did not get.
+            row["server_cpu_share"] = round(
+                (server_cpu_s(server) - cpu_before) / (time.monotonic() - wall_before), 2
+            )
             row |= server_memory(server)
     finally:
         process.send_signal(signal.SIGTERM)
@@ -313,8 +319,8 @@ def daemon_search(settings: Settings, query: bytes, count: int, server: int | No
     return row
 
 
-def server_memory(launcher_pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (MiB) of the milvus processes under ``launcher_pid`` (``unshare``), summed."""
+def _milvus_pids(launcher_pid: int) -> list[int]:
+    """The milvus processes under ``launcher_pid`` (``unshare``)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -323,21 +329,38 @@ def server_memory(launcher_pid: int) -> dict[str, int]:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
-    todo, rss, hwm = [launcher_pid], 0, 0
+    todo, found = [launcher_pid], []
     while todo:
         pid = todo.pop()
         todo += children.get(pid, [])
         try:
-            if not (Path(f"/proc/{pid}/comm").read_text().startswith("milvus")):
-                continue
-            status = Path(f"/proc/{pid}/status").read_text().splitlines()
+            if Path(f"/proc/{pid}/comm").read_text().startswith("milvus"):
+                found.append(pid)
         except OSError:
             continue
-        for line in status:
-            if line.startswith("VmRSS:"):
-                rss += int(line.split()[1])
-            elif line.startswith("VmHWM:"):
-                hwm += int(line.split()[1])
+    return found
+
+
+def server_cpu_s(launcher_pid: int) -> float:
+    """CPU seconds (user + system) the milvus processes have used so far."""
+    ticks = 0
+    for pid in _milvus_pids(launcher_pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def server_memory(launcher_pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (MiB) of the milvus processes, summed."""
+    rss = hwm = 0
+    for pid in _milvus_pids(launcher_pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    hwm += int(line.split()[1])
     return {"server_rss_mib": rss // 1024, "server_hwm_mib": hwm // 1024}
 
 
@@ -408,7 +431,9 @@ def report(rows: list[dict[str, Any]], notes: list[str], out: Path, name: str) -
         "many catalog rows; the index `index_type = auto` gives each size. Server: Milvus 2.3.5 standalone, "
         "a fresh one per size, over a Unix socket. Daemon search: one 2 MP JPEG through a warm "
         "`imgwatch watch` "
-        "(VGG16, PCA, store, catalog), k=10. Store search: the vector store's own search in process, k=18.",
+        "(VGG16, PCA, store, catalog), k=10. Store search: the vector store's own search in process, k=18 "
+        "(imgwatch's Strong consistency; the same search at Bounded beside it). Server CPU: cores the milvus "
+        "processes used while the daemon searched.",
         "",
         f"Insert: upserts of {COPY_BATCH} vectors (a burst of copies); single-vector upserts (the indexing "
         f"handler, one per new file) and upserts of {REINDEX_BATCH} (reindex) on a side collection.",
@@ -422,14 +447,16 @@ def report(rows: list[dict[str, Any]], notes: list[str], out: Path, name: str) -
             f"## {'Milvus 2.3.5 server' if engine == 'server' else 'Milvus Lite'}",
             "",
             "| vectors | index | insert vectors/s (x256) | x1 | x32 | index build "
-            "| store p50 / p95 (Bounded p50) | daemon p50 / p95 | daemon RSS | server RSS (peak) "
+            "| store p50 / p95 (Bounded p50) | daemon p50 / p95 | daemon RSS | server RSS (peak); CPU "
             "| daemon ready |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in mine:
             index = r["index"]["type"] + "".join(f" nlist {v}" for k, v in r["index"]["params"].items())
             server = (
-                f"{r['server_rss_mib']:,} MiB ({r['server_hwm_mib']:,})" if "server_rss_mib" in r else "-"
+                f"{r['server_rss_mib']:,} MiB ({r['server_hwm_mib']:,}); {r['server_cpu_share']} cores"
+                if "server_rss_mib" in r
+                else "-"
             )
             lines.append(
                 f"| {r['vectors']:,} | {index} | {r['insert_vectors_per_s']:,} | "
