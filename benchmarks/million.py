@@ -452,9 +452,10 @@ def report(rows: list[dict[str, Any]], notes: list[str], out: Path, name: str) -
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in mine:
-            index = r["index"]["type"] + "".join(f" nlist {v}" for k, v in r["index"]["params"].items())
+            index = r["index"]["type"] + "".join(f" {k} {v}" for k, v in r["index"]["params"].items())
             server = (
-                f"{r['server_rss_mib']:,} MiB ({r['server_hwm_mib']:,}); {r['server_cpu_share']} cores"
+                f"{r['server_rss_mib']:,} MiB ({r['server_hwm_mib']:,}); "
+                f"{r.get('server_cpu_share', '?')} cores"
                 if "server_rss_mib" in r
                 else "-"
             )
