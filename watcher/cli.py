@@ -116,7 +116,9 @@ def _run(args: argparse.Namespace) -> int:
         command: Command = args.run
         return command(args, settings)
     except ImgwatchError as e:
-        print(f"imgwatch: error: {e}", file=sys.stderr)
+        # One write, newline included: a thread still importing torch (whose -X importtime lines, or
+        # log lines, go to stderr too) cannot land between the message and its line end.
+        print(f"imgwatch: error: {e}\n", end="", file=sys.stderr)
         return exit_status(e)
     except KeyboardInterrupt:
         print("imgwatch: interrupted", file=sys.stderr)
