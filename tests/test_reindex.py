@@ -266,12 +266,17 @@ def _index_derived_vectors(ctx: Context, folder: Path, count: int, seed: int) ->
         ctx.catalog.mark_indexed(record.id, blob, ctx.signature_key)
 
 
+def _pca_photos(root: Path) -> Path:
+    """The :data:`PCA_PHOTOS` photos indexed for real in the PCA tests, in ``root``."""
+    for seed in range(PCA_PHOTOS):
+        write_photo(root / f"{seed:03d}.jpg", 1000 + seed, (160, 120))
+    return root
+
+
 def test_pca_512_projects_the_stored_vectors_and_keeps_the_results(
     settings: Settings, extractor: VGG16Extractor, tmp_path: Path
 ) -> None:
-    root = tmp_path / "many"
-    for seed in range(PCA_PHOTOS):
-        write_photo(root / f"{seed:03d}.jpg", 1000 + seed, (160, 120))
+    root = _pca_photos(tmp_path / "many")
     # The same scenes at another size: each query's own photo is its best match, with or without PCA.
     own = {
         write_photo(tmp_path / "queries" / f"q{seed}.jpg", 1000 + seed, (200, 150)): root / f"{seed:03d}.jpg"
@@ -315,9 +320,7 @@ def test_pca_512_projects_the_stored_vectors_and_keeps_the_results(
 def test_pca_auto_projects_to_512_at_its_threshold_and_stays_there(
     settings: Settings, extractor: VGG16Extractor, tmp_path: Path
 ) -> None:
-    root = tmp_path / "many"
-    for seed in range(PCA_PHOTOS):
-        write_photo(root / f"{seed:03d}.jpg", 1000 + seed, (160, 120))
+    root = _pca_photos(tmp_path / "many")
     with open_services(settings, command="test", extractor=extractor) as services:
         index(services.ctx, root)
         _index_derived_vectors(services.ctx, root, PCA_ROWS - PCA_PHOTOS, seed=7)
