@@ -184,6 +184,13 @@ class MeasuredDaemon(Daemon):
             time.sleep(0.05)
         return time.monotonic()
 
+    def store_open(self) -> float:
+        """When ``status`` first says the daemon's vector store is open (it loads in the background
+        at start-up; searches wait for it)."""
+        while (status := self._status()) is None or status.get("store") == "opening":
+            time.sleep(0.1)
+        return time.monotonic()
+
     def caught_up(self, stall_s: float = 300.0) -> float:
         """The monotonic time of the first status that found the daemon idle (nothing queued,
         running or journalled) and after which the catalog named exactly the files on disk.

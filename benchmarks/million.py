@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
-from search_latency import WEIGHTS, _cpu, _peak_rss_mib, _percentile, _synthetic
+from search_latency import WEIGHTS, _cpu, _peak_rss_mib, _percentile, _synthetic, synthetic_rows
 
 from imgwatch.batches import BATCH as COPY_BATCH
 from imgwatch.config import Settings
@@ -115,26 +115,10 @@ def fill(settings: Settings, size: int, index: dict[str, Any], transform: PCATra
         catalog = services.catalog
         catalog.set_meta(COLLECTION_META_KEY, f"{settings.collection}_1")
         catalog.set_meta(GENERATION_META_KEY, "1")
-        now = datetime.now(UTC).replace(tzinfo=None)
         for start in range(0, size, CHUNK):
             with catalog.engine.begin() as conn:
                 conn.execute(
-                    sa.insert(FILES),
-                    [
-                        {
-                            "path": f"/synthetic/{i:07d}.jpg".encode(),
-                            "size": 1,
-                            "mtime_ns": 1,
-                            "content_hash": f"{i:032x}",
-                            "state": "indexed",
-                            "has_vector": True,
-                            "signature": signature.key,
-                            "created_at": now,
-                            "updated_at": now,
-                            "indexed_at": now,
-                        }
-                        for i in range(start, min(size, start + CHUNK))
-                    ],
+                    sa.insert(FILES), synthetic_rows(range(start, min(size, start + CHUNK)), signature.key)
                 )
         catalog.set_meta(SIGNATURE_META_KEY, signature.to_json())
         catalog.set_meta(INDEX_META_KEY, json.dumps(index))

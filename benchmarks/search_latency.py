@@ -63,6 +63,26 @@ def _percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
+def synthetic_rows(ids: range, signature_key: str) -> list[dict[str, Any]]:
+    """Catalog rows for the synthetic files ``ids``, indexed with vectors of ``signature_key``."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    return [
+        {
+            "path": f"/synthetic/{i:07d}.jpg".encode(),
+            "size": 1,
+            "mtime_ns": 1,
+            "content_hash": f"{i:032x}",
+            "state": "indexed",
+            "has_vector": True,
+            "signature": signature_key,
+            "created_at": now,
+            "updated_at": now,
+            "indexed_at": now,
+        }
+        for i in ids
+    ]
+
+
 def _synthetic(rng: np.random.Generator, count: int) -> np.ndarray:
     """Non-negative, unit-length 4096-d vectors with shared structure, like fc7 activations."""
     basis = rng.random((64, 4096), dtype=np.float32)
@@ -87,26 +107,8 @@ def fill(data_dir: Path, size: int, pca: int | None) -> None:
             # The projected vectors need a collection of their size: point the catalog at a new one.
             services.catalog.set_meta(COLLECTION_META_KEY, f"{settings.collection}_1")
             services.catalog.set_meta(GENERATION_META_KEY, "1")
-        now = datetime.now(UTC).replace(tzinfo=None)
         with services.catalog.engine.begin() as conn:
-            conn.execute(
-                sa.insert(FILES),
-                [
-                    {
-                        "path": f"/synthetic/{i:07d}.jpg".encode(),
-                        "size": 1,
-                        "mtime_ns": 1,
-                        "content_hash": f"{i:032x}",
-                        "state": "indexed",
-                        "has_vector": True,
-                        "signature": signature.key,
-                        "created_at": now,
-                        "updated_at": now,
-                        "indexed_at": now,
-                    }
-                    for i in range(size)
-                ],
-            )
+            conn.execute(sa.insert(FILES), synthetic_rows(range(size), signature.key))
         services.catalog.set_meta(SIGNATURE_META_KEY, signature.to_json())
     # Reopen so the store is created with the signature's dimension; no model is needed to upsert.
     settings = settings.replace(pca=pca)

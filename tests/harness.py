@@ -101,7 +101,9 @@ class RunningDaemon:
         def settled() -> dict[str, Any] | None:
             nonlocal last, progress_at
             status = self.status()
-            busy = any(status["queue"].values()) or status["journal"]["pending"]
+            # A daemon still loading its collection in the background counts no vectors yet.
+            opening = status["store"] == "opening"
+            busy = any(status["queue"].values()) or status["journal"]["pending"] or opening
             mark = (status["model_runs"], sorted(status["outcomes"].items()), status["journal"]["pending"])
             if mark != last:
                 last, progress_at = mark, time.monotonic()

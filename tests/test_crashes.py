@@ -166,9 +166,10 @@ class Writer:
 def activity(status: dict[str, Any] | None, writing: bool) -> str:
     """What the daemon was doing by its last answer before the kill, and whether files were changing."""
     if status is None:
-        doing = ["start-up"]  # stores, model, journal replay, watches: the control socket comes last
+        doing = ["start-up"]  # catalog, journal replay, watches: the control socket comes last
     else:
-        queue, doing = status["queue"], []
+        # The vector store opens in the background after the socket answers: still starting.
+        queue, doing = status["queue"], ["start-up"] if status["store"] == "opening" else []
         doing += ["scan"] if queue["scanning"] else []
         doing += ["extraction"] if queue["in_flight"] else []
         doing += (
@@ -194,7 +195,8 @@ class Timeline:
     locked: float
     """The daemon holds the data dir: from here on it may write (before: interpreter and imports)."""
     answered: float
-    """Its control socket answers: start-up is over (stores opened, model loaded, journal replayed)."""
+    """Its control socket answers: start-up is nearly over (journal replayed, watches set; the vector
+    store may still be opening, in the background)."""
     first_run: float
     """The model's first result: the start-up scan and the first reads are before it."""
     writes: float
@@ -204,11 +206,13 @@ class Timeline:
     idle: float
 
     def phases(self) -> dict[str, tuple[str, float, float]]:
-        """Each phase as ``(anchor, from, to)``: seconds after the daemon's start, or (the phases after
-        start-up) after it first answered: start-up takes longer with a backlog, and varies most."""
+        """Each phase as ``(anchor, from, to)``: seconds after the killed daemon took the data dir's lock
+        (start-up), or after it first answered (the rest): start-up takes longer with a backlog, and
+        varies most."""
         after = self.answered
         return {
-            "start-up": ("start", self.locked, self.answered),
+            # After this round's own lock: the interpreter's start varies most, and is not start-up.
+            "start-up": ("locked", 0.0, max(self.answered - self.locked, 0.05)),
             "scan": ("answered", 0.0, max(self.first_run - after, 0.2)),
             "extraction": ("answered", self.first_run - after, self.idle - after),
             "journal writes": ("answered", self.writes - after, self.writes_end - after + 0.2),
@@ -249,7 +253,13 @@ def run_round(
             )
             return measured, {}
         anchor, offset = kill
-        kill_at = offset + (observer.answered_s or 0.0) if anchor == "answered" else offset
+        if anchor == "locked":
+            wait_until(
+                lambda: observer.locked_s is not None or daemon.process.poll() is not None, timeout=600
+            )
+            assert daemon.process.poll() is None, daemon.log.read_text()
+        anchors = {"answered": observer.answered_s, "locked": observer.locked_s}
+        kill_at = offset + (anchors.get(anchor) or 0.0)
         time.sleep(max(0.0, started + kill_at - time.monotonic()))
         hit = activity(observer.last, writer.active())
         daemon.process.kill()
@@ -283,6 +293,11 @@ def test_kill_9_at_20_random_instants_of_ingest_loses_and_doubles_nothing(
         write_photo(root / f"s{number:02d}.jpg", 9000 + number, SIZE)
     catalog = tmp_path / "data" / "catalog.sqlite3"
 
+    # A first start reads torch and the rest from a cold disk cache: seconds, which every later start
+    # (killed ones included) skips, and the timeline below would be measured on it.
+    (tmp_path / "warm").mkdir()
+    warm = daemon_factory(tmp_path / "warm", data_dir=tmp_path / "warm-data")
+    assert warm.stop() == 0
     down, live = plan_round(rng, root, 0)
     measured, _ = run_round(daemon_factory, root, down, live, None)
     assert measured is not None
@@ -316,7 +331,7 @@ def test_kill_9_at_20_random_instants_of_ingest_loses_and_doubles_nothing(
     assert_agree(again.data_dir, root)
     # The kills hit what they were aimed at: a daemon still starting, events journalled and not yet
     # handled, rows marked pending whose vector was not stored yet.
-    assert any(k["hit"] == "start-up" for k in kills), kills
+    assert any("start-up" in k["hit"].split("+") for k in kills), kills
     assert any(k["journal_left"] for k in kills), kills
     assert any(k["pending_rows"] for k in kills), kills
 

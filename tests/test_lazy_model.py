@@ -219,3 +219,44 @@ def test_daemon_on_an_unchanged_tree_loads_no_model_until_a_new_image(
     assert daemon.stop() == 0
     assert float(np.dot(_stored_vector(data, new), extractor.embed(new.read_bytes()))) > 0.9999
     assert_agree(data, root)
+
+
+def test_the_daemon_opens_its_store_behind_status_and_searches_wait_for_it(
+    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
+) -> None:
+    """``watch`` opens the vector store in a thread of its own once it runs: at 100,000 4096-d vectors
+    Milvus Lite loads for about 30 s, which status and an unchanged tree's catch-up need not wait for.
+    Until it is open, status counts no vectors and says so; a search waits for it, then answers."""
+    root, data = tmp_path / "photos", tmp_path / "data"
+    photo = write_photo(root / "a.jpg", seed=1, size=SMALL)
+    write_photo(root / "b.jpg", seed=2, size=SMALL)
+    _index(data, root)
+    daemon = daemon_factory(root, data_dir=data)
+    first = daemon.status()
+    assert first["store"] in {"opening", "open"}
+    assert (first["vectors"] is None) == (first["store"] == "opening"), first
+    [best, *_] = daemon.search(photo, k=2)
+    assert best["path"] == str(photo)
+    status = daemon.idle()
+    assert status["store"] == "open" and status["vectors"] == 2, status
+    assert "vector store open (collection" in daemon.log.read_text()
+
+
+def test_an_unreachable_server_stops_the_daemon_with_its_error(
+    daemon_factory: Callable[..., RunningDaemon], tmp_path: Path
+) -> None:
+    """Opened in the background, a store that cannot be opened still stops ``watch`` with the error
+    and the exit status of an eager open (systemd restarts it: tests/test_systemd.py)."""
+    import socket
+
+    from imgwatch.cli import EXIT_FATAL
+
+    root = tmp_path / "photos"
+    write_photo(root / "new.jpg", 1, size=SMALL)
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    daemon = daemon_factory(root, env={"IMGWATCH_MILVUS_URI": uri}, wait=False)
+    assert daemon.process.wait(timeout=300) == EXIT_FATAL
+    assert f"cannot open the vector store at {uri}" in daemon.log.read_text()

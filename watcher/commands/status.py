@@ -99,6 +99,8 @@ def _lines(report: dict[str, Any]) -> list[str]:
         f"files:      {files['indexed']} indexed, {files['pending']} pending, {files['failed']} failed",
         f"in Milvus:  {vectors if vectors is not None else unknown}",
     ]
+    if daemon.get("store") == "opening":
+        lines[-1] = "in Milvus:  not counted yet: the daemon is still loading the collection (searches wait)"
     if report.get("capacity"):
         from imgwatch.capacity import describe
 

@@ -91,7 +91,9 @@ def run_watch(args: argparse.Namespace, settings: Settings) -> int:
                 raise ImgwatchError(
                     f"refusing to listen on {host} ({option}) without a token: set IMGWATCH_WEBHOOK_TOKEN"
                 )
-    with open_services(settings, command="watch") as services:
+    # The store opens in the background once the daemon runs (Daemon._open_store): at 100,000
+    # vectors Milvus Lite takes half a minute to load, which start-up and status need not wait for.
+    with open_services(settings, command="watch", lazy_store=True) as services:
         services.catalog.remember_roots(roots, "watch")
         daemon = Daemon(services, roots, scan_rules(settings))
         try:

@@ -13,6 +13,7 @@ from imgwatch.daemon.migration import LiveMigration
 from imgwatch.daemon.watches import Watches
 from imgwatch.reindex import BackgroundReindex
 from imgwatch.services.lazy_extractor import model_loaded
+from imgwatch.services.lazy_store import store_opening
 from imgwatch.serving import Serving
 from imgwatch.stats import DaemonStats
 
@@ -50,6 +51,9 @@ class Reports:
             # Exact once the queue is empty; while it is not, recounted at most once a second:
             # Milvus Lite counts by walking every entity, and status is polled.
             "vectors": self._vector_count(max_age=1.0 if any(queue.values()) else 0.0),
+            # "opening" while the daemon loads its collection in the background (Milvus Lite reads
+            # every vector into memory: about 30 s at 100,000 x 4096-d); searches wait for it.
+            "store": "opening" if store_opening(ctx.vectors) else "open",
             "model_runs": ctx.extractor.images_embedded,
             # Loaded when the first image is due: a daemon with nothing to extract never loads it.
             "model_loaded": model_loaded(ctx.extractor),
@@ -67,6 +71,8 @@ class Reports:
         }
 
     def health(self) -> tuple[int, dict[str, Any]]:
+        if store_opening(self._serving.current.vectors):
+            return 503, {"status": "starting", "store": "opening", "queue": self._queue()}
         try:
             vectors = self._serving.current.vectors.count()
         except Exception as e:  # noqa: BLE001 - reported, not raised: this is the health check
@@ -74,6 +80,8 @@ class Reports:
         return 200, {"status": "ok", "store": "reachable", "vectors": vectors, "queue": self._queue()}
 
     def _vector_count(self, max_age: float) -> int | None:
+        if store_opening(self._serving.current.vectors):
+            return None  # status must not wait for Milvus Lite to load (tens of seconds at 100k)
         try:
             return self._serving.current.vectors.count(max_age)
         except Exception:  # noqa: BLE001 - a Milvus server that is down: report, do not fail status

@@ -36,6 +36,10 @@ class LazyStore:
     def opened(self) -> bool:
         return self._store is not None
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def open(self) -> Any:
         """The store, opened now if it was not yet."""
         store = self._store
@@ -75,6 +79,12 @@ class LazyStore:
             store, self._store, self._closed = self._store, None, True
         if store is not None:
             store.close()
+
+
+def store_opening(store: object) -> bool:
+    """Whether ``store`` is a :class:`LazyStore` not opened yet (a daemon opens its own in the
+    background: a search or a status must not wait on it unknowingly)."""
+    return isinstance(store, LazyStore) and not store.opened and not store.closed
 
 
 def open_now(store: object) -> None:
