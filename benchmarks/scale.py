@@ -22,7 +22,8 @@ Every ``index`` is timed as a whole process (start-up included); peak RSS is tha
 ``ru_maxrss`` from ``os.wait4``; the daemon's is VmHWM/VmRSS from ``/proc/PID/status``. Times
 through the daemon run from just before the change (or the start) until a status finds it idle
 and the catalog then names exactly the files on disk. ``IMGWATCH_WEIGHTS=random:0``. Writes
-``results/scale.json`` and ``scale.md`` (or under ``$IMGWATCH_BENCH_RESULTS``) and prints the
+``results/scale.json`` and ``scale.md`` for 20,000 files, ``scale-100k.*`` for 100,000 (``scale-Nk``),
+``scale_quick.*`` with ``--quick`` (or under ``$IMGWATCH_BENCH_RESULTS``) and prints the
 Markdown. With ``--keep DIR`` the tree is built in DIR once and reused (the script puts it back
 as it found it); the data dir is always new.
 """
@@ -305,12 +306,14 @@ def main() -> None:
         "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
     }
     out = Path(os.environ.get("IMGWATCH_BENCH_RESULTS", HERE / "results"))
+    # A smoke run never overwrites the figures of a real one, and a 100,000-file run not a 20,000 one.
+    name = "scale_quick" if args.quick else "scale" if files == 20000 else f"scale-{files // 1000}k"
 
     def save(results: dict[str, Any]) -> None:
         run_info["results"] = results
         out.mkdir(parents=True, exist_ok=True)
-        (out / "scale.json").write_text(json.dumps(run_info, indent=1) + "\n")
-        (out / "scale.md").write_text(markdown(run_info))
+        (out / f"{name}.json").write_text(json.dumps(run_info, indent=1) + "\n")
+        (out / f"{name}.md").write_text(markdown(run_info))
 
     run(layout, args.keep, Results(save))
     print(markdown(run_info))
