@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from imgwatch import batches
@@ -132,38 +132,76 @@ def _pair_moves(
 
     Only new files whose size equals a vanished file's are read (and hashed) here.
     """
-    by_size: dict[int, list[FileRecord]] = defaultdict(list)
-    for record in vanished:
-        if record.content_hash and record.has_vector:
-            by_size[record.size].append(record)
-    if not by_size:
+    gone = _Vanished(record for record in vanished if record.content_hash and record.has_vector)
+    if not gone:
         return [], new, vanished
     moves: list[ImageMoved] = []
     moved_from: set[int] = set()
     still_new: list[str] = []
     for path in new:
         stat = present[path]
-        candidates = [r for r in by_size.get(stat[0], ()) if r.id not in moved_from] if stat else []
         match = None
-        if candidates and stat:
+        if stat and gone.has_size(stat[0]):
             try:
                 digest = ctx.files.read(path).content_hash
             except ImageError:
                 digest = None
-            same = [r for r in candidates if r.content_hash == digest]
-            # Among identical copies, the one this file was renamed from: a rename keeps the mtime and
-            # usually the name. Another copy's row would carry that copy's mtime, so the file would
-            # look changed to every later scan.
-            mtime, name = stat[1], os.path.basename(path)
-            match = max(
-                same, key=lambda r: (r.mtime_ns == mtime, os.path.basename(r.path) == name), default=None
-            )
+            if digest is not None:
+                match = gone.take(stat[0], digest, stat[1], os.path.basename(path))
         if match is None:
             still_new.append(path)
         else:
             moved_from.add(match.id)
             moves.append(ImageMoved(match.path, path))
     return moves, still_new, [r for r in vanished if r.id not in moved_from]
+
+
+class _Vanished:
+    """Vanished records by size and content, each taken at most once, looked up in constant time: a
+    library of many copies moves thousands of files with the same bytes in one run, and comparing
+    each with every vanished copy grew with the square of the move (50,000 files: minutes).
+
+    Among identical copies :meth:`take` prefers the one this file was renamed from: a rename keeps the
+    mtime and usually the name (the mtime first). Another copy's row would carry that copy's mtime, so
+    the file would look changed to every later scan. Ties go to the first in scan order."""
+
+    def __init__(self, records: Iterable[FileRecord]) -> None:
+        self._left: dict[int, int] = defaultdict(int)  # records not yet taken, by size
+        self._by: dict[tuple[object, ...], deque[FileRecord]] = defaultdict(deque)
+        self._taken: set[int] = set()
+        for r in records:
+            self._left[r.size] += 1
+            name = os.path.basename(r.path)
+            for key in _keys(r.size, r.content_hash or "", r.mtime_ns, name):
+                self._by[key].append(r)
+
+    def __bool__(self) -> bool:
+        return bool(self._left)
+
+    def has_size(self, size: int) -> bool:
+        return self._left.get(size, 0) > 0
+
+    def take(self, size: int, digest: str, mtime_ns: int, name: str) -> FileRecord | None:
+        for key in _keys(size, digest, mtime_ns, name):
+            queue = self._by.get(key)
+            while queue and queue[0].id in self._taken:
+                queue.popleft()  # taken through another key
+            if queue:
+                record = queue.popleft()
+                self._taken.add(record.id)
+                self._left[size] -= 1
+                return record
+        return None
+
+
+def _keys(size: int, digest: str, mtime_ns: int, name: str) -> tuple[tuple[object, ...], ...]:
+    """Lookup keys from the best match to the weakest: same mtime and name, same mtime, same name, any."""
+    return (
+        (size, digest, mtime_ns, name),
+        (size, digest, mtime_ns, None),
+        (size, digest, None, name),
+        (size, digest, None, None),
+    )
 
 
 runtime_log = logging.getLogger("imgwatch.runtime")
