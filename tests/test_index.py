@@ -391,3 +391,30 @@ def test_moved_identical_copies_keep_their_own_mtimes(ctx: Context, tmp_path: Pa
     for path in (root / "new").iterdir():
         record = ctx.catalog.get(str(path))
         assert record is not None and record.mtime_ns == path.stat().st_mtime_ns, path.name
+
+
+def test_moved_identical_copies_with_one_mtime_keep_their_rows_by_name(ctx: Context, tmp_path: Path) -> None:
+    # Copies made in one go share an mtime; a move keeps the names, so each row (its id, and
+    # what hangs on it: verdicts, the review history) follows the file of the same name.
+    root = tmp_path / "photos"
+    data = jpeg_bytes(photo(4, (96, 72)))
+    (root / "old").mkdir(parents=True)
+    for i in range(6):
+        copy = root / "old" / f"copy{i}.jpg"
+        copy.write_bytes(data)
+        os.utime(copy, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    index(ctx, root)
+    ids = {f"copy{i}.jpg": ctx.catalog.get(str(root / "old" / f"copy{i}.jpg")).id for i in range(6)}  # type: ignore[union-attr]
+    assert len(set(ids.values())) == 6
+
+    for i in range(6):  # into folders that list them in the reverse order: only the name pairs them
+        (root / "new" / f"sub{5 - i}").mkdir(parents=True)
+        (root / "old" / f"copy{i}.jpg").rename(root / "new" / f"sub{5 - i}" / f"copy{i}.jpg")
+    moved = index(ctx, root)
+
+    assert (moved.moved, moved.added, moved.removed) == (6, 0, 0)
+    after = {
+        f"copy{i}.jpg": ctx.catalog.get(str(root / "new" / f"sub{5 - i}" / f"copy{i}.jpg")).id
+        for i in range(6)
+    }  # type: ignore[union-attr]
+    assert after == ids
