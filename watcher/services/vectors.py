@@ -27,6 +27,7 @@ from imgwatch.services.milvus_collection import (
     auto_index_params,
     auto_index_type,
     default_index_spec,
+    server_segment_rows,
 )
 from imgwatch.services.milvus_connection import (
     MilvusConnection,
@@ -52,6 +53,7 @@ __all__ = [
     "drop_collections",
     "milvus_string",
     "open_connections",
+    "server_segment_rows",
     "stored_path",
 ]
 
@@ -150,7 +152,7 @@ class MilvusVectorStore(MilvusCollection):
             filter=f"{self._own_filter()} and node != {milvus_string(self._node)}",
             output_fields=["node"],
             limit=1,
-            consistency_level="Strong",
+            consistency_level=self._read_level(),
         )
         return str(rows[0]["node"]) if rows else None
 
@@ -210,13 +212,13 @@ class MilvusVectorStore(MilvusCollection):
         keys = list(ids)
         if not keys:
             return {}
-        # Strong here too, not the collection's default: a collection created by another client may be
-        # Bounded, and then a server does not return rows upserted just before (measured on 2.3.5).
+        # Never the collection's default: a collection created by another client may be Bounded, and
+        # then a server does not return rows upserted just before (measured on 2.3.5).
         rows = self._client.get(
             self._collection,
             ids=[self._key(key) for key in keys],
             output_fields=["vector"],
-            consistency_level="Strong",
+            consistency_level=self._read_level(),
         )
         return {self._row(int(row["id"])): np.asarray(row["vector"], dtype=np.float32) for row in rows}
 
@@ -230,7 +232,7 @@ class MilvusVectorStore(MilvusCollection):
                 self._collection,
                 filter=f"id in {batch}",
                 output_fields=["id"],
-                consistency_level="Strong",  # see get_vectors
+                consistency_level=self._read_level(),  # see get_vectors
             )
             found.update(self._row(int(row["id"])) for row in rows)
         return found
@@ -246,7 +248,7 @@ class MilvusVectorStore(MilvusCollection):
             self._collection,
             filter=f"path == {milvus_string(stored_path(path))}" + (f" and {own}" if own else ""),
             output_fields=["id"],
-            consistency_level="Strong",
+            consistency_level=self._read_level(),
         )
         return sorted(self._row(int(row["id"])) for row in rows)
 
@@ -255,7 +257,7 @@ class MilvusVectorStore(MilvusCollection):
         if keys:
             with self._write_lock:
                 self._client.delete(self._collection, ids=[self._key(key) for key in keys])
-                self._wrote()
+                self._wrote(seen_at_session=False)
 
     def search(self, queries: Sequence[Vector], k: int) -> list[list[SearchHit]]:
         if not queries:
@@ -266,7 +268,7 @@ class MilvusVectorStore(MilvusCollection):
             limit=k,
             output_fields=["path", "node"] if self._has_node_field else ["path"],
             search_params={"metric_type": METRIC, "params": self._search_params(k)},
-            consistency_level="Strong",
+            consistency_level=self._read_level(),
         )
         return [[self._hit(hit) for hit in hits] for hits in results]
 
@@ -287,7 +289,7 @@ class MilvusVectorStore(MilvusCollection):
             self._collection,
             filter=self._own_filter(),
             output_fields=["count(*)"],
-            consistency_level="Strong",
+            consistency_level=self._read_level(),
         )
         return int(rows[0]["count(*)"])
 
@@ -298,7 +300,7 @@ class MilvusVectorStore(MilvusCollection):
             batch_size=4096,
             filter=self._own_filter(),
             output_fields=["id"],
-            consistency_level="Strong",  # see get_vectors
+            consistency_level=self._read_level(),  # see get_vectors
         )
         ids: set[int] = set()
         try:
