@@ -35,6 +35,15 @@ def test_auto_moves_to_ivf_past_the_bar_and_back_only_well_below_it(tmp_path: Pa
     # Its lists follow the size, rebuilt when 2x off: 4,000 lists for a million vectors.
     assert wanted_index(settings, IVF_1001, 3_000) == IVF_1001
     assert wanted_index(settings, IVF_1001, 1_000_000) == {"type": "IVF_FLAT", "params": {"nlist": 4000}}
+    # A server trains an index per segment (~233,000 PCA-512 rows, ~32,000 at 4096-d): its lists are
+    # sized for a segment, and stop growing with the collection there.
+    server = settings.replace(milvus_uri="unix:/run/milvus.sock")
+    assert wanted_index(server, IVF_1001, 1_000_000, dimension=512) == {
+        "type": "IVF_FLAT",
+        "params": {"nlist": 1931},
+    }
+    assert wanted_index(server, IVF_1001, 1_000_000, dimension=4096)["params"] == {"nlist": 718}
+    assert wanted_index(server, IVF_1001, 3_000, dimension=512) == IVF_1001
     # An explicit type is obeyed at any size.
     assert wanted_index(settings.replace(index_type="flat"), FLAT, 10**6) == FLAT
     # A collection shared with other watchers keeps its index: one watcher may not replace it.

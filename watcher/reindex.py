@@ -113,8 +113,8 @@ class Reindexer:
         # Alone in its collection, the catalog knows the size: a run with nothing else to do need not
         # open the store (Milvus Lite loads every vector to count them).
         entities = catalog.vector_count() if settings.node is None else self._services.ctx.vectors.count()
-        wanted = wanted_index(settings, active, entities)
         pca = wanted_pca(settings, stored, active, entities)
+        wanted = wanted_index(settings, active, entities, dimension=pca or stored.dimension)
         return next_step(stored, configured, pca, active, wanted)
 
     def progress(self) -> dict[str, Any] | None:

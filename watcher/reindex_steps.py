@@ -87,11 +87,14 @@ def wanted_pca(
     return PCA_DIMENSION if threshold is not None and entities >= threshold else None
 
 
-def wanted_index(settings: Settings, active: dict[str, Any], entities: int) -> dict[str, Any]:
+def wanted_index(
+    settings: Settings, active: dict[str, Any], entities: int, *, dimension: int | None = None
+) -> dict[str, Any]:
     """The index the settings ask for. ``index_type = auto`` picks the type by the collection's size;
-    automatically sized parameters follow the size too. Both with hysteresis: they change only when
-    off by :data:`REBUILD_FACTOR` or more, so a collection near a bar is not rebuilt back and forth."""
-    from imgwatch.services.vectors import AUTO, auto_index_params, auto_index_type
+    automatically sized parameters follow the size too (on a server, the size of its segments, for
+    ``dimension``-d vectors). Both with hysteresis: they change only when off by
+    :data:`REBUILD_FACTOR` or more, so a collection near a bar is not rebuilt back and forth."""
+    from imgwatch.services.vectors import AUTO, auto_index_params, auto_index_type, server_segment_rows
 
     kind = settings.index_type
     if kind == AUTO and settings.node is not None:
@@ -102,7 +105,8 @@ def wanted_index(settings: Settings, active: dict[str, Any], entities: int) -> d
         kind = auto_index_type(entities, active["type"], settings.exact_search_up_to, REBUILD_FACTOR)
     if settings.index_params and settings.index_type != AUTO:
         return {"type": kind, "params": dict(settings.index_params)}
-    ideal = auto_index_params(kind, entities)
+    rows = None if settings.uses_milvus_lite or dimension is None else server_segment_rows(dimension)
+    ideal = auto_index_params(kind, entities, segment_rows=rows)
     if active["type"] != kind:
         return {"type": kind, "params": ideal}
     if "nlist" in ideal:
@@ -110,5 +114,6 @@ def wanted_index(settings: Settings, active: dict[str, Any], entities: int) -> d
         keep = 1 / REBUILD_FACTOR < ratio < REBUILD_FACTOR
     else:
         # Parameters that step with the size (HNSW's M) move up at their bar, and back only well below.
-        keep = active["params"] in (ideal, auto_index_params(kind, int(entities * REBUILD_FACTOR)))
+        bigger = auto_index_params(kind, int(entities * REBUILD_FACTOR), segment_rows=rows)
+        keep = active["params"] in (ideal, bigger)
     return active if keep else {"type": kind, "params": ideal}
