@@ -3,11 +3,13 @@ transaction per chunk), in ``index`` and in the daemon, with the same results as
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -18,6 +20,8 @@ from imgwatch.events import ImageCreated, ImageDeleted, ImageModified, ImageMove
 from imgwatch.runtime import dispatch
 from imgwatch.search import search_images
 from imgwatch.services.abc import FileState
+from imgwatch.services.milvus_connection import writes_to
+from imgwatch.services.vectors import MilvusVectorStore
 from tests.conftest import index, write_photo
 from tests.harness import RunningDaemon, assert_agree
 
@@ -79,6 +83,31 @@ def test_index_applies_copies_in_chunks_several_times_faster_than_one_at_a_time(
     # Measured on 2 shared cores: 7.3 s one at a time, 2.6 s in chunks. Most of what is left is Milvus
     # Lite checking each element of each 4096-d vector it receives, which no batching saves.
     assert summary.seconds * 2 < one_at_a_time_s, (summary.seconds, one_at_a_time_s)
+
+
+def test_a_first_index_runs_the_model_once_per_content_and_stores_the_copies_in_chunks(
+    ctx: Context, tmp_path: Path
+) -> None:
+    """Nothing is indexed yet, so no copy has a vector to be stored with at first: one file of each
+    content goes through its handler, then the copies of what it indexed are applied a chunk at a
+    time (a first index of 100,000 files spent most of its time storing copies one by one)."""
+    root = tmp_path / "photos"
+    sources = _originals(root)
+    assert len({p.stat().st_size for p in sources}) == DISTINCT  # copies are told apart by size first
+    n = 600
+    _copies(sources, root / "copies", n)
+    runs = ctx.extractor.images_embedded
+    store = cast(MilvusVectorStore, ctx.vectors)
+    upserts_before = writes_to(store.uri, store.collection)
+
+    summary = index(ctx, root)
+
+    assert (summary.added, summary.failed) == (DISTINCT + n, 0)
+    assert ctx.extractor.images_embedded - runs == summary.model_runs == DISTINCT
+    # One write per content by its handler, then one per chunk of copies: not one per file.
+    writes = writes_to(store.uri, store.collection) - upserts_before
+    assert writes <= DISTINCT + math.ceil(n / batches.BATCH), writes
+    _agree(ctx, root)
 
 
 def test_index_moves_and_deletes_in_chunks_keep_ids_and_vectors(ctx: Context, tmp_path: Path) -> None:

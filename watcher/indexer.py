@@ -215,6 +215,23 @@ class _RepeatedLoadFailures(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], ModelUnavailableError))
 
 
+def _one_per_size(events: Sequence[ImageEvent], ctx: Context) -> tuple[list[ImageEvent], list[ImageEvent]]:
+    """``events`` split into one new or changed file of each size (and every event of another kind, or
+    whose file cannot be stat-ed), and the rest."""
+    firsts: list[ImageEvent] = []
+    rest: list[ImageEvent] = []
+    sizes: set[int] = set()
+    for event in events:
+        stat = ctx.files.stat(event.path) if isinstance(event, ImageCreated | ImageModified) else None
+        if stat is None or stat[0] not in sizes:
+            firsts.append(event)
+            if stat is not None:
+                sizes.add(stat[0])
+        else:
+            rest.append(event)
+    return firsts, rest
+
+
 def run_plan(
     work: Plan,
     ctx: Context,
@@ -224,7 +241,8 @@ def run_plan(
 ) -> IndexSummary:
     """Handle the planned events: moves and deletions first (cheap, and they free paths), then copies
     of indexed content, all in chunks (:mod:`imgwatch.batches`), then the rest concurrently so that
-    decoding overlaps the model.
+    decoding overlaps the model: one file of each size, the copies of what that indexed in chunks, and
+    what is still left.
 
     A model that cannot be loaded when the first image needs it stops the run with its error
     (:class:`~imgwatch.services.lazy_extractor.ModelUnavailableError`), as it stopped a run that
@@ -244,26 +262,35 @@ def run_plan(
         if on_handled is not None:
             on_handled(event, outcome)
 
-    for chunk in batches.chunks([*work.moves, *work.deletions]):
-        applied = batches.apply(chunk, ctx)
-        for event, outcome in applied.done:
-            record(event, outcome)
-        for event in applied.left:
-            record(event, dispatch(event, ctx))
-    # Copies of indexed content a chunk at a time; what is left (new content, changed files) needs the
-    # handlers, concurrently so that decoding overlaps the model.
-    left: list[ImageEvent] = []
-    for chunk in batches.chunks(work.changes):
-        applied = batches.apply(chunk, ctx)
-        for event, outcome in applied.done:
-            record(event, outcome)
-        left += applied.left
-    quiet = _RepeatedLoadFailures()
-    runtime_log.addFilter(quiet)
-    try:
-        dispatch_all(left, ctx, workers=workers, on_handled=record)
-    finally:
-        runtime_log.removeFilter(quiet)
+    def apply_in_chunks(events: Sequence[ImageEvent]) -> list[ImageEvent]:
+        """Apply ``events`` a chunk at a time; the events left for their handlers."""
+        left: list[ImageEvent] = []
+        for chunk in batches.chunks(events):
+            applied = batches.apply(chunk, ctx)
+            for event, outcome in applied.done:
+                record(event, outcome)
+            left += applied.left
+        return left
+
+    def handle(events: Sequence[ImageEvent]) -> None:
+        quiet = _RepeatedLoadFailures()
+        runtime_log.addFilter(quiet)
+        try:
+            dispatch_all(events, ctx, workers=workers, on_handled=record)
+        finally:
+            runtime_log.removeFilter(quiet)
+
+    for event in apply_in_chunks([*work.moves, *work.deletions]):
+        record(event, dispatch(event, ctx))
+    # Copies of indexed content a chunk at a time. Of what is left (new content, changed files), one
+    # file of each size first, concurrently so that decoding overlaps the model: a copy always has its
+    # original's size, so then the copies among the rest have a vector to be applied with, a chunk at a
+    # time, instead of one handler each (a first index of 100,000 files of 200 contents spent 1,230 s
+    # of its 1,781 in handlers storing copies one by one). The rest last, concurrently again.
+    left = apply_in_chunks(work.changes)
+    firsts, rest = _one_per_size(left, ctx)
+    handle(firsts)
+    handle(apply_in_chunks(rest) if firsts and rest else rest)
     summary.seconds = time.monotonic() - started
     summary.model_runs = ctx.extractor.images_embedded - runs_before
     return summary
