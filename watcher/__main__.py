@@ -1,3 +1,3 @@
-from imgwatch.cli import main
+from imgwatch.cli import run
 
-raise SystemExit(main())
+raise SystemExit(run())
