@@ -259,12 +259,12 @@ store.close()
 
 
 @pytest.mark.milvus_server
-def test_a_store_sees_what_another_process_wrote_just_before_it_read(milvus: MilvusTarget) -> None:
+def test_a_store_sees_what_another_process_wrote_just_before_it_read(milvus_server: MilvusServer) -> None:
     # `imgwatch index` in one process, then `imgwatch search` in another: the second must find every
     # file the first stored, though after its first read a store waits only for its own writes
-    # (Session: a Strong read waited ~180 ms for the server's clock tick each time).
-    if milvus.kind != "server":
-        pytest.skip("Milvus Lite admits one process per file")
+    # (Session: a Strong read waited ~180 ms for the server's clock tick each time). A server only:
+    # Milvus Lite admits one process per file.
+    milvus = MilvusTarget("server", milvus_server.uri, milvus_server.token, f"test_{uuid.uuid4().hex}")
     milvus.open().close()  # the collection, made before the writer opens it
     with subprocess.Popen(
         [sys.executable, "-c", _WRITER, milvus.uri, milvus.token or "", milvus.collection],
@@ -286,6 +286,11 @@ def test_a_store_sees_what_another_process_wrote_just_before_it_read(milvus: Mil
                 reader.close()
         writer.stdin.close()
         assert writer.wait(timeout=60) == 0
+    store = milvus.open()
+    try:
+        store._client.drop_collection(milvus.collection)
+    finally:
+        store.close()
 
 
 def test_path_limit_is_in_bytes_and_a_longer_path_is_clipped_not_refused(store: MilvusVectorStore) -> None:

@@ -5,6 +5,7 @@ dropping it. Reads and writes of its entities are :class:`~imgwatch.services.vec
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -103,8 +104,11 @@ class MilvusCollection:
         self._uri = uri
         self._counted: tuple[int, float, int] | None = None
         """``(writes seen, when, count)`` of the last count, on Milvus Lite."""
-        self._caught_up = False
-        """Whether this store has written, or read at Strong consistency once (see :meth:`_read_level`)."""
+        self._generation = 0
+        """Deletes and drops through this store so far."""
+        self._caught_up_at = -1
+        """The :attr:`_generation` up to which a Session read sees every write (see :meth:`_read_level`)."""
+        self._level_lock = threading.Lock()
         self._connection = MilvusConnection(uri, token)
         self._client = self._connection.client
         self._write_lock = self._connection.write_lock
@@ -199,29 +203,44 @@ class MilvusCollection:
     def _wrote(self, *, seen_at_session: bool = True) -> None:
         """After each write (under the write lock): counts taken before it are stale.
 
-        pymilvus remembers an upsert's timestamp for Session reads, but not a delete's (measured with
-        pymilvus 3.0.2 on Milvus 2.3.5: a Session get right after a delete returned the deleted row 10
-        times in 10), so after a delete or a drop (``seen_at_session=False``) the next read is Strong."""
-        self._caught_up = seen_at_session
+        After an upsert a Session read sees it, and everything before it. Not so after a delete or a
+        drop (``seen_at_session=False``): pymilvus kept the last upsert's timestamp for Session reads
+        across a ``MilvusClient.delete`` (measured with pymilvus 3.0.2 on Milvus 2.3.5: a Session get
+        right after a delete returned the deleted row 10 times in 10), so the next read is Strong."""
+        with self._level_lock:
+            if seen_at_session:
+                self._caught_up_at = self._generation
+            else:
+                self._generation += 1
         note_write(self._uri, self._collection)
 
+    def _read(self, call: Callable[..., Any], *args: Any, marks: bool = True, **kwargs: Any) -> Any:
+        """``call(*args, **kwargs)`` at the consistency level of :meth:`_read_level`. A Strong read that
+        returns lets later ones be Session (unless a delete came meanwhile), if it ``marks``."""
+        with self._level_lock:
+            generation = self._generation
+            level = "Session" if self._caught_up_at == generation else "Strong"
+        result = call(*args, consistency_level=level, **kwargs)
+        if level == "Strong" and marks:
+            with self._level_lock:
+                self._caught_up_at = max(self._caught_up_at, generation)
+        return result
+
     def _read_level(self) -> str:
-        """The consistency level of the next read: Strong until this store has upserted or read once
-        (and after a delete), then Session.
+        """The consistency level of the next read: Strong until this store has upserted or finished a
+        read (and again after a delete), then Session.
 
         A Milvus server answers a Strong read only once its clock has ticked past the request (the
         proxy's ``timeTickInterval``, 200 ms by default): at 100,000 PCA-512 vectors on Milvus 2.3.5 a
-        search took 181 ms at Strong against 22 ms at Bounded (benchmarks/results/million.md).
+        search took 185 ms at Strong against 12 ms at Session (benchmarks/results/million.md).
         Session waits only for this process's own last write to the collection, so the daemon still
         finds what it has just stored, and the first read, Strong, sees every process's writes up to
         then (``imgwatch index`` and then ``imgwatch search``). Writes by other processes after that
         (other watchers sharing a collection) show within about one tick. Milvus Lite, one process per
         file, answers either at once.
         """
-        if self._caught_up:
-            return "Session"
-        self._caught_up = True
-        return "Strong"
+        with self._level_lock:
+            return "Session" if self._caught_up_at == self._generation else "Strong"
 
     def _count_reused(self, count: Callable[[], int], max_age: float) -> int:
         """``count()``, or on Milvus Lite the last count while nothing was written since (or while it

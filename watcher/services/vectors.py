@@ -147,12 +147,12 @@ class MilvusVectorStore(MilvusCollection):
         """Another node's name found under this node's keys (two watchers drew the same node id)."""
         if self._node_id == 0 or not self._has_node_field:
             return None
-        rows = self._client.query(
+        rows = self._read(
+            self._client.query,
             self._collection,
             filter=f"{self._own_filter()} and node != {milvus_string(self._node)}",
             output_fields=["node"],
             limit=1,
-            consistency_level=self._read_level(),
         )
         return str(rows[0]["node"]) if rows else None
 
@@ -214,11 +214,11 @@ class MilvusVectorStore(MilvusCollection):
             return {}
         # Never the collection's default: a collection created by another client may be Bounded, and
         # then a server does not return rows upserted just before (measured on 2.3.5).
-        rows = self._client.get(
+        rows = self._read(
+            self._client.get,
             self._collection,
             ids=[self._key(key) for key in keys],
             output_fields=["vector"],
-            consistency_level=self._read_level(),
         )
         return {self._row(int(row["id"])): np.asarray(row["vector"], dtype=np.float32) for row in rows}
 
@@ -228,11 +228,11 @@ class MilvusVectorStore(MilvusCollection):
         found: set[int] = set()
         for start in range(0, len(keys), 1000):
             batch = [self._key(key) for key in keys[start : start + 1000]]
-            rows = self._client.query(
+            rows = self._read(
+                self._client.query,
                 self._collection,
                 filter=f"id in {batch}",
                 output_fields=["id"],
-                consistency_level=self._read_level(),  # see get_vectors
             )
             found.update(self._row(int(row["id"])) for row in rows)
         return found
@@ -244,11 +244,11 @@ class MilvusVectorStore(MilvusCollection):
     def ids_for_path(self, path: str) -> list[int]:
         """Keys of entities whose stored path is ``path`` (for repairs when the catalog lost track)."""
         own = self._own_filter()
-        rows = self._client.query(
+        rows = self._read(
+            self._client.query,
             self._collection,
             filter=f"path == {milvus_string(stored_path(path))}" + (f" and {own}" if own else ""),
             output_fields=["id"],
-            consistency_level=self._read_level(),
         )
         return sorted(self._row(int(row["id"])) for row in rows)
 
@@ -262,13 +262,13 @@ class MilvusVectorStore(MilvusCollection):
     def search(self, queries: Sequence[Vector], k: int) -> list[list[SearchHit]]:
         if not queries:
             return []
-        results = self._client.search(
+        results = self._read(
+            self._client.search,
             self._collection,
             data=[np.asarray(q, dtype=np.float32).tolist() for q in queries],
             limit=k,
             output_fields=["path", "node"] if self._has_node_field else ["path"],
             search_params={"metric_type": METRIC, "params": self._search_params(k)},
-            consistency_level=self._read_level(),
         )
         return [[self._hit(hit) for hit in hits] for hits in results]
 
@@ -285,22 +285,23 @@ class MilvusVectorStore(MilvusCollection):
         return self._count_reused(self._count, max_age)
 
     def _count(self) -> int:
-        rows = self._client.query(
+        rows = self._read(
+            self._client.query,
             self._collection,
             filter=self._own_filter(),
             output_fields=["count(*)"],
-            consistency_level=self._read_level(),
         )
         return int(rows[0]["count(*)"])
 
     def all_ids(self) -> set[int]:
         """The catalog ids of this node's entities (iterated in batches: a collection can be large)."""
-        iterator = self._client.query_iterator(
+        iterator = self._read(
+            self._client.query_iterator,
             self._collection,
             batch_size=4096,
             filter=self._own_filter(),
             output_fields=["id"],
-            consistency_level=self._read_level(),  # see get_vectors
+            marks=False,  # pymilvus's iterator takes its own timestamp: no Strong read to count
         )
         ids: set[int] = set()
         try:
