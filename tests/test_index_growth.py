@@ -12,6 +12,7 @@ import pytest
 
 from imgwatch.config import Settings
 from imgwatch.reindex import REBUILD_FACTOR, wanted_index, wanted_pca
+from imgwatch.reindex_steps import step_dimension
 from imgwatch.services.abc import ExtractorSignature
 from tests.conftest import write_photo
 from tests.harness import RunningDaemon, imgwatch_cli, wait_progressing
@@ -57,6 +58,18 @@ def test_pca_auto_never_replaces_a_shared_collection() -> None:
     assert wanted_pca(auto, full, FLAT, 599) is None
     assert wanted_pca(auto.replace(node="camera-pc"), full, FLAT, 10**6) is None
     assert wanted_pca(auto.replace(pca=256), full, FLAT, 0) == 256  # an explicit size is obeyed
+
+
+def test_a_server_sizes_the_lists_for_the_vectors_the_next_step_stores() -> None:
+    # Turning PCA-512 off re-extracts 4096-d vectors: their lists are sized for 4096-d segments, or
+    # the next check would find them 2.7x off and rebuild the collection once more.
+    full = ExtractorSignature("torchvision.vgg16", "random:0", "fc7", "v1", 4096, "fp32")
+    projected = ExtractorSignature("torchvision.vgg16", "random:0", "fc7", "v1", 512, "fp32", "4096->512:abc")
+    assert step_dimension(projected, full, None) == 4096  # PCA turned off: extraction
+    assert step_dimension(projected, full, 256) == 4096  # another PCA size: extraction first
+    assert step_dimension(full, full, 512) == 512  # PCA turned on: projection
+    assert step_dimension(projected, full, 512) == 512  # nothing but the index changes
+    assert step_dimension(full, full, None) == 4096
 
 
 def _ann_index(data_dir: Path) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from imgwatch.reindex_steps import (
     SharedCollectionError,
     Step,
     next_step,
+    step_dimension,
     wanted_index,
     wanted_pca,
 )
@@ -114,7 +115,7 @@ class Reindexer:
         # open the store (Milvus Lite loads every vector to count them).
         entities = catalog.vector_count() if settings.node is None else self._services.ctx.vectors.count()
         pca = wanted_pca(settings, stored, active, entities)
-        wanted = wanted_index(settings, active, entities, dimension=pca or stored.dimension)
+        wanted = wanted_index(settings, active, entities, dimension=step_dimension(stored, configured, pca))
         return next_step(stored, configured, pca, active, wanted)
 
     def progress(self) -> dict[str, Any] | None:

@@ -42,6 +42,14 @@ class Step:
     pca: int | None = None
 
 
+def step_dimension(stored: ExtractorSignature, configured: ExtractorSignature, pca: int | None) -> int:
+    """The dimension of the collection :func:`next_step` builds: the model's own after an extraction
+    (a projection, if any, comes in a later step), else the PCA size or the stored one."""
+    if stored.base.key != configured.base.key or (stored.pca and pca != stored.dimension):
+        return configured.base.dimension
+    return pca or stored.dimension
+
+
 def next_step(
     stored: ExtractorSignature,
     configured: ExtractorSignature,
