@@ -88,4 +88,4 @@ def test_the_wheel_holds_only_the_imgwatch_namespace(tmp_path: Path) -> None:
     ):
         assert expected in names
     entry_points = zipfile.ZipFile(wheel).read(wheel.name.split("-py")[0] + ".dist-info/entry_points.txt")
-    assert b"imgwatch = imgwatch.cli:main" in entry_points
+    assert b"imgwatch = imgwatch.cli:run" in entry_points

@@ -216,13 +216,16 @@ class _RepeatedLoadFailures(logging.Filter):
 
 
 def _one_per_size(events: Sequence[ImageEvent], ctx: Context) -> tuple[list[ImageEvent], list[ImageEvent]]:
-    """``events`` split into one new or changed file of each size (and every event of another kind, or
-    whose file cannot be stat-ed), and the rest."""
+    """``events`` split into one new file of each size (with every event a chunk never takes: files
+    the catalog already has, other kinds, files that cannot be stat-ed), and the rest."""
+    changes = [e.path for e in events if isinstance(e, ImageCreated | ImageModified)]
+    known = batches.batch_catalog(ctx).get_by_paths(changes) if changes else {}
     firsts: list[ImageEvent] = []
     rest: list[ImageEvent] = []
     sizes: set[int] = set()
     for event in events:
-        stat = ctx.files.stat(event.path) if isinstance(event, ImageCreated | ImageModified) else None
+        path = event.path if isinstance(event, ImageCreated | ImageModified) else None
+        stat = ctx.files.stat(path) if path is not None and path not in known else None
         if stat is None or stat[0] not in sizes:
             firsts.append(event)
             if stat is not None:
