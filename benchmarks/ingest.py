@@ -212,13 +212,14 @@ def file_costs(paths: list[Path], sample: int = 8) -> dict[str, float]:
 
 
 def _fill_compile_cache(source: Path | None, data_dir: Path) -> None:
-    """Put the int8 packages of ``source`` into ``data_dir``'s compile cache (hard links where one
-    file system holds both), as if an earlier start had compiled there."""
+    """Put the int8 packages of ``source``, and the runner built beside them, into ``data_dir``'s
+    compile cache (hard links where one file system holds both), as if an earlier start had
+    compiled there."""
     if source is None or not source.is_dir():
         return
     target = data_dir / "compile-cache"
     target.mkdir(parents=True, exist_ok=True)
-    for path in source.glob("vgg16-int8-*"):
+    for path in [*source.glob("vgg16-int8-*"), *source.glob("aoti-runner-*")]:
         try:
             os.link(path, target / path.name)
         except OSError:

@@ -156,6 +156,9 @@ def test_a_second_process_start_reuses_the_compiled_package(
     assert started.returncode == 0, started.stderr
     assert f"reusing the compiled model {package}" in started.stderr
     assert "quantizing" not in started.stderr and "compiling" not in started.stderr
+    # The runner that frees the GIL was built beside the package, once, and is reused too.
+    assert list(compile_cache.glob("aoti-runner-*.so"))
+    assert "building the runner" not in started.stderr
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in compile_cache.iterdir()} == before
     result = json.loads(started.stdout)
     assert result["dtype"] == "int8" and result["key"] == int8_model.signature.key

@@ -11,7 +11,8 @@ with fp32's: the worst per-image cosine and the agreement of each image's 10 nea
 among the held-out set. It runs on the quantized graph before compiling (a bad calibration then
 costs no compile) and on the compiled package, whose numbers are recorded beside it: a later start
 with the same weights, calibration, CPU and torch loads the package and its verdict, and neither
-quantizes nor compiles.
+quantizes nor compiles. The package runs with Python's GIL released (:mod:`imgwatch.services.aoti_runner`):
+torch's own loader holds it for the whole run.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -36,6 +38,7 @@ import torch
 from torch import nn
 
 from imgwatch.samples import photo
+from imgwatch.services import aoti_runner
 from imgwatch.services.images import prepare
 from imgwatch.services.precision import cpuinfo_field, vector_isa
 
@@ -73,6 +76,8 @@ CALIBRATION_SEEDS = range(160_000, 160_032)
 HELD_OUT_SEEDS = range(170_000, 170_032)
 _PHOTO_SIZE = (320, 240)
 _BATCH = 8
+#: Taken by the first fallback to torch's loader: one warning per process, not one per load.
+_warned_gil = threading.Lock()
 
 Features = Callable[[torch.Tensor], torch.Tensor]
 """A ``(N, 3, 224, 224)`` fp32 channels-last input to VGG16's ``features`` output."""
@@ -176,6 +181,13 @@ def compile_package(quantized: nn.Module, path: Path) -> Path:
 
 
 def load_package(path: Path) -> Features:
+    """The compiled model at ``path``, run with Python's GIL released where the runner builds (see
+    :mod:`imgwatch.services.aoti_runner`), else by torch's loader, which holds it."""
+    try:
+        return aoti_runner.load(path, path.parent)
+    except aoti_runner.RunnerUnavailableError as e:
+        if _warned_gil.acquire(blocking=False):
+            log.warning("int8: the model holds Python's GIL while it runs (torch's loader): %s", e)
     return cast(Features, torch._inductor.aoti_load_package(str(path)))
 
 
