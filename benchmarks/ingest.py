@@ -219,7 +219,7 @@ def _fill_compile_cache(source: Path | None, data_dir: Path) -> None:
         return
     target = data_dir / "compile-cache"
     target.mkdir(parents=True, exist_ok=True)
-    for path in [*source.glob("vgg16-int8-*"), *source.glob("aoti-runner-*")]:
+    for path in [*source.glob("vgg16-int8-*"), *source.glob("aoti-runner-*.so")]:
         try:
             os.link(path, target / path.name)
         except OSError:

@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -76,8 +75,8 @@ CALIBRATION_SEEDS = range(160_000, 160_032)
 HELD_OUT_SEEDS = range(170_000, 170_032)
 _PHOTO_SIZE = (320, 240)
 _BATCH = 8
-#: Taken by the first fallback to torch's loader: one warning per process, not one per load.
-_warned_gil = threading.Lock()
+#: Why the runner was not had, for each reason warned about: one warning per process, not per load.
+_warned_gil: set[str] = set()
 
 Features = Callable[[torch.Tensor], torch.Tensor]
 """A ``(N, 3, 224, 224)`` fp32 channels-last input to VGG16's ``features`` output."""
@@ -186,7 +185,8 @@ def load_package(path: Path) -> Features:
     try:
         return aoti_runner.load(path, path.parent)
     except aoti_runner.RunnerUnavailableError as e:
-        if _warned_gil.acquire(blocking=False):
+        if str(e) not in _warned_gil:
+            _warned_gil.add(str(e))
             log.warning("int8: the model holds Python's GIL while it runs (torch's loader): %s", e)
     return cast(Features, torch._inductor.aoti_load_package(str(path)))
 
