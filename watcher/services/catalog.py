@@ -47,6 +47,7 @@ from imgwatch.services.catalog_tables import (
     row_to_record,
 )
 from imgwatch.services.catalog_verdicts import CatalogVerdicts
+from imgwatch.services.group_commit import GroupCommit, GroupCommitStats
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -120,6 +121,14 @@ class SQLiteCatalog(CatalogJournal, CatalogJobRuns, CatalogRoots, CatalogVerdict
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        # Handlers mark their own files indexed; those that do so at the same time share one
+        # transaction (as their vectors shared one upsert: see MilvusVectorStore.upsert).
+        self._indexed: GroupCommit[tuple[int, FileBlob, str]] = GroupCommit(self._mark_indexed, limit=256)
+
+    @property
+    def mark_indexed_stats(self) -> GroupCommitStats:
+        """How concurrent :meth:`mark_indexed` calls were combined into transactions."""
+        return self._indexed.stats
 
     @property
     def engine(self) -> Engine:
@@ -253,14 +262,27 @@ class SQLiteCatalog(CatalogJournal, CatalogJobRuns, CatalogRoots, CatalogVerdict
         return found
 
     def mark_indexed(self, record_id: int, blob: FileBlob, signature: str) -> None:
-        self.mark_indexed_many([(record_id, blob)], signature)
+        self._indexed.write([(record_id, blob, signature)])
+
+    def _mark_indexed(self, items: Sequence[tuple[int, FileBlob, str]]) -> None:
+        by_signature: dict[str, list[tuple[int, FileBlob]]] = {}
+        for record_id, blob, signature in items:
+            by_signature.setdefault(signature, []).append((record_id, blob))
+        with self._engine.begin() as conn:
+            for signature, done in by_signature.items():
+                conn.execute(self._indexed_statement(signature), self._indexed_rows(done))
 
     def mark_indexed_many(self, done: Sequence[tuple[int, FileBlob]], signature: str) -> None:
         """Mark ``(record_id, blob)`` rows indexed (their vectors are stored), in one transaction."""
         if not done:
             return
+        with self._engine.begin() as conn:
+            conn.execute(self._indexed_statement(signature), self._indexed_rows(done))
+
+    @staticmethod
+    def _indexed_statement(signature: str) -> sa.Update:
         now = db_now()
-        statement = (
+        return (
             sa.update(FILES)
             .where(FILES.c.id == sa.bindparam("key"))
             .values(
@@ -275,12 +297,13 @@ class SQLiteCatalog(CatalogJournal, CatalogJobRuns, CatalogRoots, CatalogVerdict
                 indexed_at=now,
             )
         )
-        rows = [
+
+    @staticmethod
+    def _indexed_rows(done: Sequence[tuple[int, FileBlob]]) -> list[dict[str, Any]]:
+        return [
             {"key": key, "new_size": b.size, "new_mtime_ns": b.mtime_ns, "new_hash": b.content_hash}
             for key, b in done
         ]
-        with self._engine.begin() as conn:
-            conn.execute(statement, rows)
 
     def mark_failed(
         self, record_id: int, size: int, mtime_ns: int, content_hash: str | None, error: str

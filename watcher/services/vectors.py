@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from imgwatch.services.abc import SearchHit, Vector
+from imgwatch.services.group_commit import GroupCommit, GroupCommitStats
 from imgwatch.services.milvus_collection import (
     AUTO,
     METRIC,
@@ -61,6 +62,9 @@ __all__ = [
 #: catalog, can share one collection without colliding (2^40 rows per node, 2^23 nodes).
 ROW_BITS = 40
 MAX_NODE_ID = 2**23 - 1
+#: Most entities per upsert when concurrent upserts are combined: 256 4096-d vectors are 4 MiB, well
+#: inside a server's message limit.
+UPSERT_BATCH = 256
 
 
 def milvus_string(value: str) -> str:
@@ -125,6 +129,14 @@ class MilvusVectorStore(MilvusCollection):
             index_type=index_type,
             index_params=index_params,
         )
+        # Each handler stores its file's vector itself; those that do so at the same time share one
+        # call (gRPC round trip, Milvus Lite's per-call work) instead of queueing on the write lock.
+        self._upserts: GroupCommit[dict[str, Any]] = GroupCommit(self._upsert_rows, limit=UPSERT_BATCH)
+
+    @property
+    def upsert_stats(self) -> GroupCommitStats:
+        """How concurrent upserts were combined into store calls."""
+        return self._upserts.stats
 
     @property
     def node_id(self) -> int:
@@ -177,8 +189,14 @@ class MilvusVectorStore(MilvusCollection):
             node = self._node.encode()[:NODE_MAX_BYTES].decode("utf-8", "ignore")
             for row in rows:
                 row["node"] = node
+        self._upserts.write(rows)
+
+    def _upsert_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+        # Callers combined into one call may name one key twice: the later write wins, as it would
+        # have one call after the other (a server may refuse a batch with a key twice).
+        latest = list({row["id"]: row for row in rows}.values())
         with self._write_lock:
-            self._client.upsert(self._collection, rows)
+            self._client.upsert(self._collection, latest)
             self._wrote()
 
     def rename(self, items: Sequence[tuple[int, str]]) -> None:
