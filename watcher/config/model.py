@@ -123,7 +123,8 @@ class Settings(BaseModel):
         """Threads that read, hash and decode files for the model. Each waits for its own vector, so
         while a batch of ``batch_size`` runs only the others can queue the next one: with
         ``batch_size + 4`` batches settled near 10 of 16 and int8 ``index`` ran at 0.68-0.8x the model
-        alone; twice the batch keeps the next batch full (docs/notes-ingest-bench.md)."""
+        alone; twice the batch keeps the next batch full (docs/decisions.md, "Where an int8 `imgwatch
+        index` loses against int8 model only")."""
         return 2 * self.batch_size + 4
 
     @property
