@@ -43,6 +43,7 @@ from _peak import GFLOP_PER_IMAGE, peak_gflops, peak_int8_gops
 from PIL import Image
 from torchvision import transforms
 
+from imgwatch import allocator
 from imgwatch.samples import photo
 from imgwatch.services.abc import content_hash
 from imgwatch.services.extractor import FC7, VGG16Extractor, WeightsSpec, build_vgg16
@@ -227,6 +228,9 @@ def _fill_compile_cache(source: Path | None, data_dir: Path) -> None:
 
 
 def main() -> None:
+    # The allocator as the `imgwatch` command sets it (imgwatch.allocator), so that the model-only
+    # and classic rows measured in this process and the `imgwatch index` rows compare like with like.
+    allocator.tune()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=64, help="images per kind (default 64)")
     parser.add_argument("--classic-images", type=int, default=24, help="images for the slow classic run")

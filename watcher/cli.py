@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from imgwatch import __version__
+from imgwatch import __version__, allocator
 from imgwatch.commands.checking import add_check
 from imgwatch.commands.deduping import add_dedupe
 from imgwatch.commands.duplicates import add_duplicates
@@ -121,7 +121,11 @@ def run() -> int:
     (docs/decisions.md, "Cold imgwatch search"). Nothing that must happen at exit waits on that
     collection: stores and files are closed by the command, logging is flushed and Milvus Lite
     released by ``atexit``, which still runs. Here, not in :func:`main`, so that a caller of ``main()``
-    in its own process keeps its collector as it was."""
+    in its own process keeps its collector as it was.
+
+    Before anything starts a thread, glibc's allocator is set for VGG16's batches
+    (:mod:`imgwatch.allocator`: the model 10-18 % faster), for the same reason here."""
+    allocator.tune()
     try:
         return main()
     finally:

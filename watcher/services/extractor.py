@@ -24,6 +24,7 @@ from PIL import Image
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from imgwatch import allocator
 from imgwatch.errors import ImgwatchError
 from imgwatch.services.abc import ExtractorSignature, Vector
 from imgwatch.services.cpu import cpus_we_may_run_on
@@ -75,6 +76,10 @@ log = logging.getLogger(__name__)
 
 #: Reduced precision is used only while its vectors stay this close to fp32's (cosine).
 MIN_REDUCED_PRECISION_COSINE = 0.999
+#: After this long without an image the model thread gives the memory it kept back (imgwatch.allocator).
+IDLE_RELEASE_S = 2.0
+#: ... and again this often while it stays idle.
+IDLE_RELEASE_AGAIN_S = 60.0
 
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
@@ -263,8 +268,17 @@ class VGG16Extractor:
                 item[1].set_exception(RuntimeError("extractor is closed"))
 
     def _serve_batches(self) -> None:
+        wait = IDLE_RELEASE_S
         while True:
-            first = self._requests.get()
+            try:
+                first = self._requests.get(timeout=wait)
+            except queue.Empty:
+                # Idle: the buffers kept for the next batch (imgwatch.allocator) go back to the system,
+                # and, while idle, what the rest of a daemon freed meanwhile (Milvus Lite, scans).
+                allocator.release()
+                wait = IDLE_RELEASE_AGAIN_S
+                continue
+            wait = IDLE_RELEASE_S
             if first is None:
                 return
             batch = [first]
