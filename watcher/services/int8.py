@@ -66,7 +66,8 @@ NEIGHBOURS = 10
 ARTEFACT_FORMAT = 1
 #: Packages of this many keys stay in a cache dir (the most recently used): two machines with different
 #: CPUs sharing a data dir (NFS) alternate between two keys, and a third spares a rollback (torch
-#: downgraded) its rebuild. One package is ~17 MB. See docs/decisions.md ("Old compile-cache packages are pruned ...").
+#: downgraded) its rebuild. One package is ~17 MB. See docs/decisions.md ("Old compile-cache
+#: packages are pruned when a new one is built").
 KEEP_KEYS = 3
 #: A key written or used this recently is never pruned: another process may be about to load it.
 PRUNE_GRACE_S = 15 * 60
