@@ -46,7 +46,7 @@ class _Callers:
             except Exception as e:  # noqa: BLE001 - the test looks at it
                 self.errors[name] = e
 
-        thread = threading.Thread(target=run, name=name)
+        thread = threading.Thread(target=run, name=name, daemon=True)  # a hung one fails, not hangs, the run
         thread.start()
         self.threads.append(thread)
 
@@ -180,3 +180,76 @@ def test_a_lone_write_is_made_at_once_and_the_limit_splits_a_long_queue() -> Non
     gate.set()
     callers.join()
     assert made == [[0], [1, 2, 3, 4], [5, 6]]
+
+
+class _Interrupted(BaseException):
+    """Not an ``Exception``: what a writing thread may be stopped with."""
+
+
+def test_a_write_interrupted_in_its_writer_is_made_by_the_next_and_the_writer_raises() -> None:
+    made: list[list[int]] = []
+    gate = threading.Event()
+
+    def write_many(items: object) -> None:
+        batch = list(items)  # type: ignore[call-overload]
+        if len(made) == 0:
+            made.append(batch)
+            gate.wait(30)
+            raise _Interrupted
+        made.append(batch)
+
+    commit: GroupCommit[int] = GroupCommit(write_many, limit=100)
+    callers = _Callers()
+    interrupted: list[BaseException] = []
+
+    def first() -> None:
+        try:
+            commit.write([0])
+        except _Interrupted as e:
+            interrupted.append(e)
+
+    callers.start("first", first)
+    _wait_until(lambda: len(made) == 1, "the first write")
+    for n in range(1, 4):
+        callers.start(f"c{n}", lambda n=n: commit.write([n]))
+        _wait_until(lambda n=n: commit.queued == n, f"write {n} to queue")  # type: ignore[misc]
+    gate.set()
+    callers.join()
+    assert callers.errors == {} and len(interrupted) == 1
+    assert made == [[0], [1, 2, 3]]
+    assert commit.queued == 0
+
+
+def test_callers_of_a_failed_combined_write_retry_at_the_same_time_not_one_after_another() -> None:
+    """A busy or unreachable store fails every call after its timeout: the callers of a combined
+    write that failed so each retry at once, in their own threads, so each waits about one more
+    timeout, not one per caller before them (the retries meet at a barrier, which one after another
+    would never reach)."""
+    gate = threading.Event()
+    together = threading.Barrier(8)
+    calls: list[list[int]] = []
+
+    def write_many(items: object) -> None:
+        batch = list(items)  # type: ignore[call-overload]
+        calls.append(batch)
+        if batch == [0]:
+            gate.wait(30)
+        elif len(batch) == 1:
+            together.wait(timeout=30)  # BrokenBarrierError, not the store's error, if alone
+        raise TimeoutError("store busy")
+
+    commit: GroupCommit[int] = GroupCommit(write_many, limit=100)
+    callers = _Callers()
+    callers.start("first", lambda: commit.write([0]))
+    _wait_until(lambda: len(calls) == 1, "the first write")
+    for n in range(1, 9):
+        callers.start(f"c{n}", lambda n=n: commit.write([n]))
+        _wait_until(lambda n=n: commit.queued == n, f"write {n} to queue")  # type: ignore[misc]
+    gate.set()
+    callers.join()
+    assert set(callers.errors) == {"first", *(f"c{n}" for n in range(1, 9))}
+    assert all(type(e) is TimeoutError for e in callers.errors.values()), callers.errors
+    assert calls[:2] == [[0], list(range(1, 9))]
+    assert sorted(calls[2:]) == [[n] for n in range(1, 9)]
+    # Each caller's error is its own: not raised while handling the combined call's.
+    assert all(e.__context__ is None for e in callers.errors.values())

@@ -265,8 +265,11 @@ class SQLiteCatalog(CatalogJournal, CatalogJobRuns, CatalogRoots, CatalogVerdict
         self._indexed.write([(record_id, blob, signature)])
 
     def _mark_indexed(self, items: Sequence[tuple[int, FileBlob, str]]) -> None:
+        # One row marked twice (with different signatures) keeps the later mark, as one call after
+        # the other would: grouping by signature must not reorder them.
+        latest = {record_id: (blob, signature) for record_id, blob, signature in items}
         by_signature: dict[str, list[tuple[int, FileBlob]]] = {}
-        for record_id, blob, signature in items:
+        for record_id, (blob, signature) in latest.items():
             by_signature.setdefault(signature, []).append((record_id, blob))
         with self._engine.begin() as conn:
             for signature, done in by_signature.items():
