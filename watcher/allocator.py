@@ -13,7 +13,9 @@ thread on the main arena and raises both thresholds; freed buffers stay in the p
 batch. :func:`release` gives what is free back to the system: the model thread calls it when it has
 been idle for a while, so a daemon between bursts holds no more than it did before.
 
-Anything but glibc (musl, macOS): both do nothing.
+Anything but glibc (musl, macOS): both do nothing. Nor does :func:`tune` where the environment
+already sets the allocator (``MALLOC_ARENA_MAX``, ``GLIBC_TUNABLES=glibc.malloc...``): a user who
+wants glibc's defaults back sets one of those, e.g. ``MALLOC_ARENA_MAX=8``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
 from functools import cache
 
@@ -53,21 +56,32 @@ def _glibc() -> ctypes.CDLL | None:
 
 def tune() -> bool:
     """Set the allocator for VGG16's batches; whether it was (glibc only). Call before threads start:
-    a thread that already has an arena of its own keeps it."""
+    a thread that already has an arena of its own keeps it.
+
+    Settings the user made for the allocator (``MALLOC_*`` or ``glibc.malloc`` tunables in the
+    environment) are kept: then nothing is changed here."""
     libc = _glibc()
-    if libc is None:
+    if libc is None or _user_settings():
         return False
-    done = all(
-        libc.mallopt(param, value) == 1
-        for param, value in (
-            (_M_ARENA_MAX, 1),
-            (_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-            (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-        )
+    # The thresholds first: one arena without them is contention for nothing. A glibc that refuses
+    # a threshold this high (older ones capped it at 32 MB) gets its highest.
+    mmap_set = any(libc.mallopt(_M_MMAP_THRESHOLD, value) == 1 for value in (MMAP_THRESHOLD, 32 << 20))
+    if not (mmap_set and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1):
+        log.debug("glibc refused an allocator threshold; the arenas stay as they were")
+        return False
+    return bool(libc.mallopt(_M_ARENA_MAX, 1) == 1)
+
+
+def available() -> bool:
+    """Whether this process's allocator is glibc's (the one :func:`tune` sets)."""
+    return _glibc() is not None
+
+
+def _user_settings() -> list[str]:
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return [name for name in os.environ if name.startswith("MALLOC_")] + (
+        ["GLIBC_TUNABLES"] if "glibc.malloc." in tunables else []
     )
-    if not done:
-        log.debug("glibc refused an allocator setting; its defaults stay")
-    return done
 
 
 def release() -> None:
