@@ -366,6 +366,20 @@ def milvus(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MilvusTar
 
 
 @pytest.fixture
+def store(milvus: MilvusTarget) -> Iterator[MilvusVectorStore]:
+    """A vector store on ``milvus`` (Lite and server), closed after the test."""
+    vectors = milvus.open()
+    yield vectors
+    vectors.close()
+
+
+def unit_vector(seed: int, dim: int = 8) -> np.ndarray:
+    """A seeded random unit vector, for store tests that need no model."""
+    vector = np.random.default_rng(seed).random(dim).astype(np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+@pytest.fixture
 def milvus_settings(tmp_path: Path, milvus: MilvusTarget) -> Settings:
     """``settings``, with the vectors on whichever Milvus this run of the test is for."""
     if milvus.kind == "lite":

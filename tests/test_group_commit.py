@@ -7,29 +7,16 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from imgwatch.services.abc import FileBlob, FileState
 from imgwatch.services.catalog import open_catalog
 from imgwatch.services.group_commit import GroupCommit
 from imgwatch.services.vectors import MilvusVectorStore
-from tests.conftest import MilvusTarget
-
-
-def _unit(seed: int, dim: int = 8) -> np.ndarray:
-    vector = np.random.default_rng(seed).random(dim).astype(np.float32)
-    return vector / np.linalg.norm(vector)
-
-
-@pytest.fixture
-def store(milvus: MilvusTarget) -> Iterator[MilvusVectorStore]:
-    vectors = milvus.open()
-    yield vectors
-    vectors.close()
+from tests.conftest import unit_vector as _unit
 
 
 class _Callers:
@@ -61,6 +48,22 @@ def _wait_until(condition: Callable[[], bool], what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.005)
+
+
+def _queue_behind_the_first(
+    commit: GroupCommit[int],
+    callers: _Callers,
+    started: Callable[[], bool],
+    count: int,
+    first: Callable[[], None] | None = None,
+) -> None:
+    """``first`` (by default ``commit.write([0])``) in flight until the test lets it go, and then
+    ``commit.write([n])`` for n = 1..count queued behind it, in that order."""
+    callers.start("first", first or (lambda: commit.write([0])))
+    _wait_until(started, "the first write")
+    for n in range(1, count + 1):
+        callers.start(f"c{n}", lambda n=n: commit.write([n]))
+        _wait_until(lambda n=n: commit.queued == n, f"write {n} to queue")  # type: ignore[misc]
 
 
 def _queue_behind_a_write(
@@ -172,11 +175,7 @@ def test_a_lone_write_is_made_at_once_and_the_limit_splits_a_long_queue() -> Non
 
     commit: GroupCommit[int] = GroupCommit(write_many, limit=4)
     callers = _Callers()
-    callers.start("first", lambda: commit.write([0]))
-    _wait_until(lambda: len(made) == 1, "the first write")
-    for n in range(1, 7):
-        callers.start(f"c{n}", lambda n=n: commit.write([n]))
-        _wait_until(lambda n=n: commit.queued == n, f"write {n} to queue")  # type: ignore[misc]
+    _queue_behind_the_first(commit, callers, lambda: len(made) == 1, 6)
     gate.set()
     callers.join()
     assert made == [[0], [1, 2, 3, 4], [5, 6]]
@@ -208,11 +207,7 @@ def test_a_write_interrupted_in_its_writer_is_made_by_the_next_and_the_writer_ra
         except _Interrupted as e:
             interrupted.append(e)
 
-    callers.start("first", first)
-    _wait_until(lambda: len(made) == 1, "the first write")
-    for n in range(1, 4):
-        callers.start(f"c{n}", lambda n=n: commit.write([n]))
-        _wait_until(lambda n=n: commit.queued == n, f"write {n} to queue")  # type: ignore[misc]
+    _queue_behind_the_first(commit, callers, lambda: len(made) == 1, 3, first)
     gate.set()
     callers.join()
     assert callers.errors == {} and len(interrupted) == 1
@@ -240,11 +235,7 @@ def test_callers_of_a_failed_combined_write_retry_at_the_same_time_not_one_after
 
     commit: GroupCommit[int] = GroupCommit(write_many, limit=100)
     callers = _Callers()
-    callers.start("first", lambda: commit.write([0]))
-    _wait_until(lambda: len(calls) == 1, "the first write")
-    for n in range(1, 9):
-        callers.start(f"c{n}", lambda n=n: commit.write([n]))
-        _wait_until(lambda n=n: commit.queued == n, f"write {n} to queue")  # type: ignore[misc]
+    _queue_behind_the_first(commit, callers, lambda: len(calls) == 1, 8)
     gate.set()
     callers.join()
     assert set(callers.errors) == {"first", *(f"c{n}" for n in range(1, 9))}

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,18 +26,7 @@ from imgwatch.services.vectors import (
     stored_path,
 )
 from tests.conftest import WEIGHTS, MilvusServer, MilvusTarget
-
-
-def _unit(seed: int, dim: int = 8) -> np.ndarray:
-    vector = np.random.default_rng(seed).random(dim).astype(np.float32)
-    return vector / np.linalg.norm(vector)
-
-
-@pytest.fixture
-def store(milvus: MilvusTarget) -> Iterator[MilvusVectorStore]:
-    vectors = milvus.open()
-    yield vectors
-    vectors.close()
+from tests.conftest import unit_vector as _unit
 
 
 def test_upsert_is_idempotent_and_delete_removes(store: MilvusVectorStore) -> None:
